@@ -1,0 +1,241 @@
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::view::{
+    DeadLetter, DeadLetterStore, Filter, Order, Query, StoredDoc, UnitOfWork, ViewQuery, ViewStore,
+};
+
+#[derive(Default)]
+struct Space {
+    docs: BTreeMap<String, StoredDoc>,
+    checkpoint: Option<u64>,
+    dead: Vec<DeadLetter>,
+}
+
+/// Views, checkpoints and dead letters in memory. A unit of work commits under one lock: the
+/// views and the checkpoint change together or not at all.
+#[derive(Default)]
+pub struct MemoryViewStore {
+    spaces: RwLock<HashMap<String, Space>>,
+}
+
+impl std::fmt::Debug for MemoryViewStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryViewStore")
+            .field("projections", &self.spaces.read().len())
+            .finish()
+    }
+}
+
+impl MemoryViewStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every stored document of a projection (tombstones included), in id order.
+    pub fn documents(&self, projection: &str) -> Vec<StoredDoc> {
+        self.spaces
+            .read()
+            .get(projection)
+            .map(|s| s.docs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Writes a raw document, e.g. one an older version of a view wrote.
+    pub fn put_document(&self, projection: &str, doc: StoredDoc) {
+        self.spaces
+            .write()
+            .entry(projection.to_owned())
+            .or_default()
+            .docs
+            .insert(doc.id.clone(), doc);
+    }
+}
+
+#[async_trait]
+impl ViewStore for MemoryViewStore {
+    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
+        let spaces = self.spaces.read();
+        let Some(space) = spaces.get(projection) else {
+            return Ok(Vec::new());
+        };
+        Ok(ids.iter().filter_map(|id| space.docs.get(id).cloned()).collect())
+    }
+
+    async fn commit(&self, work: UnitOfWork) -> Result<()> {
+        let mut spaces = self.spaces.write();
+        let space = spaces.entry(work.projection).or_default();
+        for doc in work.writes {
+            space.docs.insert(doc.id.clone(), doc);
+        }
+        for letter in work.dead_letters {
+            let id = letter.envelope.metadata.event_id;
+            space.dead.retain(|d| d.envelope.metadata.event_id != id);
+            space.dead.push(letter);
+        }
+        if let Some(checkpoint) = work.checkpoint {
+            space.checkpoint = Some(space.checkpoint.map_or(checkpoint, |c| c.max(checkpoint)));
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
+        Ok(self.spaces.read().get(projection).and_then(|s| s.checkpoint))
+    }
+
+    async fn reset(&self, projection: &str) -> Result<()> {
+        self.spaces.write().remove(projection);
+        Ok(())
+    }
+}
+
+/// The value at a dotted path.
+fn field<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(value, |v, key| v.get(key))
+}
+
+/// Orders JSON scalars: numbers by value, strings lexically, then by type.
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Bool(x), Value::Bool(y)) => Some(x.cmp(y)),
+        (Value::Null, Value::Null) => Some(Ordering::Equal),
+        _ => None,
+    }
+}
+
+fn rank(v: Option<&Value>) -> u8 {
+    match v {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(_)) => 1,
+        Some(Value::String(_)) => 2,
+        Some(_) => 3,
+    }
+}
+
+fn matches(view: &Value, filter: &Filter) -> bool {
+    let test = |path: &str, wanted: &Value, ok: fn(Ordering) -> bool| {
+        field(view, path)
+            .and_then(|v| compare(v, wanted))
+            .is_some_and(ok)
+    };
+    match filter {
+        Filter::All => true,
+        Filter::Eq(path, wanted) => field(view, path).is_some_and(|v| {
+            compare(v, wanted).map_or(v == wanted, |o| o == Ordering::Equal)
+        }),
+        Filter::Gt(path, wanted) => test(path, wanted, |o| o == Ordering::Greater),
+        Filter::Gte(path, wanted) => test(path, wanted, |o| o != Ordering::Less),
+        Filter::Lt(path, wanted) => test(path, wanted, |o| o == Ordering::Less),
+        Filter::Lte(path, wanted) => test(path, wanted, |o| o != Ordering::Greater),
+        Filter::And(all) => all.iter().all(|f| matches(view, f)),
+    }
+}
+
+fn check_paths(filter: &Filter) -> Result<()> {
+    let ok = |p: &str| {
+        if p.is_empty() || p.split('.').any(str::is_empty) {
+            Err(Error::Config(format!("invalid field path `{p}`")))
+        } else {
+            Ok(())
+        }
+    };
+    match filter {
+        Filter::All => Ok(()),
+        Filter::Eq(p, _) | Filter::Gt(p, _) | Filter::Gte(p, _) | Filter::Lt(p, _) | Filter::Lte(p, _) => ok(p),
+        Filter::And(all) => all.iter().try_for_each(check_paths),
+    }
+}
+
+#[async_trait]
+impl ViewQuery for MemoryViewStore {
+    async fn get(&self, projection: &str, id: &str) -> Result<Option<Value>> {
+        Ok(self
+            .spaces
+            .read()
+            .get(projection)
+            .and_then(|s| s.docs.get(id))
+            .and_then(|d| d.view.clone()))
+    }
+
+    async fn find(&self, projection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
+        check_paths(&query.filter)?;
+        let spaces = self.spaces.read();
+        let Some(space) = spaces.get(projection) else {
+            return Ok(Vec::new());
+        };
+        let mut found: Vec<(&String, &Value)> = space
+            .docs
+            .values()
+            .filter_map(|d| d.view.as_ref().map(|v| (&d.id, v)))
+            .filter(|(_, v)| matches(v, &query.filter))
+            .collect();
+        if !query.sort.is_empty() {
+            found.sort_by(|(ida, a), (idb, b)| {
+                for (path, order) in &query.sort {
+                    let (x, y) = (field(a, path), field(b, path));
+                    let o = match (x, y) {
+                        (Some(x), Some(y)) => compare(x, y).unwrap_or_else(|| rank(Some(x)).cmp(&rank(Some(y)))),
+                        _ => rank(x).cmp(&rank(y)),
+                    };
+                    let o = if *order == Order::Desc { o.reverse() } else { o };
+                    if o != Ordering::Equal {
+                        return o;
+                    }
+                }
+                ida.cmp(idb)
+            });
+        }
+        let skip = usize::try_from(query.skip).unwrap_or(usize::MAX);
+        let limit = query.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        Ok(found
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(|(id, v)| (id.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn count(&self, projection: &str, filter: &Filter) -> Result<u64> {
+        check_paths(filter)?;
+        let spaces = self.spaces.read();
+        Ok(spaces.get(projection).map_or(0, |s| {
+            s.docs
+                .values()
+                .filter(|d| d.view.as_ref().is_some_and(|v| matches(v, filter)))
+                .count() as u64
+        }))
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for MemoryViewStore {
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        let mut all = self
+            .spaces
+            .read()
+            .get(projection)
+            .map(|s| s.dead.clone())
+            .unwrap_or_default();
+        all.sort_by_key(|d| d.envelope.position);
+        Ok(all)
+    }
+
+    async fn remove_dead_letter(&self, projection: &str, event_id: Uuid) -> Result<bool> {
+        let mut spaces = self.spaces.write();
+        let Some(space) = spaces.get_mut(projection) else {
+            return Ok(false);
+        };
+        let before = space.dead.len();
+        space.dead.retain(|d| d.envelope.metadata.event_id != event_id);
+        Ok(space.dead.len() != before)
+    }
+}

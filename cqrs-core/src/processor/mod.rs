@@ -1,0 +1,469 @@
+//! The tracking processor: feeds a projection from a source, in batches, with a checkpoint.
+//!
+//! Per batch it decodes the events the projection wants, loads the views they touch, applies
+//! the events in memory, and commits the changed views, the dead letters and the checkpoint as
+//! one [`UnitOfWork`]. Only then does it acknowledge the batch to its source. A crash anywhere
+//! loses nothing: the batch is delivered again, and the per-stream versions kept in every view
+//! make the repeat a no-op.
+
+mod fold;
+mod source;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use self::source::{Batch, EventSource, Feed, StoreFeed};
+use crate::error::{Error, Result};
+use crate::projection::Projection;
+use crate::store::EventReader;
+use crate::view::ViewStore;
+
+/// Exponential backoff between retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay.
+    pub min: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// A backoff from `min` doubling up to `max`.
+    pub const fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max }
+    }
+
+    /// The delay before retry number `attempt` (0-based), with up to 25% jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .min
+            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+            .min(self.max);
+        let jitter = base.as_nanos() as u64 / 4;
+        if jitter == 0 {
+            return base;
+        }
+        let r = fastrand::u64(0..jitter);
+        base.saturating_sub(Duration::from_nanos(r))
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
+    }
+}
+
+/// What to do once an event has failed for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop the processor with the error; the checkpoint stays before the failing batch.
+    Stop,
+    /// Keep the event and the reason as a dead letter, and go on with the others.
+    DeadLetter,
+}
+
+/// How a projection treats an event it cannot handle: a failing handler is retried with
+/// backoff, then stopped on or dead-lettered. An event that cannot be decoded (unknown name,
+/// bad payload) is not retried: it goes straight to `then`. Nothing is ever dropped silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorPolicy {
+    /// How many times a failing handler is retried.
+    pub retries: u32,
+    /// The delay between handler retries.
+    pub backoff: Backoff,
+    /// What happens after the retries.
+    pub then: OnFailure,
+}
+
+impl ErrorPolicy {
+    /// Stop at the first failure.
+    pub const fn stop() -> Self {
+        ErrorPolicy {
+            retries: 0,
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
+            then: OnFailure::Stop,
+        }
+    }
+
+    /// Dead-letter at the first failure.
+    pub const fn dead_letter() -> Self {
+        ErrorPolicy {
+            then: OnFailure::DeadLetter,
+            ..Self::stop()
+        }
+    }
+
+    /// Retry a failing handler `retries` times with `backoff`, then stop.
+    pub const fn retry(retries: u32, backoff: Backoff) -> Self {
+        ErrorPolicy {
+            retries,
+            backoff,
+            then: OnFailure::Stop,
+        }
+    }
+
+    /// After the retries, dead-letter instead of stopping.
+    pub const fn then_dead_letter(mut self) -> Self {
+        self.then = OnFailure::DeadLetter;
+        self
+    }
+}
+
+impl Default for ErrorPolicy {
+    fn default() -> Self {
+        Self::stop()
+    }
+}
+
+/// Feeds one projection from a source into a view store. See the [module docs](self).
+pub struct TrackingProcessor<P: Projection> {
+    projection: Arc<P>,
+    store: Arc<dyn ViewStore>,
+    name: String,
+    batch_size: usize,
+    policy: ErrorPolicy,
+    fail_on_unknown: bool,
+    backend_backoff: Backoff,
+    idle: Duration,
+    position: watch::Sender<u64>,
+}
+
+impl<P: Projection> std::fmt::Debug for TrackingProcessor<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackingProcessor")
+            .field("name", &self.name)
+            .field("batch_size", &self.batch_size)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Projection> TrackingProcessor<P> {
+    /// A processor for `projection` writing to `store`, under the projection's name.
+    pub fn new(projection: P, store: Arc<dyn ViewStore>) -> Self {
+        TrackingProcessor {
+            projection: Arc::new(projection),
+            store,
+            name: P::NAME.to_owned(),
+            batch_size: 1000,
+            policy: ErrorPolicy::default(),
+            fail_on_unknown: true,
+            backend_backoff: Backoff::default(),
+            idle: Duration::from_millis(500),
+            position: watch::Sender::new(0),
+        }
+    }
+
+    /// Keeps views, checkpoint and dead letters under another name (e.g. a new version
+    /// rebuilt beside the old one).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The largest number of events per batch (at least 1).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size.max(1);
+        self
+    }
+
+    /// The error policy for events the projection cannot handle.
+    pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Treat events whose name no registered type knows as skippable rather than as failures
+    /// (for a feed that also carries other bounded contexts' events).
+    pub fn skip_unknown_events(mut self) -> Self {
+        self.fail_on_unknown = false;
+        self
+    }
+
+    /// The backoff while the source or the view store is failing (retried until it answers).
+    pub fn backend_backoff(mut self, backoff: Backoff) -> Self {
+        self.backend_backoff = backoff;
+        self
+    }
+
+    /// How long a source waits for new events before the processor checks for a stop.
+    pub fn idle_wait(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
+
+    /// The processor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// A receiver of the largest global position committed so far.
+    pub fn watch_position(&self) -> watch::Receiver<u64> {
+        self.position.subscribe()
+    }
+
+    /// Deletes the projection's views, checkpoint and dead letters, so the next run replays
+    /// from the start of the feed.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn reset(&self) -> Result<()> {
+        self.store.reset(&self.name).await?;
+        self.position.send_replace(0);
+        tracing::info!(projection = %self.name, "projection reset");
+        Ok(())
+    }
+
+    /// Processes one batch: decode, fold, commit. Returns the number of events applied.
+    ///
+    /// # Errors
+    /// The failure that stopped the batch under [`OnFailure::Stop`], or a view-store error after
+    /// the backend retries ran out (they do not, by default).
+    pub async fn process(&self, batch: &Batch) -> Result<usize> {
+        if batch.events.is_empty() && batch.checkpoint.is_none() {
+            return Ok(0);
+        }
+        let (work, applied) = fold::fold(self, &batch.events, batch.checkpoint).await?;
+        let max_position = batch.events.iter().map(|e| e.position).max();
+        let mut attempt = 0;
+        loop {
+            match self.store.commit(work.clone()).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    let delay = self.backend_backoff.delay(attempt);
+                    tracing::warn!(projection = %self.name, error = %e, ?delay, "commit failed; retrying");
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(p) = max_position {
+            self.position.send_if_modified(|cur| {
+                let moved = p > *cur;
+                if moved {
+                    *cur = p;
+                }
+                moved
+            });
+        }
+        Ok(applied)
+    }
+
+    async fn retry_backend<T, F, Fut>(&self, what: &str, stop: &CancellationToken, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return Err(Error::Shutdown),
+                outcome = f() => outcome,
+            };
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() => {
+                    let delay = self.backend_backoff.delay(attempt);
+                    tracing::warn!(projection = %self.name, error = %e, ?delay, "{what} failed; retrying");
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Err(Error::Shutdown),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs until `stop` is cancelled: opens the feed at the saved checkpoint, then processes
+    /// batch after batch. Backend failures are retried with backoff; it returns an error only
+    /// when the error policy says stop, or for a failure that retrying cannot mend.
+    ///
+    /// # Errors
+    /// The failure that stopped it.
+    pub async fn run(&self, feed: &dyn Feed, stop: CancellationToken) -> Result<()> {
+        let checkpoint = match self
+            .retry_backend("loading the checkpoint", &stop, || self.store.checkpoint(&self.name))
+            .await
+        {
+            Err(Error::Shutdown) => return Ok(()),
+            other => other?,
+        };
+        let mut source = match self
+            .retry_backend("opening the feed", &stop, || feed.open(checkpoint, self.idle))
+            .await
+        {
+            Err(Error::Shutdown) => return Ok(()),
+            other => other?,
+        };
+        tracing::info!(projection = %self.name, ?checkpoint, "processor started");
+        let mut attempt = 0u32;
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                next = source.next_batch(self.batch_size) => next,
+            };
+            let batch = match next {
+                Ok(batch) => {
+                    attempt = 0;
+                    batch
+                }
+                Err(e) if e.is_transient() => {
+                    let delay = self.backend_backoff.delay(attempt);
+                    tracing::warn!(projection = %self.name, error = %e, ?delay, "reading the feed failed; retrying");
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if batch.events.is_empty() {
+                continue;
+            }
+            self.process(&batch).await?;
+            let mut attempt = 0u32;
+            loop {
+                match source.ack(&batch).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() => {
+                        let delay = self.backend_backoff.delay(attempt);
+                        tracing::warn!(projection = %self.name, error = %e, ?delay, "acknowledging failed; retrying");
+                        attempt = attempt.saturating_add(1);
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Processes everything the store holds after the checkpoint, then returns the number of
+    /// events read. Used to rebuild a read model after [`reset`](Self::reset).
+    ///
+    /// # Errors
+    /// As [`process`](Self::process), or a store error.
+    pub async fn catch_up(&self, reader: Arc<dyn EventReader>) -> Result<u64> {
+        let checkpoint = self.store.checkpoint(&self.name).await?;
+        let mut source = StoreFeed::new(reader).no_wait().open(checkpoint, self.idle).await?;
+        let mut total = 0u64;
+        loop {
+            let batch = source.next_batch(self.batch_size).await?;
+            if batch.events.is_empty() {
+                return Ok(total);
+            }
+            total += batch.events.len() as u64;
+            self.process(&batch).await?;
+            source.ack(&batch).await?;
+        }
+    }
+
+    /// Runs the processor on a task of its own until the handle is stopped.
+    pub fn spawn(self, feed: Arc<dyn Feed>) -> ProcessorHandle {
+        let stop = CancellationToken::new();
+        let position = self.watch_position();
+        let token = stop.clone();
+        let name = self.name.clone();
+        let task = tokio::spawn(async move {
+            let outcome = self.run(feed.as_ref(), token).await;
+            if let Err(e) = &outcome {
+                tracing::error!(projection = %self.name, error = %e, "processor stopped");
+            }
+            outcome
+        });
+        ProcessorHandle {
+            name,
+            stop,
+            task,
+            position,
+        }
+    }
+}
+
+/// A running processor: wait for it to reach a position, or stop it.
+#[derive(Debug)]
+pub struct ProcessorHandle {
+    name: String,
+    stop: CancellationToken,
+    task: JoinHandle<Result<()>>,
+    position: watch::Receiver<u64>,
+}
+
+impl ProcessorHandle {
+    /// The processor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The largest global position committed so far.
+    pub fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    /// Waits until the processor has committed `position`, or `timeout` passes.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the processor ended first; [`Error::Backend`] on timeout.
+    pub async fn wait_for(&mut self, position: u64, timeout: Duration) -> Result<()> {
+        let outcome = {
+            let wait = self.position.wait_for(|p| *p >= position);
+            tokio::time::timeout(timeout, wait).await.map(|r| r.is_ok())
+        };
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Shutdown),
+            Err(_) => Err(Error::Backend {
+                backend: "processor",
+                message: format!(
+                    "`{}` did not reach position {position} within {timeout:?} (at {})",
+                    self.name,
+                    *self.position.borrow()
+                ),
+                source: None,
+            }),
+        }
+    }
+
+    /// Whether the processor's task has ended (stopped, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the processor after the batch under way and returns how it ended.
+    ///
+    /// # Errors
+    /// The error that had stopped it, or [`Error::Shutdown`] if its task panicked.
+    pub async fn stop(self) -> Result<()> {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(Error::Backend {
+                backend: "processor",
+                message: format!("task of `{}` ended abnormally", self.name),
+                source: Some(Box::new(e)),
+            }),
+        }
+    }
+
+    /// Kills the processor at once, wherever it is (as a crash would).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}

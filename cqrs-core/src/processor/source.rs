@@ -1,0 +1,113 @@
+//! Where a processor's events come from: the store's global log or a bus subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::store::EventReader;
+
+/// A batch of events from a source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// The events, in the source's order (global order, or per-partition order).
+    pub events: Vec<Envelope>,
+    /// The global position to save as the checkpoint once the batch is applied, for sources
+    /// that have one; `None` for a bus, which commits its own offsets on [`EventSource::ack`].
+    pub checkpoint: Option<u64>,
+}
+
+/// An open stream of batches.
+#[async_trait]
+pub trait EventSource: Send {
+    /// The next batch of at most `max` events. When none are there it waits a while (the
+    /// feed's idle time, without polling hot) and may return an empty batch.
+    ///
+    /// # Errors
+    /// A backend error; the processor retries transient ones.
+    async fn next_batch(&mut self, max: usize) -> Result<Batch>;
+
+    /// Acknowledges a batch once its unit of work has committed (a bus commits its offsets).
+    ///
+    /// # Errors
+    /// A backend error; the processor retries transient ones.
+    async fn ack(&mut self, batch: &Batch) -> Result<()>;
+}
+
+/// Opens an [`EventSource`]: the feed a processor runs from.
+#[async_trait]
+pub trait Feed: Send + Sync {
+    /// Opens a source that starts after `checkpoint` where the feed honours one (the global log
+    /// does; a bus resumes from its consumer group's committed offsets).
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn open(&self, checkpoint: Option<u64>, idle: Duration) -> Result<Box<dyn EventSource>>;
+}
+
+/// Feeds a processor from an event store's global log.
+#[derive(Clone)]
+pub struct StoreFeed {
+    reader: Arc<dyn EventReader>,
+    wait: bool,
+}
+
+impl std::fmt::Debug for StoreFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreFeed").field("wait", &self.wait).finish()
+    }
+}
+
+impl StoreFeed {
+    /// A feed from this store's global log.
+    pub fn new(reader: Arc<dyn EventReader>) -> Self {
+        StoreFeed { reader, wait: true }
+    }
+
+    /// Never wait for new events: an empty batch means the end was reached.
+    pub fn no_wait(mut self) -> Self {
+        self.wait = false;
+        self
+    }
+}
+
+#[async_trait]
+impl Feed for StoreFeed {
+    async fn open(&self, checkpoint: Option<u64>, idle: Duration) -> Result<Box<dyn EventSource>> {
+        Ok(Box::new(StoreSource {
+            reader: self.reader.clone(),
+            after: checkpoint.unwrap_or(0),
+            wait: self.wait.then_some(idle),
+        }))
+    }
+}
+
+struct StoreSource {
+    reader: Arc<dyn EventReader>,
+    after: u64,
+    wait: Option<Duration>,
+}
+
+#[async_trait]
+impl EventSource for StoreSource {
+    async fn next_batch(&mut self, max: usize) -> Result<Batch> {
+        let mut events = self.reader.read_all(self.after, max).await?;
+        if events.is_empty() {
+            if let Some(idle) = self.wait {
+                self.reader.wait_for_events(self.after, idle).await?;
+                events = self.reader.read_all(self.after, max).await?;
+            }
+        }
+        let checkpoint = events.last().map(|e| e.position);
+        if let Some(p) = checkpoint {
+            self.after = p;
+        }
+        Ok(Batch { events, checkpoint })
+    }
+
+    async fn ack(&mut self, _batch: &Batch) -> Result<()> {
+        Ok(())
+    }
+}

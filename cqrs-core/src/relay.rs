@@ -1,0 +1,183 @@
+//! The relay: publishes the store's global log to a bus (the outbox pattern).
+//!
+//! Commands only ever write to the event store; the relay reads the global log after its own
+//! checkpoint, publishes each batch, and then saves the checkpoint. A crash between the two
+//! publishes a batch again, which subscribers absorb (they are idempotent per stream version).
+//! While the bus is down, events wait safely in the store and commands keep succeeding.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::EventBus;
+use crate::error::{Error, Result};
+use crate::processor::Backoff;
+use crate::store::{CheckpointStore, EventReader};
+
+/// Publishes the global log to an event bus with its own checkpoint.
+pub struct Relay {
+    name: String,
+    reader: Arc<dyn EventReader>,
+    bus: Arc<dyn EventBus>,
+    checkpoints: Arc<dyn CheckpointStore>,
+    batch_size: usize,
+    backoff: Backoff,
+    idle: Duration,
+    position: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("name", &self.name)
+            .field("batch_size", &self.batch_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// A relay named `name` (its checkpoint's key) from `reader` to `bus`.
+    pub fn new(
+        name: impl Into<String>,
+        reader: Arc<dyn EventReader>,
+        bus: Arc<dyn EventBus>,
+        checkpoints: Arc<dyn CheckpointStore>,
+    ) -> Self {
+        Relay {
+            name: name.into(),
+            reader,
+            bus,
+            checkpoints,
+            batch_size: 1000,
+            backoff: Backoff::default(),
+            idle: Duration::from_millis(500),
+            position: watch::Sender::new(0),
+        }
+    }
+
+    /// Events per published batch.
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size.max(1);
+        self
+    }
+
+    /// The backoff while the store or the bus fails.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Publishes everything after the checkpoint, once. Returns the number of events published.
+    ///
+    /// # Errors
+    /// The first store, bus or checkpoint error (nothing is retried here).
+    pub async fn publish_pending(&self) -> Result<u64> {
+        let mut after = self.checkpoints.load(&self.name).await?.unwrap_or(0);
+        let mut total = 0;
+        loop {
+            let events = self.reader.read_all(after, self.batch_size).await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                return Ok(total);
+            };
+            self.bus.publish(&events).await?;
+            self.checkpoints.save(&self.name, last).await?;
+            self.position.send_replace(last);
+            total += events.len() as u64;
+            after = last;
+        }
+    }
+
+    /// Runs until `stop` is cancelled, retrying failures with backoff.
+    ///
+    /// # Errors
+    /// Only non-transient errors (e.g. a bad configuration) end it early.
+    pub async fn run(&self, stop: CancellationToken) -> Result<()> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                outcome = self.publish_pending() => outcome,
+            };
+            match outcome {
+                Ok(_) => {
+                    attempt = 0;
+                    let after = *self.position.borrow();
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        waited = self.reader.wait_for_events(after, self.idle) => waited?,
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    let delay = self.backoff.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(relay = %self.name, error = %e, ?delay, "relay failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs the relay on a task of its own.
+    pub fn spawn(self) -> RelayHandle {
+        let stop = CancellationToken::new();
+        let position = self.position.subscribe();
+        let token = stop.clone();
+        let task = tokio::spawn(async move { self.run(token).await });
+        RelayHandle {
+            stop,
+            task,
+            position,
+        }
+    }
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    stop: CancellationToken,
+    task: JoinHandle<Result<()>>,
+    position: watch::Receiver<u64>,
+}
+
+impl RelayHandle {
+    /// The last position published and checkpointed.
+    pub fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    /// Waits until the relay has published `position`, or `timeout` passes.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when the relay ended, [`Error::Backend`] on timeout.
+    pub async fn wait_for(&mut self, position: u64, timeout: Duration) -> Result<()> {
+        match tokio::time::timeout(timeout, self.position.wait_for(|p| *p >= position)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Shutdown),
+            Err(_) => Err(Error::Backend {
+                backend: "relay",
+                message: format!("did not reach position {position} within {timeout:?}"),
+                source: None,
+            }),
+        }
+    }
+
+    /// Stops the relay and returns how it ended.
+    ///
+    /// # Errors
+    /// The error that had stopped it.
+    pub async fn stop(self) -> Result<()> {
+        self.stop.cancel();
+        self.task.await.map_err(|e| Error::Backend {
+            backend: "relay",
+            message: "relay task ended abnormally".into(),
+            source: Some(Box::new(e)),
+        })?
+    }
+}

@@ -1,0 +1,62 @@
+//! Test fixtures: given/when/then for aggregates, given-events/then-view for projections, and
+//! the event-store conformance suite every backend runs.
+
+mod aggregate;
+pub mod conformance;
+mod projection;
+
+pub use self::aggregate::{AggregateFixture, Then};
+pub use self::projection::ProjectionFixture;
+
+use bytes::Bytes;
+
+use crate::envelope::{Envelope, Metadata};
+use crate::event::EventSet;
+
+/// Wraps an event in an envelope as if stored at `stream_id`/`version`/`position`.
+///
+/// # Panics
+/// When the event cannot be serialized (a test helper).
+pub fn envelope_of<E: EventSet>(
+    aggregate_type: &str,
+    stream_id: &str,
+    version: u64,
+    position: u64,
+    event: &E,
+) -> Envelope {
+    let payload = match event.to_payload() {
+        Ok(p) => p,
+        Err(e) => panic!("event {event:?} does not serialize: {e}"),
+    };
+    raw_envelope(
+        aggregate_type,
+        stream_id,
+        version,
+        position,
+        event.event_name(),
+        event.event_version(),
+        payload,
+    )
+}
+
+/// An envelope with any name, version and payload bytes: for unknown or corrupted events.
+pub fn raw_envelope(
+    aggregate_type: &str,
+    stream_id: &str,
+    version: u64,
+    position: u64,
+    event_name: &str,
+    event_version: u32,
+    payload: impl Into<Bytes>,
+) -> Envelope {
+    Envelope {
+        stream_id: stream_id.to_owned(),
+        aggregate_type: aggregate_type.to_owned(),
+        version,
+        position,
+        event_name: event_name.to_owned(),
+        event_version,
+        payload: payload.into(),
+        metadata: Metadata::new(),
+    }
+}

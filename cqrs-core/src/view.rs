@@ -1,0 +1,246 @@
+//! The read side: stored view documents, units of work, dead letters and portable queries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::error::Result;
+
+/// A view document as a read-model store keeps it.
+///
+/// Besides the view itself it records, per source stream, the last stream version applied to
+/// it. That makes applying idempotent whatever feeds the projection: the global log (one
+/// order) or a bus (one order per partition), and a batch delivered twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDoc {
+    /// The view's own id, chosen by the projection.
+    pub id: String,
+    /// The view as JSON; `None` for a deleted view, kept as a tombstone so that a late
+    /// duplicate of an older event cannot bring it back.
+    pub view: Option<Value>,
+    /// Stream id to the last version of that stream applied to this view.
+    pub applied: BTreeMap<String, u64>,
+    /// The largest global position applied to this view.
+    pub position: u64,
+}
+
+/// An event a projection could not apply, kept with the reason instead of being dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The projection that failed.
+    pub projection: String,
+    /// The event, as it was delivered.
+    pub envelope: Envelope,
+    /// Why it failed.
+    pub reason: String,
+    /// When it was dead-lettered.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything one processed batch changes, committed at once where the store allows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitOfWork {
+    /// The projection's name.
+    pub projection: String,
+    /// The documents to write (including tombstones).
+    pub writes: Vec<StoredDoc>,
+    /// The events to dead-letter.
+    pub dead_letters: Vec<DeadLetter>,
+    /// The new global-log checkpoint, when the feed has one (a bus feed commits offsets instead).
+    pub checkpoint: Option<u64>,
+}
+
+/// Where a projection keeps its documents, checkpoint and dead letters.
+///
+/// [`commit`](ViewStore::commit) is the unit of work: a transactional store writes everything
+/// in one transaction. A store that cannot must write the documents before the checkpoint; the
+/// `applied` versions in each document then make a repeated batch a no-op.
+#[async_trait]
+pub trait ViewStore: Send + Sync {
+    /// Loads the documents of a projection with these ids (missing ids are left out).
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>>;
+    /// Commits one unit of work.
+    ///
+    /// # Errors
+    /// A backend error; then nothing or only idempotent document writes took effect.
+    async fn commit(&self, work: UnitOfWork) -> Result<()>;
+    /// The projection's saved checkpoint.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>>;
+    /// Deletes the projection's documents, checkpoint and dead letters, for a replay.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn reset(&self, projection: &str) -> Result<()>;
+}
+
+/// Sort direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Order {
+    /// Smallest first.
+    Asc,
+    /// Largest first.
+    Desc,
+}
+
+/// A condition on view fields, by dotted path (`"price"`, `"author.name"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Filter {
+    /// Every document.
+    All,
+    /// The field equals the value.
+    Eq(String, Value),
+    /// The field is greater than the value.
+    Gt(String, Value),
+    /// The field is greater than or equal to the value.
+    Gte(String, Value),
+    /// The field is less than the value.
+    Lt(String, Value),
+    /// The field is less than or equal to the value.
+    Lte(String, Value),
+    /// Every condition holds.
+    And(Vec<Filter>),
+}
+
+/// A portable query over one projection's views: filter, sort, page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    /// Which documents.
+    pub filter: Filter,
+    /// Sort keys, most significant first. Ties are broken by id.
+    pub sort: Vec<(String, Order)>,
+    /// How many to skip.
+    pub skip: u64,
+    /// How many at most.
+    pub limit: Option<u64>,
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Query {
+            filter: Filter::All,
+            sort: Vec::new(),
+            skip: 0,
+            limit: None,
+        }
+    }
+}
+
+impl Query {
+    /// Every document, in id order.
+    pub fn all() -> Self {
+        Self::default()
+    }
+    /// Only documents matching `filter`.
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+    /// Adds a sort key.
+    pub fn sort(mut self, field: impl Into<String>, order: Order) -> Self {
+        self.sort.push((field.into(), order));
+        self
+    }
+    /// Skips the first `n`.
+    pub fn skip(mut self, n: u64) -> Self {
+        self.skip = n;
+        self
+    }
+    /// Returns at most `n`.
+    pub fn limit(mut self, n: u64) -> Self {
+        self.limit = Some(n);
+        self
+    }
+}
+
+/// The query half of a read-model store.
+#[async_trait]
+pub trait ViewQuery: Send + Sync {
+    /// One view by id (`None` when missing or deleted).
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn get(&self, projection: &str, id: &str) -> Result<Option<Value>>;
+    /// The views matching a query, as `(id, view)`.
+    ///
+    /// # Errors
+    /// A backend error, or [`Error::Config`](crate::Error::Config) for a bad field path.
+    async fn find(&self, projection: &str, query: &Query) -> Result<Vec<(String, Value)>>;
+    /// How many views match a filter.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn count(&self, projection: &str, filter: &Filter) -> Result<u64>;
+}
+
+/// Lists and removes dead letters, to inspect and retry them.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync {
+    /// The dead letters of a projection, oldest position first.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>>;
+    /// Removes one dead letter by event id; `false` when there was none.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn remove_dead_letter(&self, projection: &str, event_id: Uuid) -> Result<bool>;
+}
+
+macro_rules! forward_view {
+    ($($ptr:ident),+) => {$(
+        #[async_trait]
+        impl<T: ViewStore + ?Sized> ViewStore for $ptr<T> {
+            async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
+                (**self).load(projection, ids).await
+            }
+            async fn commit(&self, work: UnitOfWork) -> Result<()> {
+                (**self).commit(work).await
+            }
+            async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
+                (**self).checkpoint(projection).await
+            }
+            async fn reset(&self, projection: &str) -> Result<()> {
+                (**self).reset(projection).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: ViewQuery + ?Sized> ViewQuery for $ptr<T> {
+            async fn get(&self, projection: &str, id: &str) -> Result<Option<Value>> {
+                (**self).get(projection, id).await
+            }
+            async fn find(&self, projection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
+                (**self).find(projection, query).await
+            }
+            async fn count(&self, projection: &str, filter: &Filter) -> Result<u64> {
+                (**self).count(projection, filter).await
+            }
+        }
+
+        #[async_trait]
+        impl<T: DeadLetterStore + ?Sized> DeadLetterStore for $ptr<T> {
+            async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+                (**self).dead_letters(projection).await
+            }
+            async fn remove_dead_letter(&self, projection: &str, event_id: Uuid) -> Result<bool> {
+                (**self).remove_dead_letter(projection, event_id).await
+            }
+        }
+    )+};
+}
+
+forward_view!(Arc, Box);
