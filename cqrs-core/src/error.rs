@@ -50,6 +50,18 @@ pub enum Error {
         /// The version the stream actually had.
         actual: u64,
     },
+    /// A view document changed since it was loaded (another processor wrote it).
+    #[error("view `{id}` of projection `{projection}` changed concurrently: expected revision {expected}, found {actual}")]
+    ViewConflict {
+        /// The projection.
+        projection: String,
+        /// The view's id.
+        id: String,
+        /// The revision the writer loaded.
+        expected: u64,
+        /// The revision stored now.
+        actual: u64,
+    },
     /// A stored event name that no registered event type or upcaster knows.
     #[error("unknown {event}: no event type is registered under this name")]
     UnknownEvent {
@@ -136,7 +148,10 @@ impl Error {
 
     /// Whether retrying the same call later may succeed (a backend outage, a conflict).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Backend { .. } | Error::Conflict { .. })
+        matches!(
+            self,
+            Error::Backend { .. } | Error::Conflict { .. } | Error::ViewConflict { .. }
+        )
     }
 
     /// The event this error is about, if it is about one event.

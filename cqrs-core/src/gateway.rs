@@ -88,6 +88,26 @@ pub trait Middleware: Send + Sync {
     }
 }
 
+#[async_trait]
+impl<T: Middleware + ?Sized> Middleware for Arc<T> {
+    async fn before(&self, ctx: &mut CommandContext) -> std::result::Result<(), String> {
+        (**self).before(ctx).await
+    }
+    async fn after(&self, ctx: &CommandContext, outcome: &Outcome<'_>) {
+        (**self).after(ctx, outcome).await
+    }
+}
+
+#[async_trait]
+impl<T: Middleware + ?Sized> Middleware for Box<T> {
+    async fn before(&self, ctx: &mut CommandContext) -> std::result::Result<(), String> {
+        (**self).before(ctx).await
+    }
+    async fn after(&self, ctx: &CommandContext, outcome: &Outcome<'_>) {
+        (**self).after(ctx, outcome).await
+    }
+}
+
 type CacheKey = (TypeId, String);
 type CacheEntry = (u64, Arc<dyn Any + Send + Sync>);
 

@@ -28,6 +28,12 @@ pub struct StoredDoc {
     pub applied: BTreeMap<String, u64>,
     /// The largest global position applied to this view.
     pub position: u64,
+    /// Optimistic concurrency: the revision the document had when loaded (0: not stored yet).
+    /// A store writes it as `revision + 1`, and refuses the whole unit of work with
+    /// [`Error::ViewConflict`](crate::Error::ViewConflict) when the stored revision is another,
+    /// so two processors (or two members of a group) never overwrite each other's work.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// An event a projection could not apply, kept with the reason instead of being dropped.

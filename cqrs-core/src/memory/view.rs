@@ -48,7 +48,8 @@ impl MemoryViewStore {
             .unwrap_or_default()
     }
 
-    /// Writes a raw document, e.g. one an older version of a view wrote.
+    /// Writes a raw document as it is (revision included), e.g. one an older version of a
+    /// view wrote.
     pub fn put_document(&self, projection: &str, doc: StoredDoc) {
         self.spaces
             .write()
@@ -71,8 +72,20 @@ impl ViewStore for MemoryViewStore {
 
     async fn commit(&self, work: UnitOfWork) -> Result<()> {
         let mut spaces = self.spaces.write();
-        let space = spaces.entry(work.projection).or_default();
-        for doc in work.writes {
+        let space = spaces.entry(work.projection.clone()).or_default();
+        for doc in &work.writes {
+            let actual = space.docs.get(&doc.id).map_or(0, |d| d.revision);
+            if actual != doc.revision {
+                return Err(Error::ViewConflict {
+                    projection: work.projection,
+                    id: doc.id.clone(),
+                    expected: doc.revision,
+                    actual,
+                });
+            }
+        }
+        for mut doc in work.writes {
+            doc.revision += 1;
             space.docs.insert(doc.id.clone(), doc);
         }
         for letter in work.dead_letters {

@@ -222,6 +222,7 @@ pub(super) async fn fold<P: Projection>(
             view,
             applied: doc.applied,
             position: doc.position,
+            revision: doc.original.as_ref().map_or(0, |d| d.revision),
         });
     }
     let work = UnitOfWork {

@@ -207,7 +207,8 @@ impl<P: Projection> TrackingProcessor<P> {
         &self.projection
     }
 
-    /// A receiver of the largest global position committed so far.
+    /// A receiver of the largest global position committed so far (starting at the saved
+    /// checkpoint once the processor runs).
     pub fn watch_position(&self) -> watch::Receiver<u64> {
         self.position.subscribe()
     }
@@ -233,12 +234,22 @@ impl<P: Projection> TrackingProcessor<P> {
         if batch.events.is_empty() && batch.checkpoint.is_none() {
             return Ok(0);
         }
-        let (work, applied) = fold::fold(self, &batch.events, batch.checkpoint).await?;
         let max_position = batch.events.iter().map(|e| e.position).max();
-        let mut attempt = 0;
-        loop {
-            match self.store.commit(work.clone()).await {
-                Ok(()) => break,
+        let mut attempt = 0u32;
+        let applied = loop {
+            // Fold afresh on every attempt: after a view conflict the views must be reloaded.
+            let (work, applied) = fold::fold(self, &batch.events, batch.checkpoint).await?;
+            match self.store.commit(work).await {
+                Ok(()) => break applied,
+                Err(e @ Error::ViewConflict { .. }) => {
+                    tracing::debug!(projection = %self.name, error = %e, "view changed concurrently; folding again");
+                    attempt = attempt.saturating_add(1);
+                    if attempt > 3 {
+                        tokio::time::sleep(self.backend_backoff.delay(attempt - 3)).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Err(e) if e.is_transient() => {
                     let delay = self.backend_backoff.delay(attempt);
                     tracing::warn!(projection = %self.name, error = %e, ?delay, "commit failed; retrying");
@@ -247,17 +258,21 @@ impl<P: Projection> TrackingProcessor<P> {
                 }
                 Err(e) => return Err(e),
             }
-        }
+        };
         if let Some(p) = max_position {
-            self.position.send_if_modified(|cur| {
-                let moved = p > *cur;
-                if moved {
-                    *cur = p;
-                }
-                moved
-            });
+            self.advance(p);
         }
         Ok(applied)
+    }
+
+    fn advance(&self, position: u64) {
+        self.position.send_if_modified(|current| {
+            let moved = position > *current;
+            if moved {
+                *current = position;
+            }
+            moved
+        });
     }
 
     async fn retry_backend<T, F, Fut>(&self, what: &str, stop: &CancellationToken, f: F) -> Result<T>
@@ -308,6 +323,9 @@ impl<P: Projection> TrackingProcessor<P> {
             Err(Error::Shutdown) => return Ok(()),
             other => other?,
         };
+        if let Some(position) = checkpoint {
+            self.advance(position);
+        }
         tracing::info!(projection = %self.name, ?checkpoint, "processor started");
         let mut attempt = 0u32;
         loop {
@@ -336,6 +354,8 @@ impl<P: Projection> TrackingProcessor<P> {
                 continue;
             }
             self.process(&batch).await?;
+            // Let other tasks (and an abort) in between batches, even when every call was ready.
+            tokio::task::yield_now().await;
             let mut attempt = 0u32;
             loop {
                 match source.ack(&batch).await {

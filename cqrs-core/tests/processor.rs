@@ -1,0 +1,421 @@
+#![allow(missing_docs)]
+//! The tracking processor: restarts, crashes between writes and checkpoint, poison events,
+//! error policies, replays.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
+use cqrs_core::processor::{Backoff, ErrorPolicy};
+use cqrs_core::testing::{envelope_of, raw_envelope};
+use cqrs_core::view::{StoredDoc, UnitOfWork};
+use cqrs_core::{
+    BusFeed, CommandGateway, DeadLetterStore, Error, EventReader, EventStore, Query, ReadModel,
+    Relay, Result, StoreFeed, TrackingProcessor, ViewQuery, ViewStore,
+};
+use common::{add, assert_each_event_once, Added, GrandTotal, GrandTotalView, Tally, TallyView};
+
+async fn seed(gateway: &CommandGateway, streams: u64, each: u64) {
+    for round in 0..each {
+        for s in 0..streams {
+            gateway
+                .send(add(&format!("counter-{s}"), round + 1))
+                .await
+                .expect("send");
+        }
+    }
+}
+
+async fn views(store: &Arc<MemoryViewStore>) -> Vec<(String, TallyView)> {
+    ReadModel::<Tally>::new(store.clone() as Arc<dyn ViewQuery>)
+        .find(&Query::all())
+        .await
+        .expect("find")
+}
+
+async fn replay(store: Arc<MemoryEventStore>) -> Vec<(String, TallyView)> {
+    let fresh = Arc::new(MemoryViewStore::new());
+    TrackingProcessor::new(Tally::default(), fresh.clone())
+        .catch_up(store)
+        .await
+        .expect("replay");
+    views(&fresh).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_and_restarted_equals_a_replay() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone() as Arc<dyn EventStore>).build();
+    seed(&gateway, 10, 30).await;
+    let views_store = Arc::new(MemoryViewStore::new());
+    let feed = Arc::new(StoreFeed::new(store.clone()));
+
+    // Several lives, each killed at once (abort) somewhere in the middle while writers go on.
+    for life in 0..4u64 {
+        let mut handle = TrackingProcessor::new(Tally::default(), views_store.clone())
+            .batch_size(7)
+            .spawn(feed.clone());
+        let writer = {
+            let gateway = gateway.clone();
+            tokio::spawn(async move { seed(&gateway, 10, 5).await })
+        };
+        let target = handle.position() + 20 + life * 13;
+        handle
+            .wait_for(target.min(store.len() as u64), Duration::from_secs(20))
+            .await
+            .expect("progress");
+        handle.abort();
+        writer.await.expect("writer");
+        let checkpoint = views_store.checkpoint("tally").await.expect("checkpoint").unwrap_or(0);
+        assert!(checkpoint < store.len() as u64, "killed before the end (life {life})");
+    }
+
+    // The last life runs to the end.
+    let mut handle = TrackingProcessor::new(Tally::default(), views_store.clone())
+        .batch_size(7)
+        .spawn(feed);
+    let head = store.len() as u64;
+    handle.wait_for(head, Duration::from_secs(20)).await.expect("caught up");
+    handle.stop().await.expect("clean stop");
+
+    let live = views(&views_store).await;
+    assert_each_event_once(&live, &|_| 30 + 4 * 5);
+    assert_eq!(live, replay(store).await, "the restarted read model equals a from-scratch replay");
+}
+
+/// A sink without transactions that dies after writing the views and before the checkpoint.
+struct CrashBeforeCheckpoint {
+    inner: Arc<MemoryViewStore>,
+    crashes_left: parking_lot::Mutex<u32>,
+}
+
+#[async_trait]
+impl ViewStore for CrashBeforeCheckpoint {
+    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
+        self.inner.load(projection, ids).await
+    }
+    async fn commit(&self, work: UnitOfWork) -> Result<()> {
+        let crash = {
+            let mut left = self.crashes_left.lock();
+            let crash = *left > 0 && !work.writes.is_empty();
+            if crash {
+                *left -= 1;
+            }
+            crash
+        };
+        if crash {
+            let writes_only = UnitOfWork {
+                checkpoint: None,
+                ..work
+            };
+            self.inner.commit(writes_only).await?;
+            return Err(Error::Config("injected crash between the view writes and the checkpoint".into()));
+        }
+        self.inner.commit(work).await
+    }
+    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
+        self.inner.checkpoint(projection).await
+    }
+    async fn reset(&self, projection: &str) -> Result<()> {
+        self.inner.reset(projection).await
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_view_writes_and_checkpoint_applies_nothing_twice() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    seed(&gateway, 5, 20).await;
+    let inner = Arc::new(MemoryViewStore::new());
+    let crashing = Arc::new(CrashBeforeCheckpoint {
+        inner: inner.clone(),
+        crashes_left: parking_lot::Mutex::new(3),
+    });
+    for _ in 0..3 {
+        let err = TrackingProcessor::new(Tally::default(), crashing.clone())
+            .batch_size(16)
+            .catch_up(store.clone())
+            .await
+            .expect_err("the injected crash stops the processor");
+        assert!(err.to_string().contains("injected crash"), "{err}");
+    }
+    // The views ran ahead of the checkpoint three times; the restart re-reads those batches.
+    let checkpoint = inner.checkpoint("tally").await.expect("cp").unwrap_or(0);
+    assert!(checkpoint < store.len() as u64);
+    TrackingProcessor::new(Tally::default(), crashing.clone())
+        .batch_size(16)
+        .catch_up(store.clone())
+        .await
+        .expect("restart");
+    let live = views(&inner).await;
+    assert_each_event_once(&live, &|_| 20);
+    assert_eq!(live, replay(store).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_fed_processor_restarts_from_committed_offsets() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let bus = Arc::new(MemoryEventBus::new(3));
+    let mut relay = Relay::new("relay", store.clone(), bus.clone(), Arc::new(MemoryCheckpointStore::new()))
+        .batch_size(10)
+        .spawn();
+    let views_store = Arc::new(MemoryViewStore::new());
+    let feed = Arc::new(BusFeed::new(bus.clone(), "tally-group", ["counter"]));
+    seed(&gateway, 6, 10).await;
+    for _ in 0..3 {
+        let mut handle = TrackingProcessor::new(Tally::default(), views_store.clone())
+            .batch_size(5)
+            .spawn(feed.clone());
+        seed(&gateway, 6, 3).await;
+        handle.wait_for(handle.position() + 1, Duration::from_secs(10)).await.expect("progress");
+        handle.abort();
+    }
+    let head = store.len() as u64;
+    relay.wait_for(head, Duration::from_secs(10)).await.expect("relay");
+    let handle = TrackingProcessor::new(Tally::default(), views_store.clone())
+        .batch_size(5)
+        .spawn(feed);
+    // A bus has no global checkpoint (earlier lives may have done the tail already): wait
+    // until every view is complete.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = views(&views_store).await;
+        if live.len() == 6 && live.iter().all(|(_, v)| v.versions.len() == 19) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "views did not converge: {live:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.stop().await.expect("stop");
+    relay.stop().await.expect("relay stop");
+    let live = views(&views_store).await;
+    assert_each_event_once(&live, &|_| 19);
+    assert_eq!(live, replay(store).await);
+}
+
+fn seeded_with_poison() -> Arc<MemoryEventStore> {
+    let store = Arc::new(MemoryEventStore::new());
+    store.insert_raw(vec![
+        envelope_of("counter", "a", 0, 0, &Added { amount: 1 }),
+        raw_envelope("counter", "a", 0, 0, "test.Mystery", 1, &b"{}"[..]),
+        envelope_of("counter", "b", 0, 0, &Added { amount: 10 }),
+        raw_envelope("counter", "b", 0, 0, "test.Added", 1, &b"{\"amount\": \"lots\"}"[..]),
+        envelope_of("counter", "a", 0, 0, &Added { amount: 2 }),
+        envelope_of("counter", "b", 0, 0, &Added { amount: 20 }),
+    ]);
+    store
+}
+
+#[tokio::test]
+async fn an_unknown_event_name_stops_with_a_typed_error_naming_it() {
+    let store = seeded_with_poison();
+    let views_store = Arc::new(MemoryViewStore::new());
+    let err = TrackingProcessor::new(Tally::default(), views_store.clone())
+        .error_policy(ErrorPolicy::stop())
+        .catch_up(store.clone())
+        .await
+        .expect_err("unknown name stops the processor");
+    let Error::UnknownEvent { event } = &err else {
+        panic!("expected UnknownEvent, got {err}");
+    };
+    assert_eq!(
+        (event.stream_id.as_str(), event.position, event.event_name.as_str()),
+        ("a", 2, "test.Mystery")
+    );
+    let message = err.to_string();
+    assert!(message.contains("test.Mystery") && message.contains("`a`") && message.contains("position 2"), "{message}");
+    assert_eq!(views_store.checkpoint("tally").await.expect("cp"), None, "nothing committed past the poison");
+}
+
+#[tokio::test]
+async fn an_undecodable_payload_stops_with_a_typed_error_naming_it() {
+    let store = Arc::new(MemoryEventStore::new());
+    store.insert_raw(vec![
+        envelope_of("counter", "b", 0, 0, &Added { amount: 10 }),
+        raw_envelope("counter", "b", 0, 0, "test.Added", 1, &b"{\"amount\": \"lots\"}"[..]),
+    ]);
+    let err = TrackingProcessor::new(Tally::default(), Arc::new(MemoryViewStore::new()))
+        .catch_up(store)
+        .await
+        .expect_err("bad payload stops the processor");
+    let Error::Decode { event, reason } = &err else {
+        panic!("expected Decode, got {err}");
+    };
+    assert_eq!((event.stream_id.as_str(), event.position, event.event_name.as_str()), ("b", 2, "test.Added"));
+    assert!(reason.contains("invalid type"), "{reason}");
+}
+
+#[tokio::test]
+async fn dead_letter_policy_keeps_poison_with_its_reason_and_the_rest_flows() {
+    let store = seeded_with_poison();
+    let views_store = Arc::new(MemoryViewStore::new());
+    let processor = TrackingProcessor::new(Tally::default(), views_store.clone())
+        .batch_size(2)
+        .error_policy(ErrorPolicy::dead_letter());
+    assert_eq!(processor.catch_up(store.clone()).await.expect("catch up"), 6);
+    let model = ReadModel::<Tally>::new(views_store.clone() as Arc<dyn ViewQuery>);
+    assert_eq!(model.get("a").await.expect("a").expect("a exists").total, 3);
+    assert_eq!(model.get("b").await.expect("b").expect("b exists").total, 30);
+    let dead = views_store.dead_letters("tally").await.expect("dead letters");
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].envelope.event_name, "test.Mystery");
+    assert!(dead[0].reason.contains("unknown"), "{}", dead[0].reason);
+    assert_eq!(dead[1].envelope.position, 4);
+    assert!(dead[1].reason.contains("cannot decode"), "{}", dead[1].reason);
+    assert_eq!(views_store.checkpoint("tally").await.expect("cp"), Some(6));
+
+    // A dead letter can be removed once dealt with.
+    let id = dead[0].envelope.metadata.event_id;
+    assert!(views_store.remove_dead_letter("tally", id).await.expect("remove"));
+    assert_eq!(views_store.dead_letters("tally").await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn a_failing_handler_is_retried_then_dead_lettered_without_partial_changes() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    for amount in [1, 2, 13, 4] {
+        gateway.send(add("x", amount)).await.expect("send");
+    }
+    let views_store = Arc::new(MemoryViewStore::new());
+    let policy = ErrorPolicy::retry(2, Backoff::new(Duration::from_millis(1), Duration::from_millis(5)))
+        .then_dead_letter();
+    TrackingProcessor::new(Tally { fail_on: Some(13) }, views_store.clone())
+        .error_policy(policy)
+        .catch_up(store.clone())
+        .await
+        .expect("catch up");
+    let view = ReadModel::<Tally>::new(views_store.clone() as Arc<dyn ViewQuery>)
+        .get("x")
+        .await
+        .expect("get")
+        .expect("view");
+    // The failing call pushed its version before failing: that change was rolled back.
+    assert_eq!(view.versions, vec![1, 2, 4]);
+    assert_eq!(view.total, 7);
+    let dead = views_store.dead_letters("tally").await.expect("dead");
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("refusing amount 13"), "{}", dead[0].reason);
+
+    // Under the stop policy the same failure stops the processor before the checkpoint moves.
+    let other = Arc::new(MemoryViewStore::new());
+    let err = TrackingProcessor::new(Tally { fail_on: Some(13) }, other.clone())
+        .batch_size(1)
+        .catch_up(store)
+        .await
+        .expect_err("stop policy");
+    assert!(matches!(err, Error::Handler { ref event, .. } if event.position == 3), "{err}");
+    assert_eq!(other.checkpoint("tally").await.expect("cp"), Some(2));
+}
+
+#[tokio::test]
+async fn reset_and_replay_rebuilds_the_same_views() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    seed(&gateway, 4, 10).await;
+    let views_store = Arc::new(MemoryViewStore::new());
+    let processor = TrackingProcessor::new(Tally::default(), views_store.clone());
+    assert_eq!(processor.catch_up(store.clone()).await.expect("first"), 40);
+    let before = views(&views_store).await;
+    assert_eq!(processor.catch_up(store.clone()).await.expect("nothing new"), 0);
+    processor.reset().await.expect("reset");
+    assert!(views(&views_store).await.is_empty());
+    assert_eq!(views_store.checkpoint("tally").await.expect("cp"), None);
+    assert_eq!(processor.catch_up(store.clone()).await.expect("replay"), 40);
+    assert_eq!(views(&views_store).await, before);
+}
+
+#[tokio::test]
+async fn a_duplicate_batch_changes_nothing() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    seed(&gateway, 3, 4).await;
+    let events = store.read_all(0, 100).await.expect("read");
+    let views_store = Arc::new(MemoryViewStore::new());
+    let processor = TrackingProcessor::new(Tally::default(), views_store.clone());
+    let batch = cqrs_core::processor::Batch { events: events.clone(), checkpoint: None };
+    assert_eq!(processor.process(&batch).await.expect("first"), 12);
+    let once = views(&views_store).await;
+    assert_eq!(processor.process(&batch).await.expect("again"), 0, "nothing is applied twice");
+    // Even interleaved with an older prefix, per-stream versions keep it idempotent.
+    let prefix = cqrs_core::processor::Batch { events: events[..5].to_vec(), checkpoint: None };
+    assert_eq!(processor.process(&prefix).await.expect("prefix"), 0);
+    assert_eq!(views(&views_store).await, once);
+}
+
+#[tokio::test]
+async fn the_processor_wakes_on_new_events_without_polling() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let views_store = Arc::new(MemoryViewStore::new());
+    // A long idle wait: only a wake-up, not a poll, can deliver within the deadline below.
+    let mut handle = TrackingProcessor::new(Tally::default(), views_store.clone())
+        .idle_wait(Duration::from_secs(30))
+        .spawn(Arc::new(StoreFeed::new(store.clone())));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gateway.send(add("w", 5)).await.expect("send");
+    handle.wait_for(1, Duration::from_secs(5)).await.expect("woken by the append");
+    handle.stop().await.expect("stop");
+}
+
+async fn grand_total(store: &Arc<MemoryViewStore>) -> Option<GrandTotalView> {
+    ReadModel::<GrandTotal>::new(store.clone() as Arc<dyn ViewQuery>)
+        .get("all")
+        .await
+        .expect("get")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processors_racing_on_the_same_views_lose_nothing() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let views_store = Arc::new(MemoryViewStore::new());
+    let feed = Arc::new(StoreFeed::new(store.clone()));
+    let spawn = || {
+        TrackingProcessor::new(GrandTotal, views_store.clone())
+            .batch_size(3)
+            .spawn(feed.clone())
+    };
+    let (mut a, mut b) = (spawn(), spawn());
+    seed(&gateway, 8, 25).await;
+    let head = store.len() as u64;
+    a.wait_for(head, Duration::from_secs(10)).await.expect("a");
+    b.wait_for(head, Duration::from_secs(10)).await.expect("b");
+    a.stop().await.expect("a stop");
+    b.stop().await.expect("b stop");
+    let view = grand_total(&views_store).await.expect("view");
+    assert_eq!(view.events, 200, "every event counted once despite two writers of one view");
+    assert_eq!(view.total, 8 * (1..=25).sum::<u64>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_on_different_partitions_share_one_view_safely() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let bus = Arc::new(MemoryEventBus::new(4));
+    let relay = Relay::new("relay", store.clone(), bus.clone(), Arc::new(MemoryCheckpointStore::new())).spawn();
+    let views_store = Arc::new(MemoryViewStore::new());
+    let feed = Arc::new(BusFeed::new(bus.clone(), "totals", ["counter"]));
+    let spawn = || {
+        TrackingProcessor::new(GrandTotal, views_store.clone())
+            .batch_size(4)
+            .spawn(feed.clone())
+    };
+    let (a, b) = (spawn(), spawn());
+    seed(&gateway, 12, 20).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while grand_total(&views_store).await.map_or(0, |v| v.events) < 240 {
+        assert!(std::time::Instant::now() < deadline, "did not converge: {:?}", grand_total(&views_store).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.stop().await.expect("a");
+    b.stop().await.expect("b");
+    relay.stop().await.expect("relay");
+    let view = grand_total(&views_store).await.expect("view");
+    assert_eq!(view.events, 240);
+    assert_eq!(view.total, 12 * (1..=20).sum::<u64>());
+}
