@@ -41,7 +41,9 @@ impl fmt::Display for EventRef {
 #[non_exhaustive]
 pub enum Error {
     /// Optimistic concurrency: the stream was not at the version the writer expected.
-    #[error("concurrency conflict on stream `{stream_id}`: expected version {expected}, found {actual}")]
+    #[error(
+        "concurrency conflict on stream `{stream_id}`: expected version {expected}, found {actual}"
+    )]
     Conflict {
         /// The stream that was written concurrently.
         stream_id: String,

@@ -2,7 +2,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -130,9 +130,8 @@ impl StateCache {
     }
 
     fn shard(&self, key: &CacheKey) -> &Mutex<HashMap<CacheKey, CacheEntry>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % self.shards.len()]
+        let hash = self.hasher.hash_one(key);
+        &self.shards[(hash as usize) % self.shards.len()]
     }
 
     fn get<A: Aggregate>(&self, id: &str) -> Option<(A, u64)> {
@@ -206,7 +205,10 @@ impl std::fmt::Debug for CommandGateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandGateway")
             .field("max_retries", &self.inner.max_retries)
-            .field("snapshot_every", &self.inner.snapshots.as_ref().map(|s| s.1))
+            .field(
+                "snapshot_every",
+                &self.inner.snapshots.as_ref().map(|s| s.1),
+            )
             .field("middleware", &self.inner.middleware.len())
             .field("cache", &self.inner.cache.is_some())
             .finish()
@@ -428,7 +430,9 @@ impl CommandGateway {
                             tracing::warn!(error = %e, stream = id, "saving a snapshot failed");
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, stream = id, "serializing a snapshot failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, stream = id, "serializing a snapshot failed")
+                    }
                 }
             }
         }
@@ -462,7 +466,9 @@ impl CommandGateway {
                         version = snapshot.version;
                     }
                     // A snapshot is disposable: an old shape means a full replay, not a failure.
-                    Err(e) => tracing::warn!(error = %e, stream = id, "ignoring unreadable snapshot"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, stream = id, "ignoring unreadable snapshot")
+                    }
                 }
             }
         }

@@ -68,7 +68,9 @@ impl<P: Projection> Clone for ReadModel<P> {
 
 impl<P: Projection> Debug for ReadModel<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadModel").field("name", &self.name).finish()
+        f.debug_struct("ReadModel")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -110,7 +110,10 @@ impl Registry {
         }
         let mut upcasters = HashMap::new();
         for up in inventory::iter::<Upcaster> {
-            if upcasters.insert((up.name, up.from_version), up.upcast).is_some() {
+            if upcasters
+                .insert((up.name, up.from_version), up.upcast)
+                .is_some()
+            {
                 problems.push(format!(
                     "two upcasters for event `{}` from v{}",
                     up.name, up.from_version

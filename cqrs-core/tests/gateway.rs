@@ -1,4 +1,4 @@
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! The command gateway under concurrency, middleware, snapshots and metadata.
 
 mod common;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::{add, Counter, CounterError};
 use cqrs_core::envelope::{Envelope, ExpectedVersion, NewEvent};
 use cqrs_core::gateway::{CommandContext, Outcome};
 use cqrs_core::memory::{MemoryEventStore, MemorySnapshotStore};
@@ -16,7 +17,6 @@ use cqrs_core::{
     CommandError, CommandGateway, CommandMetadata, EventAppender, EventReader, EventStore,
     Middleware, Result, SnapshotStore,
 };
-use common::{add, Counter, CounterError};
 
 /// A store that yields to other tasks inside every read and append, so that concurrent
 /// commands really interleave between load and append.
@@ -49,7 +49,9 @@ impl EventAppender for Interleaving {
         events: Vec<NewEvent>,
     ) -> Result<Vec<Envelope>> {
         tokio::task::yield_now().await;
-        self.0.append(aggregate_type, stream_id, expected, events).await
+        self.0
+            .append(aggregate_type, stream_id, expected, events)
+            .await
     }
 }
 
@@ -75,8 +77,15 @@ async fn hammer(retries: u32) -> (usize, usize, Counter, u64) {
                 committed_sum += amount;
             }
             Err(CommandError::Conflict { attempts, source }) => {
-                assert_eq!(attempts, retries + 1, "a conflict is returned only after every retry");
-                assert!(matches!(source, cqrs_core::Error::Conflict { .. }), "typed conflict: {source}");
+                assert_eq!(
+                    attempts,
+                    retries + 1,
+                    "a conflict is returned only after every retry"
+                );
+                assert!(
+                    matches!(source, cqrs_core::Error::Conflict { .. }),
+                    "typed conflict: {source}"
+                );
                 conflicts += 1;
             }
             Err(other) => panic!("unexpected outcome: {other}"),
@@ -85,7 +94,10 @@ async fn hammer(retries: u32) -> (usize, usize, Counter, u64) {
     let (state, version) = gateway.load::<Counter>("hot").await.expect("load");
     let stored = store.0.read_stream("hot", 0).await.expect("read").len() as u64;
     assert_eq!(version, stored);
-    assert_eq!(state.total, committed_sum, "no lost update: the state is the sum of what committed");
+    assert_eq!(
+        state.total, committed_sum,
+        "no lost update: the state is the sum of what committed"
+    );
     (committed, conflicts, state, version)
 }
 
@@ -99,8 +111,15 @@ async fn thirty_two_writers_on_one_aggregate_lose_no_update() {
 
     // No retries: conflicts surface as typed errors, and what committed is exactly the state.
     let (committed, conflicts, _, version) = hammer(0).await;
-    assert_eq!(committed + conflicts, 32, "every command committed or returned a conflict");
-    assert!(conflicts > 0, "interleaved writers without retries must conflict");
+    assert_eq!(
+        committed + conflicts,
+        32,
+        "every command committed or returned a conflict"
+    );
+    assert!(
+        conflicts > 0,
+        "interleaved writers without retries must conflict"
+    );
     assert_eq!(version as usize, committed);
 }
 
@@ -108,7 +127,10 @@ async fn thirty_two_writers_on_one_aggregate_lose_no_update() {
 async fn rejection_is_typed_and_stores_nothing() {
     let store = Arc::new(MemoryEventStore::new());
     let gateway = CommandGateway::builder(store.clone()).build();
-    let err = gateway.send(add("c", 0)).await.expect_err("zero is refused");
+    let err = gateway
+        .send(add("c", 0))
+        .await
+        .expect_err("zero is refused");
     assert_eq!(err.rejection(), Some(&CounterError::Zero));
     assert!(store.is_empty());
 }
@@ -123,12 +145,18 @@ async fn metadata_flows_from_command_to_events() {
         .expect("send");
     let meta = &first[0].metadata;
     assert_eq!(meta.user["user"], "ana");
-    assert!(meta.causation_id.is_some(), "events name the command that caused them");
+    assert!(
+        meta.causation_id.is_some(),
+        "events name the command that caused them"
+    );
     let caused = gateway
         .send_with(add("m", 2), CommandMetadata::caused_by(&first[0]))
         .await
         .expect("send");
-    assert_eq!(caused[0].metadata.correlation_id, meta.correlation_id, "one flow, one correlation id");
+    assert_eq!(
+        caused[0].metadata.correlation_id, meta.correlation_id,
+        "one flow, one correlation id"
+    );
     assert_ne!(caused[0].metadata.event_id, meta.event_id);
 }
 
@@ -166,13 +194,20 @@ async fn middleware_sees_refuses_and_enriches_commands() {
         .build();
     let ok = gateway.send(add("a", 1)).await.expect("send");
     assert_eq!(ok[0].metadata.user["audited"], "yes");
-    let refused = gateway.send(add("forbidden", 1)).await.expect_err("refused");
+    let refused = gateway
+        .send(add("forbidden", 1))
+        .await
+        .expect_err("refused");
     assert!(matches!(refused, CommandError::Refused(ref m) if m.contains("forbidden")));
     let _ = gateway.send(add("a", 0)).await.expect_err("rejected");
     assert_eq!(audit.before.load(Ordering::SeqCst), 3);
     assert_eq!(audit.committed.load(Ordering::SeqCst), 1);
     assert_eq!(audit.refused.load(Ordering::SeqCst), 2);
-    assert_eq!(store.len(), 1, "refused and rejected commands store nothing");
+    assert_eq!(
+        store.len(),
+        1,
+        "refused and rejected commands store nothing"
+    );
 }
 
 #[tokio::test]
@@ -186,8 +221,15 @@ async fn snapshots_every_n_events_and_loads_from_them() {
     for i in 1..=12 {
         gateway.send(add("s", i)).await.expect("send");
     }
-    let snapshot = snapshots.load("counter", "s").await.expect("load").expect("a snapshot exists");
-    assert_eq!(snapshot.version, 10, "a snapshot each 5 events: the latest at 10");
+    let snapshot = snapshots
+        .load("counter", "s")
+        .await
+        .expect("load")
+        .expect("a snapshot exists");
+    assert_eq!(
+        snapshot.version, 10,
+        "a snapshot each 5 events: the latest at 10"
+    );
     let state: Counter = serde_json::from_slice(&snapshot.state).expect("snapshot decodes");
     assert_eq!(state.total, (1..=10).sum::<u64>());
 
@@ -198,7 +240,10 @@ async fn snapshots_every_n_events_and_loads_from_them() {
     assert_eq!(replayed, loaded, "snapshot + tail equals a full replay");
 
     // Loading starts from the snapshot, not from the first event: a marked snapshot shows through.
-    let marked = Counter { total: 1_000, events: 10 };
+    let marked = Counter {
+        total: 1_000,
+        events: 10,
+    };
     snapshots
         .save(cqrs_core::store::Snapshot {
             aggregate_type: "counter".into(),
@@ -209,7 +254,11 @@ async fn snapshots_every_n_events_and_loads_from_them() {
         .await
         .expect("save");
     let (from_snapshot, version) = gateway.load::<Counter>("s").await.expect("load");
-    assert_eq!((from_snapshot.total, version), (1_000 + 12, 12), "only events after the snapshot are replayed");
+    assert_eq!(
+        (from_snapshot.total, version),
+        (1_000 + 12, 12),
+        "only events after the snapshot are replayed"
+    );
 
     // An unreadable snapshot is ignored (a full replay), never a failed command.
     snapshots
@@ -221,7 +270,10 @@ async fn snapshots_every_n_events_and_loads_from_them() {
         })
         .await
         .expect("save");
-    let (recovered, _) = gateway.load::<Counter>("s").await.expect("load despite a bad snapshot");
+    let (recovered, _) = gateway
+        .load::<Counter>("s")
+        .await
+        .expect("load despite a bad snapshot");
     assert_eq!(recovered, replayed);
 }
 

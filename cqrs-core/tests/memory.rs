@@ -1,4 +1,4 @@
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! The in-memory backends: the event-store conformance suite, the bus's consumer groups, the
 //! view store's queries.
 
@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Added;
 use cqrs_core::memory::{MemoryEventBus, MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::EventSource;
 use cqrs_core::testing::envelope_of;
 use cqrs_core::view::{StoredDoc, UnitOfWork};
 use cqrs_core::{EventBus, Filter, Order, Query, ViewQuery, ViewStore};
-use common::Added;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +27,13 @@ fn events(streams: u64, each: u64) -> Vec<cqrs_core::Envelope> {
     for v in 1..=each {
         for s in 0..streams {
             position += 1;
-            out.push(envelope_of("counter", &format!("s-{s}"), v, position, &Added { amount: v }));
+            out.push(envelope_of(
+                "counter",
+                &format!("s-{s}"),
+                v,
+                position,
+                &Added { amount: v },
+            ));
         }
     }
     out
@@ -43,7 +49,10 @@ async fn drain(source: &mut Box<dyn EventSource>, max: usize) -> Vec<cqrs_core::
 async fn the_bus_keeps_per_stream_order_across_partitions() {
     let bus = MemoryEventBus::new(3);
     bus.publish(&events(8, 25)).await.expect("publish");
-    let mut sub = bus.subscribe("g", &["counter"], Duration::from_millis(10)).await.expect("sub");
+    let mut sub = bus
+        .subscribe("g", &["counter"], Duration::from_millis(10))
+        .await
+        .expect("sub");
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     loop {
         let batch = drain(&mut sub, 17).await;
@@ -69,13 +78,25 @@ async fn group_members_share_partitions_and_take_over_from_committed_offsets() {
     let mut b = bus.subscribe("g", &["counter"], idle).await.expect("b");
     let from_a = drain(&mut a, 1000).await;
     let from_b = drain(&mut b, 1000).await;
-    assert!(!from_a.is_empty() && !from_b.is_empty(), "both members got partitions");
-    assert_eq!(from_a.len() + from_b.len(), 60, "together they got everything once");
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "both members got partitions"
+    );
+    assert_eq!(
+        from_a.len() + from_b.len(),
+        60,
+        "together they got everything once"
+    );
     let streams_a: std::collections::HashSet<_> = from_a.iter().map(|e| &e.stream_id).collect();
-    assert!(from_b.iter().all(|e| !streams_a.contains(&e.stream_id)), "a stream lives on one member");
+    assert!(
+        from_b.iter().all(|e| !streams_a.contains(&e.stream_id)),
+        "a stream lives on one member"
+    );
 
     // More events; `b` takes a batch but dies before acknowledging it: `a` gets it again.
-    bus.publish(&events(12, 6)[60..].to_vec()).await.expect("publish more");
+    bus.publish(&events(12, 6)[60..])
+        .await
+        .expect("publish more");
     let unacked = b.next_batch(1000).await.expect("b batch").events;
     assert!(!unacked.is_empty());
     drop(b);
@@ -87,23 +108,40 @@ async fn group_members_share_partitions_and_take_over_from_committed_offsets() {
         }
         after.extend(batch);
     }
-    assert_eq!(after.len(), 12, "the survivor gets every new event, including the unacknowledged ones");
+    assert_eq!(
+        after.len(),
+        12,
+        "the survivor gets every new event, including the unacknowledged ones"
+    );
     for e in &unacked {
-        assert!(after.iter().any(|x| x.metadata.event_id == e.metadata.event_id));
+        assert!(after
+            .iter()
+            .any(|x| x.metadata.event_id == e.metadata.event_id));
     }
 
     // A new member of another group starts from the beginning; one of the same group resumes.
     drop(a);
     let mut c = bus.subscribe("g", &["counter"], idle).await.expect("c");
-    assert!(drain(&mut c, 1000).await.is_empty(), "the group resumes after its committed offsets");
-    let mut other = bus.subscribe("other", &["counter"], idle).await.expect("other");
+    assert!(
+        drain(&mut c, 1000).await.is_empty(),
+        "the group resumes after its committed offsets"
+    );
+    let mut other = bus
+        .subscribe("other", &["counter"], idle)
+        .await
+        .expect("other");
     assert_eq!(drain(&mut other, 1000).await.len(), 72);
 }
 
 #[tokio::test]
 async fn view_store_queries_filter_sort_and_page() {
     let store = MemoryViewStore::new();
-    let docs = [("a", "Zed", 5), ("b", "Amy", 7), ("c", "Kim", 3), ("d", "Bob", 7)];
+    let docs = [
+        ("a", "Zed", 5),
+        ("b", "Amy", 7),
+        ("c", "Kim", 3),
+        ("d", "Bob", 7),
+    ];
     let writes = docs
         .iter()
         .map(|(id, name, n)| StoredDoc {
@@ -113,23 +151,68 @@ async fn view_store_queries_filter_sort_and_page() {
             position: 1,
             revision: 0,
         })
-        .chain([StoredDoc { id: "e".into(), view: None, applied: Default::default(), position: 1, revision: 0 }])
+        .chain([StoredDoc {
+            id: "e".into(),
+            view: None,
+            applied: Default::default(),
+            position: 1,
+            revision: 0,
+        }])
         .collect();
     store
-        .commit(UnitOfWork { projection: "p".into(), writes, dead_letters: vec![], checkpoint: Some(9) })
+        .commit(UnitOfWork {
+            projection: "p".into(),
+            writes,
+            dead_letters: vec![],
+            checkpoint: Some(9),
+        })
         .await
         .expect("commit");
-    let ids = |found: Vec<(String, serde_json::Value)>| found.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
-    assert_eq!(ids(store.find("p", &Query::all()).await.expect("all")), ["a", "b", "c", "d"], "tombstones are hidden");
+    let ids = |found: Vec<(String, serde_json::Value)>| {
+        found.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.find("p", &Query::all()).await.expect("all")),
+        ["a", "b", "c", "d"],
+        "tombstones are hidden"
+    );
     let by_name = Query::all().sort("name", Order::Asc);
-    assert_eq!(ids(store.find("p", &by_name).await.expect("sorted")), ["b", "d", "c", "a"]);
+    assert_eq!(
+        ids(store.find("p", &by_name).await.expect("sorted")),
+        ["b", "d", "c", "a"]
+    );
     let page = Query::all().sort("n", Order::Desc).skip(1).limit(2);
-    assert_eq!(ids(store.find("p", &page).await.expect("page")), ["d", "a"], "ties broken by id");
-    let filtered = Query::all().filter(Filter::And(vec![Filter::Gte("nested.n".into(), json!(5)), Filter::Lt("name".into(), json!("Z"))]));
-    assert_eq!(ids(store.find("p", &filtered).await.expect("filter")), ["b", "d"]);
-    assert_eq!(store.count("p", &Filter::Eq("n".into(), json!(7))).await.expect("count"), 2);
+    assert_eq!(
+        ids(store.find("p", &page).await.expect("page")),
+        ["d", "a"],
+        "ties broken by id"
+    );
+    let filtered = Query::all().filter(Filter::And(vec![
+        Filter::Gte("nested.n".into(), json!(5)),
+        Filter::Lt("name".into(), json!("Z")),
+    ]));
+    assert_eq!(
+        ids(store.find("p", &filtered).await.expect("filter")),
+        ["b", "d"]
+    );
+    assert_eq!(
+        store
+            .count("p", &Filter::Eq("n".into(), json!(7)))
+            .await
+            .expect("count"),
+        2
+    );
     assert_eq!(store.get("p", "e").await.expect("get"), None);
-    assert!(store.find("p", &Query::all().filter(Filter::Eq("a..b".into(), json!(1)))).await.is_err(), "bad path is a typed error");
+    assert!(
+        store
+            .find(
+                "p",
+                &Query::all().filter(Filter::Eq("a..b".into(), json!(1)))
+            )
+            .await
+            .is_err(),
+        "bad path is a typed error"
+    );
     assert_eq!(store.checkpoint("p").await.expect("cp"), Some(9));
     let _ = Arc::new(store);
 }
@@ -144,12 +227,40 @@ async fn a_stale_view_write_is_refused_whole() {
         position: 1,
         revision,
     };
-    let work = |writes| UnitOfWork { projection: "p".into(), writes, dead_letters: vec![], checkpoint: Some(1) };
-    store.commit(work(vec![doc("a", 0)])).await.expect("create a");
+    let work = |writes| UnitOfWork {
+        projection: "p".into(),
+        writes,
+        dead_letters: vec![],
+        checkpoint: Some(1),
+    };
+    store
+        .commit(work(vec![doc("a", 0)]))
+        .await
+        .expect("create a");
     // `b` is new and fine, `a` is stale (loaded at revision 0, stored at 1): nothing is written.
-    let err = store.commit(work(vec![doc("b", 0), doc("a", 0)])).await.expect_err("stale");
-    assert!(matches!(err, cqrs_core::Error::ViewConflict { ref id, expected: 0, actual: 1, .. } if id == "a"), "{err}");
-    assert_eq!(store.get("p", "b").await.expect("get"), None, "a refused unit of work writes nothing");
-    store.commit(work(vec![doc("b", 0), doc("a", 1)])).await.expect("fresh");
-    assert_eq!(store.documents("p").iter().map(|d| d.revision).collect::<Vec<_>>(), [2, 1]);
+    let err = store
+        .commit(work(vec![doc("b", 0), doc("a", 0)]))
+        .await
+        .expect_err("stale");
+    assert!(
+        matches!(err, cqrs_core::Error::ViewConflict { ref id, expected: 0, actual: 1, .. } if id == "a"),
+        "{err}"
+    );
+    assert_eq!(
+        store.get("p", "b").await.expect("get"),
+        None,
+        "a refused unit of work writes nothing"
+    );
+    store
+        .commit(work(vec![doc("b", 0), doc("a", 1)]))
+        .await
+        .expect("fresh");
+    assert_eq!(
+        store
+            .documents("p")
+            .iter()
+            .map(|d| d.revision)
+            .collect::<Vec<_>>(),
+        [2, 1]
+    );
 }

@@ -1,4 +1,4 @@
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! The tracking processor: restarts, crashes between writes and checkpoint, poison events,
 //! error policies, replays.
 
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::{add, assert_each_event_once, Added, GrandTotal, GrandTotalView, Tally, TallyView};
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::{Backoff, ErrorPolicy};
 use cqrs_core::testing::{envelope_of, raw_envelope};
@@ -16,7 +17,6 @@ use cqrs_core::{
     BusFeed, CommandGateway, DeadLetterStore, Error, EventReader, EventStore, Query, ReadModel,
     Relay, Result, StoreFeed, TrackingProcessor, ViewQuery, ViewStore,
 };
-use common::{add, assert_each_event_once, Added, GrandTotal, GrandTotalView, Tally, TallyView};
 
 async fn seed(gateway: &CommandGateway, streams: u64, each: u64) {
     for round in 0..each {
@@ -70,24 +70,38 @@ async fn killed_mid_stream_and_restarted_equals_a_replay() {
             .expect("progress");
         handle.abort();
         writer.await.expect("writer");
-        let checkpoint = views_store.checkpoint("tally").await.expect("checkpoint").unwrap_or(0);
+        let checkpoint = views_store
+            .checkpoint("tally")
+            .await
+            .expect("checkpoint")
+            .unwrap_or(0);
         if checkpoint < store.len() as u64 {
             killed_mid_stream += 1;
         }
     }
-    assert!(killed_mid_stream >= 2, "only {killed_mid_stream} lives were killed mid-stream");
+    assert!(
+        killed_mid_stream >= 2,
+        "only {killed_mid_stream} lives were killed mid-stream"
+    );
 
     // The last life runs to the end.
     let mut handle = TrackingProcessor::new(Tally::default(), views_store.clone())
         .batch_size(7)
         .spawn(feed);
     let head = store.len() as u64;
-    handle.wait_for(head, Duration::from_secs(20)).await.expect("caught up");
+    handle
+        .wait_for(head, Duration::from_secs(20))
+        .await
+        .expect("caught up");
     handle.stop().await.expect("clean stop");
 
     let live = views(&views_store).await;
     assert_each_event_once(&live, &|_| 30 + 4 * 5);
-    assert_eq!(live, replay(store).await, "the restarted read model equals a from-scratch replay");
+    assert_eq!(
+        live,
+        replay(store).await,
+        "the restarted read model equals a from-scratch replay"
+    );
 }
 
 /// A sink without transactions that dies after writing the views and before the checkpoint.
@@ -116,7 +130,9 @@ impl ViewStore for CrashBeforeCheckpoint {
                 ..work
             };
             self.inner.commit(writes_only).await?;
-            return Err(Error::Config("injected crash between the view writes and the checkpoint".into()));
+            return Err(Error::Config(
+                "injected crash between the view writes and the checkpoint".into(),
+            ));
         }
         self.inner.commit(work).await
     }
@@ -164,9 +180,14 @@ async fn bus_fed_processor_restarts_from_committed_offsets() {
     let store = Arc::new(MemoryEventStore::new());
     let gateway = CommandGateway::builder(store.clone()).build();
     let bus = Arc::new(MemoryEventBus::new(3));
-    let mut relay = Relay::new("relay", store.clone(), bus.clone(), Arc::new(MemoryCheckpointStore::new()))
-        .batch_size(10)
-        .spawn();
+    let mut relay = Relay::new(
+        "relay",
+        store.clone(),
+        bus.clone(),
+        Arc::new(MemoryCheckpointStore::new()),
+    )
+    .batch_size(10)
+    .spawn();
     let views_store = Arc::new(MemoryViewStore::new());
     let feed = Arc::new(BusFeed::new(bus.clone(), "tally-group", ["counter"]));
     seed(&gateway, 6, 10).await;
@@ -175,11 +196,17 @@ async fn bus_fed_processor_restarts_from_committed_offsets() {
             .batch_size(5)
             .spawn(feed.clone());
         seed(&gateway, 6, 3).await;
-        handle.wait_for(handle.position() + 1, Duration::from_secs(10)).await.expect("progress");
+        handle
+            .wait_for(handle.position() + 1, Duration::from_secs(10))
+            .await
+            .expect("progress");
         handle.abort();
     }
     let head = store.len() as u64;
-    relay.wait_for(head, Duration::from_secs(10)).await.expect("relay");
+    relay
+        .wait_for(head, Duration::from_secs(10))
+        .await
+        .expect("relay");
     let handle = TrackingProcessor::new(Tally::default(), views_store.clone())
         .batch_size(5)
         .spawn(feed);
@@ -191,7 +218,10 @@ async fn bus_fed_processor_restarts_from_committed_offsets() {
         if live.len() == 6 && live.iter().all(|(_, v)| v.versions.len() == 19) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "views did not converge: {live:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "views did not converge: {live:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     handle.stop().await.expect("stop");
@@ -207,7 +237,15 @@ fn seeded_with_poison() -> Arc<MemoryEventStore> {
         envelope_of("counter", "a", 0, 0, &Added { amount: 1 }),
         raw_envelope("counter", "a", 0, 0, "test.Mystery", 1, &b"{}"[..]),
         envelope_of("counter", "b", 0, 0, &Added { amount: 10 }),
-        raw_envelope("counter", "b", 0, 0, "test.Added", 1, &b"{\"amount\": \"lots\"}"[..]),
+        raw_envelope(
+            "counter",
+            "b",
+            0,
+            0,
+            "test.Added",
+            1,
+            &b"{\"amount\": \"lots\"}"[..],
+        ),
         envelope_of("counter", "a", 0, 0, &Added { amount: 2 }),
         envelope_of("counter", "b", 0, 0, &Added { amount: 20 }),
     ]);
@@ -227,12 +265,25 @@ async fn an_unknown_event_name_stops_with_a_typed_error_naming_it() {
         panic!("expected UnknownEvent, got {err}");
     };
     assert_eq!(
-        (event.stream_id.as_str(), event.position, event.event_name.as_str()),
+        (
+            event.stream_id.as_str(),
+            event.position,
+            event.event_name.as_str()
+        ),
         ("a", 2, "test.Mystery")
     );
     let message = err.to_string();
-    assert!(message.contains("test.Mystery") && message.contains("`a`") && message.contains("position 2"), "{message}");
-    assert_eq!(views_store.checkpoint("tally").await.expect("cp"), None, "nothing committed past the poison");
+    assert!(
+        message.contains("test.Mystery")
+            && message.contains("`a`")
+            && message.contains("position 2"),
+        "{message}"
+    );
+    assert_eq!(
+        views_store.checkpoint("tally").await.expect("cp"),
+        None,
+        "nothing committed past the poison"
+    );
 }
 
 #[tokio::test]
@@ -240,7 +291,15 @@ async fn an_undecodable_payload_stops_with_a_typed_error_naming_it() {
     let store = Arc::new(MemoryEventStore::new());
     store.insert_raw(vec![
         envelope_of("counter", "b", 0, 0, &Added { amount: 10 }),
-        raw_envelope("counter", "b", 0, 0, "test.Added", 1, &b"{\"amount\": \"lots\"}"[..]),
+        raw_envelope(
+            "counter",
+            "b",
+            0,
+            0,
+            "test.Added",
+            1,
+            &b"{\"amount\": \"lots\"}"[..],
+        ),
     ]);
     let err = TrackingProcessor::new(Tally::default(), Arc::new(MemoryViewStore::new()))
         .catch_up(store)
@@ -249,7 +308,14 @@ async fn an_undecodable_payload_stops_with_a_typed_error_naming_it() {
     let Error::Decode { event, reason } = &err else {
         panic!("expected Decode, got {err}");
     };
-    assert_eq!((event.stream_id.as_str(), event.position, event.event_name.as_str()), ("b", 2, "test.Added"));
+    assert_eq!(
+        (
+            event.stream_id.as_str(),
+            event.position,
+            event.event_name.as_str()
+        ),
+        ("b", 2, "test.Added")
+    );
     assert!(reason.contains("invalid type"), "{reason}");
 }
 
@@ -260,22 +326,41 @@ async fn dead_letter_policy_keeps_poison_with_its_reason_and_the_rest_flows() {
     let processor = TrackingProcessor::new(Tally::default(), views_store.clone())
         .batch_size(2)
         .error_policy(ErrorPolicy::dead_letter());
-    assert_eq!(processor.catch_up(store.clone()).await.expect("catch up"), 6);
+    assert_eq!(
+        processor.catch_up(store.clone()).await.expect("catch up"),
+        6
+    );
     let model = ReadModel::<Tally>::new(views_store.clone() as Arc<dyn ViewQuery>);
     assert_eq!(model.get("a").await.expect("a").expect("a exists").total, 3);
-    assert_eq!(model.get("b").await.expect("b").expect("b exists").total, 30);
-    let dead = views_store.dead_letters("tally").await.expect("dead letters");
+    assert_eq!(
+        model.get("b").await.expect("b").expect("b exists").total,
+        30
+    );
+    let dead = views_store
+        .dead_letters("tally")
+        .await
+        .expect("dead letters");
     assert_eq!(dead.len(), 2);
     assert_eq!(dead[0].envelope.event_name, "test.Mystery");
     assert!(dead[0].reason.contains("unknown"), "{}", dead[0].reason);
     assert_eq!(dead[1].envelope.position, 4);
-    assert!(dead[1].reason.contains("cannot decode"), "{}", dead[1].reason);
+    assert!(
+        dead[1].reason.contains("cannot decode"),
+        "{}",
+        dead[1].reason
+    );
     assert_eq!(views_store.checkpoint("tally").await.expect("cp"), Some(6));
 
     // A dead letter can be removed once dealt with.
     let id = dead[0].envelope.metadata.event_id;
-    assert!(views_store.remove_dead_letter("tally", id).await.expect("remove"));
-    assert_eq!(views_store.dead_letters("tally").await.expect("list").len(), 1);
+    assert!(views_store
+        .remove_dead_letter("tally", id)
+        .await
+        .expect("remove"));
+    assert_eq!(
+        views_store.dead_letters("tally").await.expect("list").len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -286,8 +371,11 @@ async fn a_failing_handler_is_retried_then_dead_lettered_without_partial_changes
         gateway.send(add("x", amount)).await.expect("send");
     }
     let views_store = Arc::new(MemoryViewStore::new());
-    let policy = ErrorPolicy::retry(2, Backoff::new(Duration::from_millis(1), Duration::from_millis(5)))
-        .then_dead_letter();
+    let policy = ErrorPolicy::retry(
+        2,
+        Backoff::new(Duration::from_millis(1), Duration::from_millis(5)),
+    )
+    .then_dead_letter();
     TrackingProcessor::new(Tally { fail_on: Some(13) }, views_store.clone())
         .error_policy(policy)
         .catch_up(store.clone())
@@ -303,7 +391,11 @@ async fn a_failing_handler_is_retried_then_dead_lettered_without_partial_changes
     assert_eq!(view.total, 7);
     let dead = views_store.dead_letters("tally").await.expect("dead");
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.contains("refusing amount 13"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("refusing amount 13"),
+        "{}",
+        dead[0].reason
+    );
 
     // Under the stop policy the same failure stops the processor before the checkpoint moves.
     let other = Arc::new(MemoryViewStore::new());
@@ -312,7 +404,10 @@ async fn a_failing_handler_is_retried_then_dead_lettered_without_partial_changes
         .catch_up(store)
         .await
         .expect_err("stop policy");
-    assert!(matches!(err, Error::Handler { ref event, .. } if event.position == 3), "{err}");
+    assert!(
+        matches!(err, Error::Handler { ref event, .. } if event.position == 3),
+        "{err}"
+    );
     assert_eq!(other.checkpoint("tally").await.expect("cp"), Some(2));
 }
 
@@ -325,7 +420,13 @@ async fn reset_and_replay_rebuilds_the_same_views() {
     let processor = TrackingProcessor::new(Tally::default(), views_store.clone());
     assert_eq!(processor.catch_up(store.clone()).await.expect("first"), 40);
     let before = views(&views_store).await;
-    assert_eq!(processor.catch_up(store.clone()).await.expect("nothing new"), 0);
+    assert_eq!(
+        processor
+            .catch_up(store.clone())
+            .await
+            .expect("nothing new"),
+        0
+    );
     processor.reset().await.expect("reset");
     assert!(views(&views_store).await.is_empty());
     assert_eq!(views_store.checkpoint("tally").await.expect("cp"), None);
@@ -335,20 +436,50 @@ async fn reset_and_replay_rebuilds_the_same_views() {
 
 #[tokio::test]
 async fn a_duplicate_batch_changes_nothing() {
+    use cqrs_core::processor::Batch;
     let store = Arc::new(MemoryEventStore::new());
     let gateway = CommandGateway::builder(store.clone()).build();
     seed(&gateway, 3, 4).await;
     let events = store.read_all(0, 100).await.expect("read");
-    let views_store = Arc::new(MemoryViewStore::new());
-    let processor = TrackingProcessor::new(Tally::default(), views_store.clone());
-    let batch = cqrs_core::processor::Batch { events: events.clone(), checkpoint: None };
-    assert_eq!(processor.process(&batch).await.expect("first"), 12);
-    let once = views(&views_store).await;
-    assert_eq!(processor.process(&batch).await.expect("again"), 0, "nothing is applied twice");
-    // Even interleaved with an older prefix, per-stream versions keep it idempotent.
-    let prefix = cqrs_core::processor::Batch { events: events[..5].to_vec(), checkpoint: None };
-    assert_eq!(processor.process(&prefix).await.expect("prefix"), 0);
-    assert_eq!(views(&views_store).await, once);
+    // From the global log (one position per view) and from a bus (a version per stream).
+    for (mode, make) in [
+        (
+            "log",
+            Batch::from_log as fn(Vec<cqrs_core::Envelope>) -> Batch,
+        ),
+        ("bus", Batch::from_bus),
+    ] {
+        let views_store = Arc::new(MemoryViewStore::new());
+        // No cache: every batch reads the views back from the store.
+        let processor = TrackingProcessor::new(Tally::default(), views_store.clone()).view_cache(0);
+        assert_eq!(
+            processor
+                .process(&make(events.clone()))
+                .await
+                .expect("first"),
+            12,
+            "{mode}"
+        );
+        let once = views(&views_store).await;
+        assert_eq!(
+            processor
+                .process(&make(events.clone()))
+                .await
+                .expect("again"),
+            0,
+            "{mode}: nothing is applied twice"
+        );
+        // Even a redelivered older prefix is recognised.
+        assert_eq!(
+            processor
+                .process(&make(events[..5].to_vec()))
+                .await
+                .expect("prefix"),
+            0,
+            "{mode}"
+        );
+        assert_eq!(views(&views_store).await, once, "{mode}");
+    }
 }
 
 #[tokio::test]
@@ -362,7 +493,10 @@ async fn the_processor_wakes_on_new_events_without_polling() {
         .spawn(Arc::new(StoreFeed::new(store.clone())));
     tokio::time::sleep(Duration::from_millis(50)).await;
     gateway.send(add("w", 5)).await.expect("send");
-    handle.wait_for(1, Duration::from_secs(5)).await.expect("woken by the append");
+    handle
+        .wait_for(1, Duration::from_secs(5))
+        .await
+        .expect("woken by the append");
     handle.stop().await.expect("stop");
 }
 
@@ -392,7 +526,10 @@ async fn two_processors_racing_on_the_same_views_lose_nothing() {
     a.stop().await.expect("a stop");
     b.stop().await.expect("b stop");
     let view = grand_total(&views_store).await.expect("view");
-    assert_eq!(view.events, 200, "every event counted once despite two writers of one view");
+    assert_eq!(
+        view.events, 200,
+        "every event counted once despite two writers of one view"
+    );
     assert_eq!(view.total, 8 * (1..=25).sum::<u64>());
 }
 
@@ -401,7 +538,13 @@ async fn group_members_on_different_partitions_share_one_view_safely() {
     let store = Arc::new(MemoryEventStore::new());
     let gateway = CommandGateway::builder(store.clone()).build();
     let bus = Arc::new(MemoryEventBus::new(4));
-    let relay = Relay::new("relay", store.clone(), bus.clone(), Arc::new(MemoryCheckpointStore::new())).spawn();
+    let relay = Relay::new(
+        "relay",
+        store.clone(),
+        bus.clone(),
+        Arc::new(MemoryCheckpointStore::new()),
+    )
+    .spawn();
     let views_store = Arc::new(MemoryViewStore::new());
     let feed = Arc::new(BusFeed::new(bus.clone(), "totals", ["counter"]));
     let spawn = || {
@@ -413,7 +556,11 @@ async fn group_members_on_different_partitions_share_one_view_safely() {
     seed(&gateway, 12, 20).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while grand_total(&views_store).await.map_or(0, |v| v.events) < 240 {
-        assert!(std::time::Instant::now() < deadline, "did not converge: {:?}", grand_total(&views_store).await);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not converge: {:?}",
+            grand_total(&views_store).await
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     a.stop().await.expect("a");

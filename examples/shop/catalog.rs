@@ -111,7 +111,11 @@ impl Projection for Catalog {
                 entry.rerate();
             }
             CatalogEvent::CommentEdited(e) => {
-                if let Some(c) = entry.comments.iter_mut().find(|c| c.comment_id == e.comment_id) {
+                if let Some(c) = entry
+                    .comments
+                    .iter_mut()
+                    .find(|c| c.comment_id == e.comment_id)
+                {
                     c.text.clone_from(&e.text);
                     c.rating = e.rating;
                 }
@@ -167,6 +171,12 @@ impl CatalogQueries {
             .sort("name", Order::Asc)
             .skip(page.saturating_mul(per_page))
             .limit(per_page);
-        Ok(self.model.find(&query).await?.into_iter().map(|(_, v)| v).collect())
+        Ok(self
+            .model
+            .find(&query)
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 }

@@ -16,9 +16,7 @@ pub struct ProductCreated {
 cqrs_core::event!(ProductCreated, "shop.ProductCreated", version = 2);
 
 /// Version 1 of `shop.ProductCreated` carried `price` as a float in whole units.
-fn product_created_v1_to_v2(
-    mut payload: serde_json::Value,
-) -> Result<serde_json::Value, String> {
+fn product_created_v1_to_v2(mut payload: serde_json::Value) -> Result<serde_json::Value, String> {
     let object = payload
         .as_object_mut()
         .ok_or("ProductCreated v1 payload is not an object")?;
@@ -26,7 +24,10 @@ fn product_created_v1_to_v2(
         .remove("price")
         .and_then(|p| p.as_f64())
         .ok_or("ProductCreated v1 payload has no numeric `price`")?;
-    object.insert("price_cents".into(), ((price * 100.0).round() as i64).into());
+    object.insert(
+        "price_cents".into(),
+        ((price * 100.0).round() as i64).into(),
+    );
     Ok(payload)
 }
 cqrs_core::upcaster!("shop.ProductCreated", from = 1, product_created_v1_to_v2);

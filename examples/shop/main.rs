@@ -20,12 +20,17 @@ use shop::product::{ProductCommand, PRODUCT};
 
 fn print_catalog(title: &str, entries: &[CatalogEntry]) {
     println!("\n{title}");
-    println!("{:<10} {:<22} {:>9} {:>7} {:>8}", "product", "name", "price", "rating", "comments");
+    println!(
+        "{:<10} {:<22} {:>9} {:>7} {:>8}",
+        "product", "name", "price", "rating", "comments"
+    );
     for e in entries {
         let price = e
             .price_cents
             .map_or("-".to_owned(), |c| format!("{}.{:02}", c / 100, c % 100));
-        let rating = e.average_rating.map_or("-".to_owned(), |r| format!("{r:.2}"));
+        let rating = e
+            .average_rating
+            .map_or("-".to_owned(), |r| format!("{r:.2}"));
         let name = e.name.as_deref().unwrap_or("?");
         println!(
             "{:<10} {:<22} {:>9} {:>7} {:>8}",
@@ -148,7 +153,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     relay.stop().await?;
     let replay = TrackingProcessor::new(Catalog, views.clone());
     replay.reset().await?;
-    assert!(queries.list(0, 100).await?.is_empty(), "the read model was wiped");
+    assert!(
+        queries.list(0, 100).await?.is_empty(),
+        "the read model was wiped"
+    );
     let replayed = replay.catch_up(store.clone()).await?;
     let rebuilt = queries.list(0, 100).await?;
     print_catalog(

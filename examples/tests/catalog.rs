@@ -1,4 +1,4 @@
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! The catalog projection: converges whatever the interleaving; follows renames, edits and
 //! deletes; reads old event versions; answers its queries; replays to the same state.
 
@@ -37,7 +37,15 @@ fn comment(id: &str, rating: u8) -> CatalogComment {
 #[test]
 fn product_and_comments_join_into_one_entry() {
     ProjectionFixture::new(Catalog)
-        .given("product", "p-1", ProductCreated { product_id: "p-1".into(), name: "Mug".into(), price_cents: 900 })
+        .given(
+            "product",
+            "p-1",
+            ProductCreated {
+                product_id: "p-1".into(),
+                name: "Mug".into(),
+                price_cents: 900,
+            },
+        )
         .given("comment", "c-1", posted("c-1", 5))
         .given("comment", "c-2", posted("c-2", 2))
         .then_view(
@@ -57,26 +65,81 @@ fn product_and_comments_join_into_one_entry() {
 fn a_comment_before_its_product_still_converges() {
     let fixture = ProjectionFixture::new(Catalog)
         .given("comment", "c-1", posted("c-1", 4))
-        .given("product", "p-1", ProductRenamed { product_id: "p-1".into(), name: "Cup".into() });
+        .given(
+            "product",
+            "p-1",
+            ProductRenamed {
+                product_id: "p-1".into(),
+                name: "Cup".into(),
+            },
+        );
     let partial = fixture.view("p-1").expect("a partial entry exists");
-    assert_eq!((partial.name.as_deref(), partial.price_cents, partial.rating_count), (Some("Cup"), None, 1));
+    assert_eq!(
+        (
+            partial.name.as_deref(),
+            partial.price_cents,
+            partial.rating_count
+        ),
+        (Some("Cup"), None, 1)
+    );
     let done = fixture
-        .given("product", "p-1", ProductPriceChanged { product_id: "p-1".into(), price_cents: 300 })
+        .given(
+            "product",
+            "p-1",
+            ProductPriceChanged {
+                product_id: "p-1".into(),
+                price_cents: 300,
+            },
+        )
         .view("p-1")
         .expect("entry");
-    assert_eq!((done.name.as_deref(), done.price_cents, done.average_rating), (Some("Cup"), Some(300), Some(4.0)));
+    assert_eq!(
+        (done.name.as_deref(), done.price_cents, done.average_rating),
+        (Some("Cup"), Some(300), Some(4.0))
+    );
 }
 
 #[test]
 fn renames_edits_and_deletes_are_followed() {
     let entry = ProjectionFixture::new(Catalog)
-        .given("product", "p-1", ProductCreated { product_id: "p-1".into(), name: "Mug".into(), price_cents: 900 })
+        .given(
+            "product",
+            "p-1",
+            ProductCreated {
+                product_id: "p-1".into(),
+                name: "Mug".into(),
+                price_cents: 900,
+            },
+        )
         .given("comment", "c-1", posted("c-1", 1))
         .given("comment", "c-2", posted("c-2", 5))
         .given("comment", "c-3", posted("c-3", 3))
-        .given("product", "p-1", ProductRenamed { product_id: "p-1".into(), name: "Giant mug".into() })
-        .given("comment", "c-1", CommentEdited { comment_id: "c-1".into(), product_id: "p-1".into(), text: "better now".into(), rating: 4 })
-        .given("comment", "c-3", CommentDeleted { comment_id: "c-3".into(), product_id: "p-1".into() })
+        .given(
+            "product",
+            "p-1",
+            ProductRenamed {
+                product_id: "p-1".into(),
+                name: "Giant mug".into(),
+            },
+        )
+        .given(
+            "comment",
+            "c-1",
+            CommentEdited {
+                comment_id: "c-1".into(),
+                product_id: "p-1".into(),
+                text: "better now".into(),
+                rating: 4,
+            },
+        )
+        .given(
+            "comment",
+            "c-3",
+            CommentDeleted {
+                comment_id: "c-3".into(),
+                product_id: "p-1".into(),
+            },
+        )
         .view("p-1")
         .expect("entry");
     assert_eq!(entry.name.as_deref(), Some("Giant mug"));
@@ -91,7 +154,14 @@ fn renames_edits_and_deletes_are_followed() {
 fn deleting_the_last_comment_clears_the_rating() {
     let entry = ProjectionFixture::new(Catalog)
         .given("comment", "c-1", posted("c-1", 5))
-        .given("comment", "c-1", CommentDeleted { comment_id: "c-1".into(), product_id: "p-1".into() })
+        .given(
+            "comment",
+            "c-1",
+            CommentDeleted {
+                comment_id: "c-1".into(),
+                product_id: "p-1".into(),
+            },
+        )
         .view("p-1")
         .expect("entry");
     assert_eq!((entry.rating_count, entry.average_rating), (0, None));
@@ -99,12 +169,25 @@ fn deleting_the_last_comment_clears_the_rating() {
 
 #[test]
 fn a_product_created_event_stored_as_v1_is_read_as_v2() {
-    let v1 = raw_envelope("product", "p-9", 1, 1, "shop.ProductCreated", 1, r#"{"product_id":"p-9","name":"Old","price":12.5}"#);
-    let ProductEvent::Created(created) = ProductEvent::decode(&v1).expect("upcast").expect("in set") else {
+    let v1 = raw_envelope(
+        "product",
+        "p-9",
+        1,
+        1,
+        "shop.ProductCreated",
+        1,
+        r#"{"product_id":"p-9","name":"Old","price":12.5}"#,
+    );
+    let ProductEvent::Created(created) =
+        ProductEvent::decode(&v1).expect("upcast").expect("in set")
+    else {
         panic!("not a creation");
     };
     assert_eq!(created.price_cents, 1250);
-    let entry = ProjectionFixture::new(Catalog).given_envelopes(vec![v1]).view("p-9").expect("entry");
+    let entry = ProjectionFixture::new(Catalog)
+        .given_envelopes(vec![v1])
+        .view("p-9")
+        .expect("entry");
     assert_eq!(entry.price_cents, Some(1250));
 }
 
@@ -122,10 +205,20 @@ fn an_older_document_without_the_newer_fields_still_loads() {
         },
     );
     let entry = fixture
-        .given("comment", "c-1", CommentPosted { product_id: "p-old".into(), ..posted("c-1", 3) })
+        .given(
+            "comment",
+            "c-1",
+            CommentPosted {
+                product_id: "p-old".into(),
+                ..posted("c-1", 3)
+            },
+        )
         .view("p-old")
         .expect("entry");
-    assert_eq!((entry.name.as_deref(), entry.rating_count), (Some("Legacy"), 1));
+    assert_eq!(
+        (entry.name.as_deref(), entry.rating_count),
+        (Some("Legacy"), 1)
+    );
 }
 
 #[tokio::test]
@@ -134,7 +227,11 @@ async fn the_catalog_answers_queries_and_replays_to_the_same_state() {
     let gateway = CommandGateway::builder(store.clone()).build();
     for (id, name) in [("p-1", "Zebra"), ("p-2", "Apple"), ("p-3", "Mango")] {
         gateway
-            .send(ProductCommand::Create { product_id: id.into(), name: name.into(), price_cents: 100 })
+            .send(ProductCommand::Create {
+                product_id: id.into(),
+                name: name.into(),
+                price_cents: 100,
+            })
             .await
             .expect("create");
     }
@@ -157,8 +254,12 @@ async fn the_catalog_answers_queries_and_replays_to_the_same_state() {
     let apple = queries.entry("p-2").await.expect("entry").expect("exists");
     assert_eq!((apple.average_rating, apple.rating_count), (Some(4.0), 3));
     assert_eq!(queries.entry("nope").await.expect("entry"), None);
-    let names = |page: Vec<CatalogEntry>| page.into_iter().filter_map(|e| e.name).collect::<Vec<_>>();
-    assert_eq!(names(queries.list(0, 2).await.expect("page 0")), ["Apple", "Mango"]);
+    let names =
+        |page: Vec<CatalogEntry>| page.into_iter().filter_map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(queries.list(0, 2).await.expect("page 0")),
+        ["Apple", "Mango"]
+    );
     assert_eq!(names(queries.list(1, 2).await.expect("page 1")), ["Zebra"]);
     assert!(queries.list(5, 2).await.expect("past the end").is_empty());
 

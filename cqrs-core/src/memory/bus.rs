@@ -175,7 +175,11 @@ impl MemorySubscription {
         if group.generation != self.generation {
             // Rebalance: take our share of the partitions, from the committed offsets.
             self.generation = group.generation;
-            let index = group.members.iter().position(|m| *m == self.member).unwrap_or(0);
+            let index = group
+                .members
+                .iter()
+                .position(|m| *m == self.member)
+                .unwrap_or(0);
             let count = group.members.len().max(1);
             self.fetched.clear();
             self.delivered.clear();
@@ -192,7 +196,11 @@ impl MemorySubscription {
         }
         let mut out = Vec::new();
         for (part, next) in self.fetched.iter_mut() {
-            let Some(log) = state.topics.get(&part.0).and_then(|parts| parts.get(part.1)) else {
+            let Some(log) = state
+                .topics
+                .get(&part.0)
+                .and_then(|parts| parts.get(part.1))
+            else {
                 continue;
             };
             let take = (log.len().saturating_sub(*next)).min(max - out.len());
@@ -219,10 +227,7 @@ impl EventSource for MemorySubscription {
             let _ = tokio::time::timeout(self.idle, self.changed.changed()).await;
             events = self.poll(max.max(1));
         }
-        Ok(Batch {
-            events,
-            checkpoint: None,
-        })
+        Ok(Batch::from_bus(events))
     }
 
     async fn ack(&mut self, _batch: &Batch) -> Result<()> {

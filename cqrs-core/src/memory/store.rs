@@ -100,7 +100,9 @@ impl EventReader for MemoryEventStore {
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
         let log = self.log.read();
-        let start = usize::try_from(after).unwrap_or(usize::MAX).min(log.events.len());
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(log.events.len());
         let end = start.saturating_add(limit).min(log.events.len());
         Ok(log.events[start..end].to_vec())
     }
@@ -146,7 +148,11 @@ impl EventAppender for MemoryEventStore {
         let first_position = log.events.len() as u64 + 1;
         let mut committed = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
-            if !log.types.iter().any(|t| t.name == event.event_name && t.version == event.event_version) {
+            if !log
+                .types
+                .iter()
+                .any(|t| t.name == event.event_name && t.version == event.event_version)
+            {
                 log.types.insert(StoredType {
                     name: event.event_name.clone(),
                     version: event.event_version,
@@ -196,7 +202,10 @@ impl SnapshotStore for MemorySnapshotStore {
     async fn save(&self, snapshot: Snapshot) -> Result<()> {
         let key = (snapshot.aggregate_type.clone(), snapshot.stream_id.clone());
         let mut all = self.snapshots.write();
-        if all.get(&key).is_none_or(|old| old.version < snapshot.version) {
+        if all
+            .get(&key)
+            .is_none_or(|old| old.version < snapshot.version)
+        {
             all.insert(key, snapshot);
         }
         Ok(())

@@ -67,7 +67,10 @@ impl ViewStore for MemoryViewStore {
         let Some(space) = spaces.get(projection) else {
             return Ok(Vec::new());
         };
-        Ok(ids.iter().filter_map(|id| space.docs.get(id).cloned()).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| space.docs.get(id).cloned())
+            .collect())
     }
 
     async fn commit(&self, work: UnitOfWork) -> Result<()> {
@@ -100,7 +103,11 @@ impl ViewStore for MemoryViewStore {
     }
 
     async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
-        Ok(self.spaces.read().get(projection).and_then(|s| s.checkpoint))
+        Ok(self
+            .spaces
+            .read()
+            .get(projection)
+            .and_then(|s| s.checkpoint))
     }
 
     async fn reset(&self, projection: &str) -> Result<()> {
@@ -142,9 +149,8 @@ fn matches(view: &Value, filter: &Filter) -> bool {
     };
     match filter {
         Filter::All => true,
-        Filter::Eq(path, wanted) => field(view, path).is_some_and(|v| {
-            compare(v, wanted).map_or(v == wanted, |o| o == Ordering::Equal)
-        }),
+        Filter::Eq(path, wanted) => field(view, path)
+            .is_some_and(|v| compare(v, wanted).map_or(v == wanted, |o| o == Ordering::Equal)),
         Filter::Gt(path, wanted) => test(path, wanted, |o| o == Ordering::Greater),
         Filter::Gte(path, wanted) => test(path, wanted, |o| o != Ordering::Less),
         Filter::Lt(path, wanted) => test(path, wanted, |o| o == Ordering::Less),
@@ -163,7 +169,11 @@ fn check_paths(filter: &Filter) -> Result<()> {
     };
     match filter {
         Filter::All => Ok(()),
-        Filter::Eq(p, _) | Filter::Gt(p, _) | Filter::Gte(p, _) | Filter::Lt(p, _) | Filter::Lte(p, _) => ok(p),
+        Filter::Eq(p, _)
+        | Filter::Gt(p, _)
+        | Filter::Gte(p, _)
+        | Filter::Lt(p, _)
+        | Filter::Lte(p, _) => ok(p),
         Filter::And(all) => all.iter().try_for_each(check_paths),
     }
 }
@@ -196,10 +206,16 @@ impl ViewQuery for MemoryViewStore {
                 for (path, order) in &query.sort {
                     let (x, y) = (field(a, path), field(b, path));
                     let o = match (x, y) {
-                        (Some(x), Some(y)) => compare(x, y).unwrap_or_else(|| rank(Some(x)).cmp(&rank(Some(y)))),
+                        (Some(x), Some(y)) => {
+                            compare(x, y).unwrap_or_else(|| rank(Some(x)).cmp(&rank(Some(y))))
+                        }
                         _ => rank(x).cmp(&rank(y)),
                     };
-                    let o = if *order == Order::Desc { o.reverse() } else { o };
+                    let o = if *order == Order::Desc {
+                        o.reverse()
+                    } else {
+                        o
+                    };
                     if o != Ordering::Equal {
                         return o;
                     }
@@ -208,7 +224,9 @@ impl ViewQuery for MemoryViewStore {
             });
         }
         let skip = usize::try_from(query.skip).unwrap_or(usize::MAX);
-        let limit = query.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+        let limit = query
+            .limit
+            .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
         Ok(found
             .into_iter()
             .skip(skip)
@@ -248,7 +266,9 @@ impl DeadLetterStore for MemoryViewStore {
             return Ok(false);
         };
         let before = space.dead.len();
-        space.dead.retain(|d| d.envelope.metadata.event_id != event_id);
+        space
+            .dead
+            .retain(|d| d.envelope.metadata.event_id != event_id);
         Ok(space.dead.len() != before)
     }
 }

@@ -1,10 +1,16 @@
 //! Applying a batch to the views it touches, in memory, under the error policy.
+//!
+//! Views come from the processor's cache when it has them, else from the store. The cache is
+//! safe with several processors on one store: every write names the revision it was based on,
+//! so a stale cached view makes the commit fail with a view conflict, and the batch is folded
+//! again from the store.
 
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
+use serde::Deserialize as _;
 
-use super::{OnFailure, TrackingProcessor};
+use super::{Batch, OnFailure, TrackingProcessor};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::event::EventSet;
@@ -12,68 +18,117 @@ use crate::projection::Projection;
 use crate::registry::registry;
 use crate::view::{DeadLetter, StoredDoc, UnitOfWork};
 
-struct Doc<V> {
-    original: Option<StoredDoc>,
+/// A view as the processor holds it between batches.
+#[derive(Debug)]
+pub(super) struct Cached<V> {
     view: Option<V>,
     applied: BTreeMap<String, u64>,
     position: u64,
+    revision: u64,
+}
+
+/// What a fold produces: the unit of work, and the views to cache once it has committed.
+pub(super) struct Folded<V> {
+    pub(super) work: UnitOfWork,
+    pub(super) applied: usize,
+    pub(super) views: Vec<(String, Cached<V>)>,
+}
+
+struct Doc<V> {
+    state: Cached<V>,
     /// Indices (in the batch) of the events applied to this view in this batch.
     applied_now: Vec<usize>,
 }
 
 type Decoded<E> = Vec<Option<(String, E)>>;
 
-fn decode_view<P: Projection>(name: &str, doc: &StoredDoc) -> Result<Option<P::View>> {
-    match &doc.view {
-        None => Ok(None),
-        Some(value) => P::View::deserialize(value).map(Some).map_err(|e| Error::Malformed {
+fn from_stored<P: Projection>(name: &str, doc: StoredDoc) -> Result<Cached<P::View>> {
+    let view = match &doc.view {
+        None => None,
+        Some(value) => Some(P::View::deserialize(value).map_err(|e| Error::Malformed {
             what: format!("view `{}` of projection `{name}`", doc.id),
             reason: e.to_string(),
-        }),
+        })?),
+    };
+    Ok(Cached {
+        view,
+        applied: doc.applied,
+        position: doc.position,
+        revision: doc.revision,
+    })
+}
+
+fn empty<V>() -> Cached<V> {
+    Cached {
+        view: None,
+        applied: BTreeMap::new(),
+        position: 0,
+        revision: 0,
     }
 }
 
-use serde::Deserialize as _;
+/// Whether the view has already seen this event: by global position when the feed has one
+/// order, else by its stream's version.
+fn seen<V>(state: &Cached<V>, envelope: &Envelope, globally_ordered: bool) -> bool {
+    if globally_ordered && state.applied.is_empty() {
+        return envelope.position <= state.position;
+    }
+    state
+        .applied
+        .get(envelope.stream_id.as_str())
+        .is_some_and(|v| *v >= envelope.version)
+}
 
-impl<V> Doc<V> {
-    fn new(original: Option<StoredDoc>, view: Option<V>) -> Self {
-        let (applied, position) = original
-            .as_ref()
-            .map(|d| (d.applied.clone(), d.position))
-            .unwrap_or_default();
-        Doc {
-            original,
-            view,
-            applied,
-            position,
-            applied_now: Vec::new(),
+fn record<V>(state: &mut Cached<V>, envelope: &Envelope, globally_ordered: bool) {
+    if globally_ordered && state.applied.is_empty() {
+        state.position = state.position.max(envelope.position);
+        return;
+    }
+    match state.applied.get_mut(envelope.stream_id.as_str()) {
+        Some(v) => *v = envelope.version,
+        None => {
+            state
+                .applied
+                .insert(envelope.stream_id.clone(), envelope.version);
         }
     }
+    state.position = state.position.max(envelope.position);
 }
 
-/// Restores a view to its state before the failing event: the stored state plus the events of
-/// this batch applied to it so far.
-fn restore<P: Projection>(
+/// Puts a view back to its state before the failing event: as stored, plus the events of this
+/// batch that had been applied to it (and that the stored state has not seen).
+async fn restore<P: Projection>(
     processor: &TrackingProcessor<P>,
+    id: &str,
     doc: &mut Doc<P::View>,
     decoded: &Decoded<P::Event>,
-    events: &[Envelope],
+    batch: &Batch,
 ) -> Result<()> {
-    doc.view = match &doc.original {
-        Some(original) => decode_view::<P>(&processor.name, original)?,
-        None => None,
+    let (events, ordered) = (&batch.events, batch.globally_ordered);
+    let stored = processor
+        .store
+        .load(&processor.name, &[id.to_owned()])
+        .await?;
+    doc.state = match stored.into_iter().next() {
+        Some(stored) => from_stored::<P>(&processor.name, stored)?,
+        None => empty(),
     };
     for &i in &doc.applied_now {
-        if let (Some((_, event)), Some(envelope)) = (&decoded[i], events.get(i)) {
-            processor
-                .projection
-                .apply(&mut doc.view, event, envelope)
-                .map_err(|e| Error::Handler {
-                    projection: processor.name.clone(),
-                    event: envelope.event_ref(),
-                    reason: format!("handler is not deterministic: failed on replay: {e}"),
-                })?;
+        let (Some((_, event)), Some(envelope)) = (&decoded[i], events.get(i)) else {
+            continue;
+        };
+        if seen(&doc.state, envelope, ordered) {
+            continue;
         }
+        processor
+            .projection
+            .apply(&mut doc.state.view, event, envelope)
+            .map_err(|e| Error::Handler {
+                projection: processor.name.clone(),
+                event: envelope.event_ref(),
+                reason: format!("handler is not deterministic: failed on replay: {e}"),
+            })?;
+        record(&mut doc.state, envelope, ordered);
     }
     Ok(())
 }
@@ -99,13 +154,12 @@ fn fail<P: Projection>(
     }
 }
 
-/// Folds a batch into the views it touches; returns the unit of work and how many events
-/// were applied.
+/// Folds a batch into the views it touches.
 pub(super) async fn fold<P: Projection>(
     processor: &TrackingProcessor<P>,
-    events: &[Envelope],
-    checkpoint: Option<u64>,
-) -> Result<(UnitOfWork, usize)> {
+    batch: &Batch,
+) -> Result<Folded<P::View>> {
+    let (events, ordered) = (&batch.events, batch.globally_ordered);
     let name = &processor.name;
     let projection = &processor.projection;
     let mut dead = Vec::new();
@@ -134,20 +188,35 @@ pub(super) async fn fold<P: Projection>(
         }
     }
 
-    // 2. Load the views the batch touches.
+    // 2. The views the batch touches: from the cache, else from the store.
     let mut docs: HashMap<String, Doc<P::View>> = HashMap::new();
-    let mut ids: Vec<String> = Vec::new();
-    for (id, _) in decoded.iter().flatten() {
-        if !docs.contains_key(id) {
-            docs.insert(id.clone(), Doc::new(None, None));
-            ids.push(id.clone());
+    let mut missing: Vec<String> = Vec::new();
+    {
+        let mut cache = processor.cache.lock();
+        for (id, _) in decoded.iter().flatten() {
+            if docs.contains_key(id) {
+                continue;
+            }
+            let state = cache.remove(id).unwrap_or_else(|| {
+                missing.push(id.clone());
+                empty()
+            });
+            docs.insert(
+                id.clone(),
+                Doc {
+                    state,
+                    applied_now: Vec::new(),
+                },
+            );
         }
     }
-    if !ids.is_empty() {
-        for stored in processor.store.load(name, &ids).await? {
-            let view = decode_view::<P>(name, &stored)?;
+    if !missing.is_empty() {
+        for stored in processor.store.load(name, &missing).await? {
             let id = stored.id.clone();
-            docs.insert(id, Doc::new(Some(stored), view));
+            let state = from_stored::<P>(name, stored)?;
+            if let Some(doc) = docs.get_mut(&id) {
+                doc.state = state;
+            }
         }
     }
 
@@ -160,31 +229,20 @@ pub(super) async fn fold<P: Projection>(
         let Some(doc) = docs.get_mut(id) else {
             continue;
         };
-        if doc
-            .applied
-            .get(envelope.stream_id.as_str())
-            .is_some_and(|v| *v >= envelope.version)
-        {
+        if seen(&doc.state, envelope, ordered) {
             continue;
         }
         let mut attempt = 0u32;
         loop {
-            match projection.apply(&mut doc.view, event, envelope) {
+            match projection.apply(&mut doc.state.view, event, envelope) {
                 Ok(()) => {
-                    match doc.applied.get_mut(envelope.stream_id.as_str()) {
-                        Some(v) => *v = envelope.version,
-                        None => {
-                            doc.applied
-                                .insert(envelope.stream_id.clone(), envelope.version);
-                        }
-                    }
-                    doc.position = doc.position.max(envelope.position);
+                    record(&mut doc.state, envelope, ordered);
                     doc.applied_now.push(i);
                     applied += 1;
                     break;
                 }
                 Err(reason) => {
-                    restore(processor, doc, &decoded, events)?;
+                    restore(processor, id, doc, &decoded, batch).await?;
                     if attempt < processor.policy.retries {
                         let delay = processor.policy.backoff.delay(attempt);
                         tracing::warn!(projection = %name, error = %reason, ?delay, "handler failed; retrying");
@@ -206,30 +264,40 @@ pub(super) async fn fold<P: Projection>(
 
     // 4. The unit of work: every view that changed, the dead letters, the checkpoint.
     let mut writes = Vec::new();
-    for (id, doc) in docs {
-        if doc.applied_now.is_empty() {
-            continue;
+    let mut views = Vec::with_capacity(docs.len());
+    for (id, mut doc) in docs {
+        if !doc.applied_now.is_empty() {
+            let view = match &doc.state.view {
+                Some(view) => {
+                    Some(
+                        serde_json::to_value(view).map_err(|source| Error::Serialize {
+                            what: format!("view `{id}` of projection `{name}`"),
+                            source,
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            writes.push(StoredDoc {
+                id: id.clone(),
+                view,
+                applied: doc.state.applied.clone(),
+                position: doc.state.position,
+                revision: doc.state.revision,
+            });
+            doc.state.revision += 1;
         }
-        let view = match &doc.view {
-            Some(view) => Some(serde_json::to_value(view).map_err(|source| Error::Serialize {
-                what: format!("view `{id}` of projection `{name}`"),
-                source,
-            })?),
-            None => None,
-        };
-        writes.push(StoredDoc {
-            id,
-            view,
-            applied: doc.applied,
-            position: doc.position,
-            revision: doc.original.as_ref().map_or(0, |d| d.revision),
-        });
+        views.push((id, doc.state));
     }
     let work = UnitOfWork {
         projection: name.clone(),
         writes,
         dead_letters: dead,
-        checkpoint,
+        checkpoint: batch.checkpoint,
     };
-    Ok((work, applied))
+    Ok(Folded {
+        work,
+        applied,
+        views,
+    })
 }

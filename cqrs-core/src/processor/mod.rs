@@ -9,9 +9,11 @@
 mod fold;
 mod source;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -131,6 +133,8 @@ pub struct TrackingProcessor<P: Projection> {
     backend_backoff: Backoff,
     idle: Duration,
     position: watch::Sender<u64>,
+    cache: Mutex<HashMap<String, fold::Cached<P::View>>>,
+    cache_capacity: usize,
 }
 
 impl<P: Projection> std::fmt::Debug for TrackingProcessor<P> {
@@ -156,7 +160,17 @@ impl<P: Projection> TrackingProcessor<P> {
             backend_backoff: Backoff::default(),
             idle: Duration::from_millis(500),
             position: watch::Sender::new(0),
+            cache: Mutex::new(HashMap::new()),
+            cache_capacity: 10_000,
         }
+    }
+
+    /// Keeps up to `capacity` views in memory between batches (default 10 000; 0 turns it
+    /// off). A cached view that another processor changed meanwhile is caught by its revision
+    /// at commit, and the batch is folded again from the store.
+    pub fn view_cache(mut self, capacity: usize) -> Self {
+        self.cache_capacity = capacity;
+        self
     }
 
     /// Keeps views, checkpoint and dead letters under another name (e.g. a new version
@@ -219,7 +233,9 @@ impl<P: Projection> TrackingProcessor<P> {
     /// # Errors
     /// A backend error.
     pub async fn reset(&self) -> Result<()> {
+        self.cache.lock().clear();
         self.store.reset(&self.name).await?;
+        self.cache.lock().clear();
         self.position.send_replace(0);
         tracing::info!(projection = %self.name, "projection reset");
         Ok(())
@@ -238,9 +254,12 @@ impl<P: Projection> TrackingProcessor<P> {
         let mut attempt = 0u32;
         let applied = loop {
             // Fold afresh on every attempt: after a view conflict the views must be reloaded.
-            let (work, applied) = fold::fold(self, &batch.events, batch.checkpoint).await?;
-            match self.store.commit(work).await {
-                Ok(()) => break applied,
+            let folded = fold::fold(self, batch).await?;
+            match self.store.commit(folded.work).await {
+                Ok(()) => {
+                    self.cache_views(folded.views);
+                    break folded.applied;
+                }
                 Err(e @ Error::ViewConflict { .. }) => {
                     tracing::debug!(projection = %self.name, error = %e, "view changed concurrently; folding again");
                     attempt = attempt.saturating_add(1);
@@ -265,6 +284,22 @@ impl<P: Projection> TrackingProcessor<P> {
         Ok(applied)
     }
 
+    fn cache_views(&self, views: Vec<(String, fold::Cached<P::View>)>) {
+        if self.cache_capacity == 0 {
+            return;
+        }
+        let mut cache = self.cache.lock();
+        for (id, view) in views {
+            while cache.len() >= self.cache_capacity {
+                let Some(victim) = cache.keys().next().cloned() else {
+                    break;
+                };
+                cache.remove(&victim);
+            }
+            cache.insert(id, view);
+        }
+    }
+
     fn advance(&self, position: u64) {
         self.position.send_if_modified(|current| {
             let moved = position > *current;
@@ -275,7 +310,12 @@ impl<P: Projection> TrackingProcessor<P> {
         });
     }
 
-    async fn retry_backend<T, F, Fut>(&self, what: &str, stop: &CancellationToken, f: F) -> Result<T>
+    async fn retry_backend<T, F, Fut>(
+        &self,
+        what: &str,
+        stop: &CancellationToken,
+        f: F,
+    ) -> Result<T>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -310,14 +350,18 @@ impl<P: Projection> TrackingProcessor<P> {
     /// The failure that stopped it.
     pub async fn run(&self, feed: &dyn Feed, stop: CancellationToken) -> Result<()> {
         let checkpoint = match self
-            .retry_backend("loading the checkpoint", &stop, || self.store.checkpoint(&self.name))
+            .retry_backend("loading the checkpoint", &stop, || {
+                self.store.checkpoint(&self.name)
+            })
             .await
         {
             Err(Error::Shutdown) => return Ok(()),
             other => other?,
         };
         let mut source = match self
-            .retry_backend("opening the feed", &stop, || feed.open(checkpoint, self.idle))
+            .retry_backend("opening the feed", &stop, || {
+                feed.open(checkpoint, self.idle)
+            })
             .await
         {
             Err(Error::Shutdown) => return Ok(()),
@@ -382,7 +426,10 @@ impl<P: Projection> TrackingProcessor<P> {
     /// As [`process`](Self::process), or a store error.
     pub async fn catch_up(&self, reader: Arc<dyn EventReader>) -> Result<u64> {
         let checkpoint = self.store.checkpoint(&self.name).await?;
-        let mut source = StoreFeed::new(reader).no_wait().open(checkpoint, self.idle).await?;
+        let mut source = StoreFeed::new(reader)
+            .no_wait()
+            .open(checkpoint, self.idle)
+            .await?;
         let mut total = 0u64;
         loop {
             let batch = source.next_batch(self.batch_size).await?;

@@ -17,6 +17,31 @@ pub struct Batch {
     /// The global position to save as the checkpoint once the batch is applied, for sources
     /// that have one; `None` for a bus, which commits its own offsets on [`EventSource::ack`].
     pub checkpoint: Option<u64>,
+    /// Whether the source delivers one global order (the store's log). Then one position per
+    /// view is enough to skip what it has seen; otherwise (a bus: an order per partition) each
+    /// view records the last version it applied of every stream.
+    pub globally_ordered: bool,
+}
+
+impl Batch {
+    /// A batch from the global log, checkpointed at its last event.
+    pub fn from_log(events: Vec<Envelope>) -> Self {
+        let checkpoint = events.last().map(|e| e.position);
+        Batch {
+            events,
+            checkpoint,
+            globally_ordered: true,
+        }
+    }
+
+    /// A batch from a bus: no global checkpoint, an order per stream only.
+    pub fn from_bus(events: Vec<Envelope>) -> Self {
+        Batch {
+            events,
+            checkpoint: None,
+            globally_ordered: false,
+        }
+    }
 }
 
 /// An open stream of batches.
@@ -56,7 +81,9 @@ pub struct StoreFeed {
 
 impl std::fmt::Debug for StoreFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreFeed").field("wait", &self.wait).finish()
+        f.debug_struct("StoreFeed")
+            .field("wait", &self.wait)
+            .finish()
     }
 }
 
@@ -100,11 +127,11 @@ impl EventSource for StoreSource {
                 events = self.reader.read_all(self.after, max).await?;
             }
         }
-        let checkpoint = events.last().map(|e| e.position);
-        if let Some(p) = checkpoint {
+        let batch = Batch::from_log(events);
+        if let Some(p) = batch.checkpoint {
             self.after = p;
         }
-        Ok(Batch { events, checkpoint })
+        Ok(batch)
     }
 
     async fn ack(&mut self, _batch: &Batch) -> Result<()> {

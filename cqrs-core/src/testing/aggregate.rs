@@ -96,7 +96,10 @@ impl<A: Aggregate> Then<A> {
             let envelope = envelope_of(A::TYPE, "fixture", self.version + i as u64 + 1, 0, event);
             match A::Event::decode(&envelope) {
                 Ok(Some(back)) => assert_eq!(&back, event, "event does not survive serialization"),
-                Ok(None) => panic!("event `{}` is not in its own event set", envelope.event_name),
+                Ok(None) => panic!(
+                    "event `{}` is not in its own event set",
+                    envelope.event_name
+                ),
                 Err(e) => panic!("event {event:?} does not decode from its stored form: {e}"),
             }
             state.apply(event);

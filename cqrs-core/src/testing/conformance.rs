@@ -54,30 +54,63 @@ pub async fn append_and_read_stream<S: EventStore>(store: Arc<S>) {
         .append("thing", "thing-1", ExpectedVersion::NEW, events.clone())
         .await
         .unwrap_or_else(|e| panic!("first append failed: {e}"));
-    assert_eq!(committed.len(), 3, "append returns every committed envelope");
+    assert_eq!(
+        committed.len(),
+        3,
+        "append returns every committed envelope"
+    );
     let read = store.read_stream("thing-1", 0).await.expect("read_stream");
     assert_eq!(read, committed, "read_stream returns what append committed");
     for (i, (env, new)) in read.iter().zip(&events).enumerate() {
-        assert_eq!(env.version, i as u64 + 1, "versions start at 1 with no holes");
+        assert_eq!(
+            env.version,
+            i as u64 + 1,
+            "versions start at 1 with no holes"
+        );
         assert_eq!(env.stream_id, "thing-1");
         assert_eq!(env.aggregate_type, "thing");
         assert_eq!(env.event_name, new.event_name);
         assert_eq!(env.event_version, new.event_version);
-        let stored: serde_json::Value = serde_json::from_slice(&env.payload).expect("payload is JSON");
-        let written: serde_json::Value = serde_json::from_slice(&new.payload).expect("payload is JSON");
+        let stored: serde_json::Value =
+            serde_json::from_slice(&env.payload).expect("payload is JSON");
+        let written: serde_json::Value =
+            serde_json::from_slice(&new.payload).expect("payload is JSON");
         assert_eq!(stored, written, "payload round trip");
-        assert_eq!(env.metadata.event_id, new.metadata.event_id, "event id round trip");
+        assert_eq!(
+            env.metadata.event_id, new.metadata.event_id,
+            "event id round trip"
+        );
         assert_eq!(env.metadata.correlation_id, new.metadata.correlation_id);
-        assert_eq!(env.metadata.user, new.metadata.user, "metadata key/values round trip");
+        assert_eq!(
+            env.metadata.user, new.metadata.user,
+            "metadata key/values round trip"
+        );
     }
-    assert!(read.windows(2).all(|w| w[0].position < w[1].position), "positions increase");
-    let tail = store.read_stream("thing-1", 2).await.expect("read_stream after 2");
+    assert!(
+        read.windows(2).all(|w| w[0].position < w[1].position),
+        "positions increase"
+    );
+    let tail = store
+        .read_stream("thing-1", 2)
+        .await
+        .expect("read_stream after 2");
     assert_eq!(tail.len(), 1);
-    assert_eq!(tail[0].version, 3, "read_stream(after_version) skips what came before");
-    let none = store.read_stream("nothing-here", 0).await.expect("read missing stream");
+    assert_eq!(
+        tail[0].version, 3,
+        "read_stream(after_version) skips what came before"
+    );
+    let none = store
+        .read_stream("nothing-here", 0)
+        .await
+        .expect("read missing stream");
     assert!(none.is_empty(), "a missing stream reads as empty");
     let more = store
-        .append("thing", "thing-1", ExpectedVersion::Exact(3), vec![event(4)])
+        .append(
+            "thing",
+            "thing-1",
+            ExpectedVersion::Exact(3),
+            vec![event(4)],
+        )
         .await
         .expect("append at the right version");
     assert_eq!(more[0].version, 4);
@@ -86,11 +119,21 @@ pub async fn append_and_read_stream<S: EventStore>(store: Arc<S>) {
 /// A wrong expected version is a typed conflict with both versions, and writes nothing.
 pub async fn conflicts_write_nothing<S: EventStore>(store: Arc<S>) {
     store
-        .append("thing", "c-1", ExpectedVersion::NEW, vec![event(1), event(2)])
+        .append(
+            "thing",
+            "c-1",
+            ExpectedVersion::NEW,
+            vec![event(1), event(2)],
+        )
         .await
         .expect("first append");
     let err = store
-        .append("thing", "c-1", ExpectedVersion::NEW, vec![event(3), event(4)])
+        .append(
+            "thing",
+            "c-1",
+            ExpectedVersion::NEW,
+            vec![event(3), event(4)],
+        )
         .await
         .expect_err("appending as new to an existing stream must conflict");
     match err {
@@ -100,7 +143,11 @@ pub async fn conflicts_write_nothing<S: EventStore>(store: Arc<S>) {
             actual,
         } => {
             assert_eq!(stream_id, "c-1");
-            assert_eq!((expected, actual), (0, 2), "conflict carries expected and actual");
+            assert_eq!(
+                (expected, actual),
+                (0, 2),
+                "conflict carries expected and actual"
+            );
         }
         other => panic!("expected a conflict, got {other}"),
     }
@@ -108,9 +155,27 @@ pub async fn conflicts_write_nothing<S: EventStore>(store: Arc<S>) {
         .append("thing", "c-1", ExpectedVersion::Exact(5), vec![event(3)])
         .await
         .expect_err("a version ahead of the stream must conflict");
-    assert!(matches!(err, Error::Conflict { expected: 5, actual: 2, .. }), "got {err}");
-    assert_eq!(store.read_stream("c-1", 0).await.expect("read").len(), 2, "a conflict writes nothing");
-    assert_eq!(store.read_all(0, 100).await.expect("read_all").len(), 2, "nothing leaks to the global log");
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                expected: 5,
+                actual: 2,
+                ..
+            }
+        ),
+        "got {err}"
+    );
+    assert_eq!(
+        store.read_stream("c-1", 0).await.expect("read").len(),
+        2,
+        "a conflict writes nothing"
+    );
+    assert_eq!(
+        store.read_all(0, 100).await.expect("read_all").len(),
+        2,
+        "nothing leaks to the global log"
+    );
     let any = store
         .append("thing", "c-1", ExpectedVersion::Any, vec![event(5)])
         .await
@@ -129,13 +194,22 @@ pub async fn global_log_order_and_paging<S: EventStore>(store: Arc<S>) {
     }
     let all = store.read_all(0, 1000).await.expect("read_all");
     assert_eq!(all.len(), 10);
-    assert!(all.windows(2).all(|w| w[0].position < w[1].position), "global log in position order");
+    assert!(
+        all.windows(2).all(|w| w[0].position < w[1].position),
+        "global log in position order"
+    );
     let ns: Vec<String> = all.iter().map(|e| e.metadata.user["n"].clone()).collect();
     let expected: Vec<String> = (0..10).map(|i: u64| i.to_string()).collect();
     assert_eq!(ns, expected, "global log in commit order");
-    let page = store.read_all(all[3].position, 4).await.expect("read_all page");
+    let page = store
+        .read_all(all[3].position, 4)
+        .await
+        .expect("read_all page");
     assert_eq!(page, all[4..8].to_vec(), "read_all(after, limit) pages");
-    let end = store.read_all(all[9].position, 10).await.expect("read_all at end");
+    let end = store
+        .read_all(all[9].position, 10)
+        .await
+        .expect("read_all at end");
     assert!(end.is_empty(), "nothing after the last event");
 }
 
@@ -146,7 +220,12 @@ pub async fn one_writer_wins<S: EventStore + 'static>(store: Arc<S>) {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .append("thing", "race", ExpectedVersion::NEW, vec![event(i), event(i + 100)])
+                .append(
+                    "thing",
+                    "race",
+                    ExpectedVersion::NEW,
+                    vec![event(i), event(i + 100)],
+                )
                 .await
         }));
     }
@@ -157,8 +236,14 @@ pub async fn one_writer_wins<S: EventStore + 'static>(store: Arc<S>) {
                 won += 1;
                 assert_eq!(committed.len(), 2);
             }
-            Err(Error::Conflict { expected, actual, .. }) => {
-                assert_eq!((expected, actual), (0, 2), "losers see the winner's version");
+            Err(Error::Conflict {
+                expected, actual, ..
+            }) => {
+                assert_eq!(
+                    (expected, actual),
+                    (0, 2),
+                    "losers see the winner's version"
+                );
             }
             Err(other) => panic!("unexpected error: {other}"),
         }
@@ -166,7 +251,11 @@ pub async fn one_writer_wins<S: EventStore + 'static>(store: Arc<S>) {
     assert_eq!(won, 1, "exactly one racing writer wins");
     let read = store.read_stream("race", 0).await.expect("read");
     assert_eq!(read.len(), 2, "only the winner's events are stored");
-    assert_eq!(read[1].metadata.user["n"].parse::<u64>().expect("n"), read[0].metadata.user["n"].parse::<u64>().expect("n") + 100, "the winner's events stay together");
+    assert_eq!(
+        read[1].metadata.user["n"].parse::<u64>().expect("n"),
+        read[0].metadata.user["n"].parse::<u64>().expect("n") + 100,
+        "the winner's events stay together"
+    );
 }
 
 /// Eight writers append concurrently while a reader tails the global log by position: it sees
@@ -180,7 +269,11 @@ pub async fn tailing_reader_sees_everything_once<S: EventStore + 'static>(store:
         let mut after = 0;
         let deadline = Instant::now() + Duration::from_secs(60);
         while (seen.len() as u64) < WRITERS * EACH {
-            assert!(Instant::now() < deadline, "reader saw only {} events", seen.len());
+            assert!(
+                Instant::now() < deadline,
+                "reader saw only {} events",
+                seen.len()
+            );
             let batch = reader_store.read_all(after, 7).await.expect("read_all");
             if batch.is_empty() {
                 reader_store
@@ -203,7 +296,12 @@ pub async fn tailing_reader_sees_everything_once<S: EventStore + 'static>(store:
         writers.push(tokio::spawn(async move {
             for i in 0..EACH {
                 store
-                    .append("thing", &format!("w-{w}"), ExpectedVersion::Exact(i), vec![event(w * 1000 + i)])
+                    .append(
+                        "thing",
+                        &format!("w-{w}"),
+                        ExpectedVersion::Exact(i),
+                        vec![event(w * 1000 + i)],
+                    )
                     .await
                     .expect("append");
                 if i % 5 == 0 {
@@ -220,7 +318,10 @@ pub async fn tailing_reader_sees_everything_once<S: EventStore + 'static>(store:
     assert_eq!(ids.len(), seen.len(), "no event seen twice");
     assert_eq!(seen.len() as u64, WRITERS * EACH, "no event skipped");
     let all = store.read_all(0, 100_000).await.expect("read_all");
-    assert_eq!(all, seen, "the tailing reader saw exactly the final global log");
+    assert_eq!(
+        all, seen,
+        "the tailing reader saw exactly the final global log"
+    );
 }
 
 /// `wait_for_events` returns soon after an append, well before its timeout.
@@ -240,7 +341,10 @@ pub async fn waiting_reader_wakes<S: EventStore + 'static>(store: Arc<S>) {
         .await
         .expect("append");
     let waited = waiter.await.expect("waiter");
-    assert!(waited < Duration::from_secs(10), "waiter slept {waited:?} despite a new event");
+    assert!(
+        waited < Duration::from_secs(10),
+        "waiter slept {waited:?} despite a new event"
+    );
 }
 
 /// Every stored `(name, version)` is listed for the start-up check.
@@ -250,7 +354,12 @@ pub async fn stored_types_are_listed<S: EventStore>(store: Arc<S>) {
     let mut other = event(3);
     other.event_name = "conformance.Other".into();
     store
-        .append("thing", "t-1", ExpectedVersion::NEW, vec![event(1), v2, other])
+        .append(
+            "thing",
+            "t-1",
+            ExpectedVersion::NEW,
+            vec![event(1), v2, other],
+        )
         .await
         .expect("append");
     let mut types: Vec<(String, u32)> = store

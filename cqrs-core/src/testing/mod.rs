@@ -1,5 +1,9 @@
 //! Test fixtures: given/when/then for aggregates, given-events/then-view for projections, and
 //! the event-store conformance suite every backend runs.
+//!
+//! These are test helpers: they panic, with a message naming the broken expectation, where
+//! library code would return an error.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod aggregate;
 pub mod conformance;

@@ -31,8 +31,8 @@ impl<P: Projection> ProjectionFixture<P> {
     /// A fixture for `projection`, dead-lettering what it cannot handle.
     pub fn new(projection: P) -> Self {
         let store = Arc::new(MemoryViewStore::new());
-        let processor =
-            TrackingProcessor::new(projection, store.clone()).error_policy(ErrorPolicy::dead_letter());
+        let processor = TrackingProcessor::new(projection, store.clone())
+            .error_policy(ErrorPolicy::dead_letter());
         ProjectionFixture {
             processor,
             store,
@@ -60,8 +60,8 @@ impl<P: Projection> ProjectionFixture<P> {
     /// When the projection stops on them.
     #[track_caller]
     pub fn given_envelopes(self, events: Vec<Envelope>) -> Self {
-        let checkpoint = events.iter().map(|e| e.position).max();
-        let batch = Batch { events, checkpoint };
+        // As a bus would deliver them: the strictest idempotency (per stream version) applies.
+        let batch = Batch::from_bus(events);
         if let Err(e) = futures::executor::block_on(self.processor.process(&batch)) {
             panic!("the projection stopped: {e}");
         }

@@ -1,5 +1,5 @@
 //! A small domain for the framework's own tests: counters and a tally of what was applied.
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
 use cqrs_core::{Aggregate, BoxError, Command, Envelope, Projection};
 use serde::{Deserialize, Serialize};
@@ -124,11 +124,17 @@ impl Projection for Tally {
 }
 
 /// Asserts every tally view saw exactly versions 1..=n of its stream, once each, in order.
-pub fn assert_each_event_once(views: &[(String, TallyView)], expected_per_stream: &dyn Fn(&str) -> u64) {
+pub fn assert_each_event_once(
+    views: &[(String, TallyView)],
+    expected_per_stream: &dyn Fn(&str) -> u64,
+) {
     for (id, view) in views {
         let n = expected_per_stream(id);
         let expected: Vec<u64> = (1..=n).collect();
-        assert_eq!(view.versions, expected, "view `{id}` applied events out of order, twice or not at all");
+        assert_eq!(
+            view.versions, expected,
+            "view `{id}` applied events out of order, twice or not at all"
+        );
     }
 }
 
