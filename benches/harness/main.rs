@@ -76,8 +76,9 @@ async fn main() {
     }
     drop(envelopes);
 
-    let gateway = gateway_with_products(1_000).await;
     for _ in 0..runs * u64::from(wanted("commands_memory")) {
+        // A fresh store each run: the in-memory log grows by `events` every run.
+        let gateway = gateway_with_products(1_000).await;
         let start = Instant::now();
         send_commands(&gateway, events, 1_000, 8).await;
         report("commands_memory", events, start.elapsed().as_secs_f64());

