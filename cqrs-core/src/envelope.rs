@@ -33,10 +33,17 @@ impl Metadata {
             event_id: id,
             correlation_id: id,
             causation_id: None,
-            timestamp: Utc::now(),
+            timestamp: now(),
             user: BTreeMap::new(),
         }
     }
+}
+
+/// The current time in microseconds, the precision every backend keeps (a timestamp read back
+/// from PostgreSQL equals the one written).
+pub fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
 }
 
 impl Default for Metadata {

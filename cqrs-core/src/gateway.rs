@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::Utc;
 use parking_lot::Mutex;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -366,7 +365,7 @@ impl CommandGateway {
             if events.is_empty() {
                 return Ok(Vec::new());
             }
-            let now = Utc::now();
+            let now = crate::envelope::now();
             let mut new_events = Vec::with_capacity(events.len());
             for event in &events {
                 new_events.push(NewEvent {

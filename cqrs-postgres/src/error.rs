@@ -1,0 +1,28 @@
+//! Mapping sqlx errors onto the framework's error.
+
+use cqrs_core::Error;
+
+/// Maps a database error: a missing table or function means the schema was not migrated (a
+/// configuration problem, not retried); a data exception is a malformed value; everything else
+/// is a backend failure the caller may retry.
+pub(crate) fn db(what: &str, e: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(db) = &e {
+        match db.code().as_deref() {
+            Some("42P01" | "3F000" | "42883") => {
+                return Error::Config(format!(
+                    "{what}: {} (is the schema migrated? call `Postgres::migrate`)",
+                    db.message()
+                ));
+            }
+            Some("55000") => return Error::Config(format!("{what}: {}", db.message())),
+            Some(code) if code.starts_with("22") => {
+                return Error::Malformed {
+                    what: what.to_owned(),
+                    reason: db.message().to_owned(),
+                };
+            }
+            _ => {}
+        }
+    }
+    Error::backend("postgres", what, e)
+}

@@ -1,0 +1,435 @@
+//! The PostgreSQL event store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use cqrs_core::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
+use cqrs_core::registry::StoredType;
+use cqrs_core::{Error, EventAppender, EventReader, Result};
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::error::db;
+use crate::listen::Notifier;
+use crate::schema::Schema;
+
+const COLUMNS: &str = "position, stream_id, aggregate_type, version, event_name, event_version, \
+                       payload::text AS payload, event_id, correlation_id, causation_id, \
+                       created_at, meta::text AS meta";
+
+/// The event store on PostgreSQL.
+///
+/// The global log is gap-safe: an append takes its transaction id and its positions under one
+/// short lock (released before commit), so positions follow transaction ids; readers return
+/// only rows of transactions older than the oldest one still running. A transaction that took
+/// a smaller position but commits later is therefore never skipped, and one that rolls back
+/// holds readers up only while it runs. See `docs/adr/0003-gap-safe-global-log.md`.
+#[derive(Clone)]
+pub struct PgEventStore {
+    pool: PgPool,
+    schema: Arc<Schema>,
+    notifier: Arc<Notifier>,
+}
+
+impl std::fmt::Debug for PgEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEventStore")
+            .field("schema", &self.schema.name)
+            .finish()
+    }
+}
+
+fn to_envelope(row: &PgRow) -> Result<Envelope> {
+    let position: i64 = row
+        .try_get("position")
+        .map_err(|e| db("reading an event", e))?;
+    let malformed = |reason: String| Error::Malformed {
+        what: format!("event row at position {position}"),
+        reason,
+    };
+    let get = |e: sqlx::Error| malformed(e.to_string());
+    let version: i64 = row.try_get("version").map_err(get)?;
+    let event_version: i32 = row.try_get("event_version").map_err(get)?;
+    let payload: String = row.try_get("payload").map_err(get)?;
+    let meta: Option<String> = row.try_get("meta").map_err(get)?;
+    let user: BTreeMap<String, String> = match meta {
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| malformed(format!("metadata is not a map of strings: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    Ok(Envelope {
+        stream_id: row.try_get("stream_id").map_err(get)?,
+        aggregate_type: row.try_get("aggregate_type").map_err(get)?,
+        version: u64::try_from(version)
+            .map_err(|_| malformed(format!("negative version {version}")))?,
+        position: u64::try_from(position).map_err(|_| malformed("negative position".into()))?,
+        event_name: row.try_get("event_name").map_err(get)?,
+        event_version: u32::try_from(event_version)
+            .map_err(|_| malformed(format!("negative event version {event_version}")))?,
+        payload: Bytes::from(payload.into_bytes()),
+        metadata: Metadata {
+            event_id: row.try_get("event_id").map_err(get)?,
+            correlation_id: row.try_get("correlation_id").map_err(get)?,
+            causation_id: row.try_get("causation_id").map_err(get)?,
+            timestamp: row.try_get::<DateTime<Utc>, _>("created_at").map_err(get)?,
+            user,
+        },
+    })
+}
+
+fn to_i64(n: u64, what: &str) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::Config(format!("{what} {n} is out of range")))
+}
+
+/// Appends on any connection (a pooled one, or a caller's transaction).
+async fn append_on(
+    conn: &mut PgConnection,
+    schema: &Schema,
+    aggregate_type: &str,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<Vec<Envelope>> {
+    if stream_id.is_empty() {
+        return Err(Error::Config("stream id must not be empty".into()));
+    }
+    let (check, expected_version) = match expected {
+        ExpectedVersion::Exact(v) => (true, to_i64(v, "expected version")?),
+        ExpectedVersion::Any => (false, 0),
+    };
+    let n = events.len();
+    let mut names = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let mut correlations = Vec::with_capacity(n);
+    let mut causations: Vec<Option<Uuid>> = Vec::with_capacity(n);
+    let mut created = Vec::with_capacity(n);
+    let mut metas: Vec<Option<String>> = Vec::with_capacity(n);
+    for e in &events {
+        names.push(e.event_name.as_str());
+        versions.push(i32::try_from(e.event_version).map_err(|_| {
+            Error::Config(format!("event version {} is out of range", e.event_version))
+        })?);
+        payloads.push(
+            std::str::from_utf8(&e.payload).map_err(|err| Error::Malformed {
+                what: format!("payload of `{}`", e.event_name),
+                reason: format!("not UTF-8 JSON: {err}"),
+            })?,
+        );
+        ids.push(e.metadata.event_id);
+        correlations.push(e.metadata.correlation_id);
+        causations.push(e.metadata.causation_id);
+        created.push(e.metadata.timestamp);
+        metas.push(if e.metadata.user.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::to_string(&e.metadata.user).map_err(|source| Error::Serialize {
+                    what: "event metadata".into(),
+                    source,
+                })?,
+            )
+        });
+    }
+    let rows = sqlx::query(schema.sql(
+        "SELECT out_position, out_version, out_actual FROM {schema}.append_events(
+            $1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], $8, $9, $10, $11, $12::text[]::jsonb[])",
+    ))
+    .bind(stream_id)
+    .bind(aggregate_type)
+    .bind(expected_version)
+    .bind(check)
+    .bind(&names)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&ids)
+    .bind(&correlations)
+    .bind(&causations)
+    .bind(&created)
+    .bind(&metas)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| db(&format!("appending to stream `{stream_id}`"), e))?;
+    if let Some(first) = rows.first() {
+        let actual: Option<i64> = first.try_get(2).map_err(|e| db("reading the append", e))?;
+        if let Some(actual) = actual {
+            return Err(Error::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected: expected_version as u64,
+                actual: actual as u64,
+            });
+        }
+    }
+    if rows.len() != n {
+        return Err(Error::Backend {
+            backend: "postgres",
+            message: format!(
+                "append to `{stream_id}` returned {} rows for {n} events",
+                rows.len()
+            ),
+            source: None,
+        });
+    }
+    let mut committed = Vec::with_capacity(n);
+    for (row, event) in rows.iter().zip(events) {
+        let position: i64 = row.try_get(0).map_err(|e| db("reading the append", e))?;
+        let version: i64 = row.try_get(1).map_err(|e| db("reading the append", e))?;
+        committed.push(Envelope {
+            stream_id: stream_id.to_owned(),
+            aggregate_type: aggregate_type.to_owned(),
+            version: version as u64,
+            position: position as u64,
+            event_name: event.event_name,
+            event_version: event.event_version,
+            payload: event.payload,
+            metadata: event.metadata,
+        });
+    }
+    Ok(committed)
+}
+
+impl PgEventStore {
+    pub(crate) fn new(pool: PgPool, schema: Arc<Schema>) -> Self {
+        PgEventStore {
+            pool,
+            schema,
+            notifier: Notifier::new(),
+        }
+    }
+
+    /// Opens a transaction to append in, so the append commits together with the caller's own
+    /// writes (made after it), or not at all.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn begin(&self) -> Result<PgAppendTx> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("starting a transaction", e))?;
+        Ok(PgAppendTx {
+            tx,
+            schema: self.schema.clone(),
+            appended: false,
+        })
+    }
+
+    /// The position of the last event readers can see (0 when none).
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn head(&self) -> Result<u64> {
+        let head: Option<i64> = sqlx::query_scalar(self.schema.sql(
+            "SELECT max(position) FROM {schema}.events
+              WHERE xid < pg_snapshot_xmin(pg_current_snapshot())",
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db("reading the head of the log", e))?;
+        Ok(head.unwrap_or(0) as u64)
+    }
+
+    async fn visible_after(&self, after: u64) -> Result<bool> {
+        sqlx::query_scalar(self.schema.sql(
+            "SELECT EXISTS (SELECT 1 FROM {schema}.events
+                             WHERE position > $1
+                               AND xid < pg_snapshot_xmin(pg_current_snapshot()))",
+        ))
+        .bind(to_i64(after, "position")?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db("checking for new events", e))
+    }
+}
+
+#[async_trait]
+impl EventReader for PgEventStore {
+    async fn read_stream(&self, stream_id: &str, after_version: u64) -> Result<Vec<Envelope>> {
+        let rows = sqlx::query(self.schema.sql(&format!(
+            "SELECT {COLUMNS} FROM {{schema}}.events
+              WHERE stream_id = $1 AND version > $2 ORDER BY version"
+        )))
+        .bind(stream_id)
+        .bind(to_i64(after_version, "version")?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db(&format!("reading stream `{stream_id}`"), e))?;
+        rows.iter().map(to_envelope).collect()
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
+        let rows = sqlx::query(self.schema.sql(&format!(
+            "SELECT {COLUMNS} FROM {{schema}}.events
+              WHERE position > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY position LIMIT $2"
+        )))
+        .bind(to_i64(after, "position")?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("reading the global log", e))?;
+        rows.iter().map(to_envelope).collect()
+    }
+
+    async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
+        let mut bumps = self.notifier.subscribe();
+        self.notifier
+            .ensure_listening(&self.pool, &self.schema.channel)
+            .await?;
+        if self.visible_after(after).await? {
+            return Ok(());
+        }
+        // Woken by a commit's notification; the timeout bounds the wait after a rollback
+        // (which notifies nobody) let later commits become readable.
+        let _ = tokio::time::timeout(timeout, bumps.changed()).await;
+        Ok(())
+    }
+
+    async fn stored_types(&self) -> Result<Vec<StoredType>> {
+        let rows =
+            sqlx::query(self.schema.sql(
+                "SELECT DISTINCT event_name, event_version FROM {schema}.events ORDER BY 1, 2",
+            ))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db("listing stored event types", e))?;
+        rows.iter()
+            .map(|row| {
+                let version: i32 = row
+                    .try_get(1)
+                    .map_err(|e| db("listing stored event types", e))?;
+                Ok(StoredType {
+                    name: row
+                        .try_get(0)
+                        .map_err(|e| db("listing stored event types", e))?,
+                    version: version as u32,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventAppender for PgEventStore {
+    async fn append(
+        &self,
+        aggregate_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Envelope>> {
+        if events.is_empty() {
+            // Nothing to write; still answer the version check.
+            if let ExpectedVersion::Exact(expected) = expected {
+                let actual: Option<i64> = sqlx::query_scalar(
+                    self.schema
+                        .sql("SELECT max(version) FROM {schema}.events WHERE stream_id = $1"),
+                )
+                .bind(stream_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db("reading a stream's version", e))?;
+                let actual = actual.unwrap_or(0) as u64;
+                if actual != expected {
+                    return Err(Error::Conflict {
+                        stream_id: stream_id.to_owned(),
+                        expected,
+                        actual,
+                    });
+                }
+            }
+            return Ok(Vec::new());
+        }
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db("acquiring a connection", e))?;
+        append_on(
+            &mut conn,
+            &self.schema,
+            aggregate_type,
+            stream_id,
+            expected,
+            events,
+        )
+        .await
+    }
+}
+
+/// A transaction holding one append: commit it with the caller's own writes, or roll it back.
+///
+/// Only one append per transaction, and it must be the transaction's first write: positions
+/// follow transaction ids only then (the store refuses anything else).
+pub struct PgAppendTx {
+    tx: Transaction<'static, Postgres>,
+    schema: Arc<Schema>,
+    appended: bool,
+}
+
+impl std::fmt::Debug for PgAppendTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgAppendTx")
+            .field("appended", &self.appended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgAppendTx {
+    /// Appends to a stream inside this transaction.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] on a version mismatch, [`Error::Config`] on a second append, a
+    /// backend error.
+    pub async fn append(
+        &mut self,
+        aggregate_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Envelope>> {
+        if self.appended {
+            return Err(Error::Config(
+                "one append per transaction: positions follow transaction ids".into(),
+            ));
+        }
+        self.appended = true;
+        append_on(
+            &mut self.tx,
+            &self.schema,
+            aggregate_type,
+            stream_id,
+            expected,
+            events,
+        )
+        .await
+    }
+
+    /// The transaction's connection, for the caller's own statements after the append.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Commits.
+    ///
+    /// # Errors
+    /// A backend error; then nothing was written.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(|e| db("committing", e))
+    }
+
+    /// Rolls back: nothing is written, and readers are not held up.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await.map_err(|e| db("rolling back", e))
+    }
+}

@@ -1,0 +1,387 @@
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+//! The PostgreSQL event store on a real server: conformance, the gap test, concurrent
+//! writers, snapshots, bad input.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{add, fresh, Counter};
+use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
+use cqrs_core::store::Snapshot;
+use cqrs_core::{
+    CheckpointStore, CommandError, CommandGateway, Error, EventAppender, EventReader, EventStore,
+    SnapshotStore,
+};
+use cqrs_postgres::Postgres;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_passes_the_conformance_suite() {
+    let schemas = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    cqrs_core::testing::conformance::run(|| {
+        let schemas = schemas.clone();
+        async move {
+            let pg = fresh().await;
+            let store = pg.event_store();
+            schemas.lock().push(pg);
+            store
+        }
+    })
+    .await;
+    let all: Vec<Postgres> = schemas.lock().drain(..).collect();
+    for pg in all {
+        pg.drop_schema().await.expect("drop");
+    }
+}
+
+fn event(writer: u64, n: u64) -> NewEvent {
+    let mut metadata = Metadata::new();
+    metadata.user.insert("writer".into(), writer.to_string());
+    NewEvent {
+        event_name: "pgtest.Gap".into(),
+        event_version: 1,
+        payload: Bytes::from(format!("{{\"writer\":{writer},\"n\":{n}}}")),
+        metadata,
+    }
+}
+
+/// Sixteen writers append in transactions that pause at random (some long enough for later
+/// transactions to commit first) and roll back one time in five, while a reader tails the
+/// global log by position. The reader must see every committed event once, in position order,
+/// and never a rolled-back one, and must not stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailing_reader_never_skips_an_event_committed_late() {
+    const WRITERS: u64 = 16;
+    const ROUNDS: u64 = 25;
+    let pg = fresh().await;
+    let store = Arc::new(pg.event_store());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let reader = {
+        let store = store.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            let mut idle_after_done = 0;
+            loop {
+                let batch = store.read_all(after, 50).await.expect("read_all");
+                if batch.is_empty() {
+                    if done.load(std::sync::atomic::Ordering::SeqCst) {
+                        idle_after_done += 1;
+                        if idle_after_done > 3 {
+                            break;
+                        }
+                    }
+                    store
+                        .wait_for_events(after, Duration::from_millis(100))
+                        .await
+                        .expect("wait");
+                    continue;
+                }
+                idle_after_done = 0;
+                for e in batch {
+                    assert!(e.position > after, "positions only move forward");
+                    after = e.position;
+                    seen.push(e);
+                }
+            }
+            seen
+        })
+    };
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut committed = Vec::new();
+            let mut version = 0;
+            for n in 0..ROUNDS {
+                let mut tx = store.begin().await.expect("begin");
+                let events: Vec<NewEvent> = (0..1 + n % 3).map(|k| event(w, n * 10 + k)).collect();
+                let appended = tx
+                    .append(
+                        "gap",
+                        &format!("w-{w}"),
+                        ExpectedVersion::Exact(version),
+                        events,
+                    )
+                    .await
+                    .expect("append");
+                // Pause inside the transaction: others take later positions and commit first.
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..15))).await;
+                if fastrand::u8(0..5) == 0 {
+                    tx.rollback().await.expect("rollback");
+                } else {
+                    tx.commit().await.expect("commit");
+                    version += appended.len() as u64;
+                    committed.extend(appended.into_iter().map(|e| e.metadata.event_id));
+                }
+            }
+            committed
+        }));
+    }
+    let mut committed = HashSet::new();
+    for writer in writers {
+        committed.extend(writer.await.expect("writer"));
+    }
+    let finished_writing = Instant::now();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.expect("reader");
+    assert!(
+        finished_writing.elapsed() < Duration::from_secs(10),
+        "the reader stalled"
+    );
+
+    let seen_ids: Vec<_> = seen.iter().map(|e| e.metadata.event_id).collect();
+    let unique: HashSet<_> = seen_ids.iter().copied().collect();
+    assert_eq!(unique.len(), seen_ids.len(), "an event was seen twice");
+    let skipped = committed.difference(&unique).count();
+    let phantom = unique.difference(&committed).count();
+    println!(
+        "gap test: {} committed, {} seen, {skipped} skipped, {phantom} rolled back but seen",
+        committed.len(),
+        seen.len()
+    );
+    assert_eq!(skipped, 0, "committed events were skipped");
+    assert_eq!(phantom, 0, "rolled-back events were seen");
+    assert!(seen.windows(2).all(|w| w[0].position < w[1].position));
+    pg.drop_schema().await.expect("drop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_writers_on_one_aggregate_lose_no_update() {
+    let pg = fresh().await;
+    let store: Arc<dyn EventStore> = Arc::new(pg.event_store());
+    let gateway = CommandGateway::builder(store.clone())
+        .max_retries(100)
+        .build();
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let gateway = gateway.clone();
+        tasks.push(tokio::spawn(async move {
+            (i + 1, gateway.send(add("hot", i + 1)).await)
+        }));
+    }
+    let mut sum = 0;
+    for task in tasks {
+        let (amount, outcome) = task.await.expect("task");
+        match outcome {
+            Ok(_) => sum += amount,
+            Err(CommandError::Conflict { .. }) => {}
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    let (counter, version) = gateway.load::<Counter>("hot").await.expect("load");
+    assert_eq!(counter.total, sum, "no lost update");
+    assert_eq!(version, 32, "with enough retries every command commits");
+
+    // Without retries, conflicts come back typed, and the state is exactly what committed.
+    let strict = CommandGateway::builder(store.clone())
+        .max_retries(0)
+        .cache(0)
+        .build();
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let gateway = strict.clone();
+        tasks.push(tokio::spawn(async move {
+            (i + 1, gateway.send(add("hot2", i + 1)).await)
+        }));
+    }
+    let (mut sum, mut ok, mut conflicts) = (0, 0, 0);
+    for task in tasks {
+        match task.await.expect("task") {
+            (amount, Ok(_)) => {
+                sum += amount;
+                ok += 1;
+            }
+            (
+                _,
+                Err(CommandError::Conflict {
+                    source: Error::Conflict { .. },
+                    ..
+                }),
+            ) => conflicts += 1,
+            (_, Err(other)) => panic!("unexpected: {other}"),
+        }
+    }
+    let (counter, version) = strict.load::<Counter>("hot2").await.expect("load");
+    assert_eq!((counter.total, version), (sum, ok));
+    assert_eq!(ok + conflicts, 32);
+    pg.drop_schema().await.expect("drop");
+}
+
+#[tokio::test]
+async fn snapshots_and_checkpoints_round_trip() {
+    let pg = fresh().await;
+    let snapshots = pg.snapshot_store();
+    let snap = |version: u64, total: u64| Snapshot {
+        aggregate_type: "counter".into(),
+        stream_id: "s".into(),
+        version,
+        state: Bytes::from(format!("{{\"total\":{total}}}")),
+    };
+    assert!(snapshots
+        .load("counter", "s")
+        .await
+        .expect("load")
+        .is_none());
+    snapshots.save(snap(10, 100)).await.expect("save");
+    snapshots
+        .save(snap(5, 50))
+        .await
+        .expect("an older snapshot is ignored");
+    let loaded = snapshots
+        .load("counter", "s")
+        .await
+        .expect("load")
+        .expect("exists");
+    assert_eq!(loaded.version, 10);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&loaded.state).expect("json")["total"],
+        100
+    );
+
+    let checkpoints = pg.checkpoint_store();
+    assert_eq!(checkpoints.load("relay").await.expect("load"), None);
+    checkpoints.save("relay", 42).await.expect("save");
+    assert_eq!(checkpoints.load("relay").await.expect("load"), Some(42));
+
+    // The gateway snapshots through it.
+    let gateway = CommandGateway::builder(Arc::new(pg.event_store()))
+        .snapshots(Arc::new(pg.snapshot_store()), 3)
+        .cache(0)
+        .build();
+    for i in 1..=7 {
+        gateway.send(add("snap", i)).await.expect("send");
+    }
+    assert_eq!(
+        snapshots
+            .load("counter", "snap")
+            .await
+            .expect("load")
+            .expect("snapshot")
+            .version,
+        6
+    );
+    assert_eq!(
+        gateway.load::<Counter>("snap").await.expect("load").0.total,
+        28
+    );
+    pg.drop_schema().await.expect("drop");
+}
+
+#[tokio::test]
+async fn invalid_schema_names_are_refused() {
+    for bad in [
+        "",
+        "Shop",
+        "shop; DROP TABLE x",
+        "a.b",
+        "\"quoted\"",
+        "1abc",
+        "with space",
+        &"x".repeat(49),
+    ] {
+        let err = Postgres::connect(&common::database_url(), bad)
+            .await
+            .expect_err(bad);
+        assert!(
+            matches!(err, Error::Config(ref m) if m.contains("invalid schema name")),
+            "{bad:?}: {err}"
+        );
+    }
+    cqrs_postgres::validate_schema_name("shop_v2").expect("a good name");
+}
+
+#[tokio::test]
+async fn a_password_never_shows_in_debug_output_or_errors() {
+    let url =
+        common::database_url().replacen("postgres://postgres@", "postgres://postgres:s3cret@", 1);
+    if let Ok(pg) = Postgres::connect(&url, "t_debug").await {
+        assert!(!format!("{pg:?}").contains("s3cret"));
+    }
+    let err = Postgres::connect(
+        "postgres://postgres:s3cret@127.0.0.1:1/x?sslmode=bogus",
+        "t_debug",
+    )
+    .await
+    .expect_err("bad url");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+#[tokio::test]
+async fn a_corrupted_row_gives_a_typed_error_naming_it() {
+    let pg = fresh().await;
+    let store = pg.event_store();
+    store
+        .append("counter", "c", ExpectedVersion::NEW, vec![event(1, 1)])
+        .await
+        .expect("append");
+    // Metadata that is not a map of strings, written behind the store's back.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {}.events SET meta = '[1, 2]'::jsonb",
+        pg.schema()
+    )))
+    .execute(pg.pool())
+    .await
+    .expect("corrupt");
+    let err = store.read_all(0, 10).await.expect_err("corrupted metadata");
+    assert!(
+        matches!(&err, Error::Malformed { what, .. } if what.contains("position 1")),
+        "{err}"
+    );
+    // Not migrated: a clear configuration error, not a retry loop.
+    let bare = Postgres::connect(&common::database_url(), "t_never_migrated")
+        .await
+        .expect("connect");
+    let err = bare
+        .event_store()
+        .read_all(0, 1)
+        .await
+        .expect_err("no tables");
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("migrate")),
+        "{err}"
+    );
+    pg.drop_schema().await.expect("drop");
+}
+
+#[tokio::test]
+async fn one_append_per_transaction() {
+    let pg = fresh().await;
+    let store = pg.event_store();
+    let mut tx = store.begin().await.expect("begin");
+    tx.append("counter", "a", ExpectedVersion::NEW, vec![event(1, 1)])
+        .await
+        .expect("first");
+    let err = tx
+        .append("counter", "b", ExpectedVersion::NEW, vec![event(1, 2)])
+        .await
+        .expect_err("second");
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    tx.rollback().await.expect("rollback");
+    // An append after the transaction's own first write is refused by the database too.
+    let mut tx = store.begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {}.checkpoints VALUES ('x', 1)",
+        pg.schema()
+    )))
+    .execute(tx.connection())
+    .await
+    .expect("own write");
+    let err = tx
+        .append("counter", "c", ExpectedVersion::NEW, vec![event(1, 3)])
+        .await
+        .expect_err("late append");
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("first write")),
+        "{err}"
+    );
+    assert!(store.read_all(0, 10).await.expect("read").is_empty());
+    let _unused: BTreeMap<u8, u8> = BTreeMap::new();
+    pg.drop_schema().await.expect("drop");
+}
