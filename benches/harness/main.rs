@@ -2,7 +2,8 @@
 //!
 //! Scenario harness: runs each scenario `runs` times and prints one JSON line per run:
 //! scenario, events, seconds, events/s. Options: `--batch N` (events per batch, 1000),
-//! `--products N` (views, 100), `--catalog-events N` (100 000), `--only a,b` (scenarios).
+//! `--products N` (views, 100), `--catalog-events N` (100 000), `--only a,b` (scenarios),
+//! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`).
 
 use std::time::Instant;
 
@@ -14,6 +15,8 @@ use shop::catalog::Catalog;
 // The allocator is the application's choice; glibc's malloc costs a third of the time here.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod pg;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -32,6 +35,30 @@ fn wanted(scenario: &str) -> bool {
             .is_some_and(|s| s.split(',').any(|one| one == scenario)),
         None => true,
     }
+}
+
+fn report_latency(
+    scenario: &str,
+    events: u64,
+    seconds: f64,
+    latencies: &mut [std::time::Duration],
+) {
+    latencies.sort();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1));
+        latencies
+            .get(i)
+            .map_or(0.0, |d| (d.as_secs_f64() * 1e5).round() / 1e2)
+    };
+    let line = serde_json::json!({
+        "scenario": scenario,
+        "events": events,
+        "seconds": (seconds * 1e4).round() / 1e4,
+        "events_per_s": (events as f64 / seconds).round(),
+        "p50_ms": at(0.5),
+        "p99_ms": at(0.99),
+    });
+    println!("{line}");
 }
 
 fn report(scenario: &str, events: u64, seconds: f64) {
@@ -75,6 +102,10 @@ async fn main() {
         );
     }
     drop(envelopes);
+
+    if std::env::args().any(|a| a == "--pg") {
+        pg::run(events, runs).await;
+    }
 
     for _ in 0..runs * u64::from(wanted("commands_memory")) {
         // A fresh store each run: the in-memory log grows by `events` every run.

@@ -43,6 +43,15 @@ pub trait EventReader: Send + Sync {
     /// A backend error.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>>;
 
+    /// The position of the last committed event (0 when none). Everything up to it becomes
+    /// readable through [`read_all`](Self::read_all) once the transactions that took smaller
+    /// positions have ended: a replay that reads up to the head it saw at its start has read
+    /// everything committed before it started.
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn head(&self) -> Result<u64>;
+
     /// Waits until events after `after` may be readable, or `timeout` passes. Returning early
     /// without new events is allowed; returning late is not.
     ///
@@ -132,6 +141,9 @@ macro_rules! forward_store {
             }
             async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
                 (**self).read_all(after, limit).await
+            }
+            async fn head(&self) -> Result<u64> {
+                (**self).head().await
             }
             async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
                 (**self).wait_for_events(after, timeout).await

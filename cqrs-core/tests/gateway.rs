@@ -31,6 +31,9 @@ impl EventReader for Interleaving {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
         self.0.read_all(after, limit).await
     }
+    async fn head(&self) -> Result<u64> {
+        self.0.head().await
+    }
     async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
         self.0.wait_for_events(after, timeout).await
     }

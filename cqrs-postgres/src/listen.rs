@@ -16,6 +16,8 @@ use crate::error::db;
 pub(crate) struct Notifier {
     bumps: watch::Sender<u64>,
     task: OnceCell<JoinHandle<()>>,
+    pokes: watch::Sender<u64>,
+    poker: std::sync::OnceLock<JoinHandle<()>>,
 }
 
 impl Notifier {
@@ -23,7 +25,34 @@ impl Notifier {
         Arc::new(Notifier {
             bumps: watch::Sender::new(0),
             task: OnceCell::new(),
+            pokes: watch::Sender::new(0),
+            poker: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tells every listener (in any process) that the log moved: after a commit, or a rollback
+    /// that may have held readers up. Sent after the fact, outside the appending transaction,
+    /// and coalesced: a burst of appends costs one NOTIFY.
+    pub(crate) fn poke(&self, pool: &PgPool, channel: &str) {
+        self.poker.get_or_init(|| {
+            let mut pokes = self.pokes.subscribe();
+            let (pool, channel) = (pool.clone(), channel.to_owned());
+            tokio::spawn(async move {
+                while pokes.changed().await.is_ok() {
+                    pokes.mark_unchanged();
+                    let sent = sqlx::query("SELECT pg_notify($1, '')")
+                        .bind(&channel)
+                        .execute(&pool)
+                        .await;
+                    if let Err(e) = sent {
+                        // Readers still wake on their idle timeout: late, never lost.
+                        tracing::warn!(error = %e, "notifying readers failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        });
+        self.pokes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A receiver that sees every bump after this call.
@@ -68,6 +97,9 @@ impl Notifier {
 impl Drop for Notifier {
     fn drop(&mut self) {
         if let Some(task) = self.task.get() {
+            task.abort();
+        }
+        if let Some(task) = self.poker.get() {
             task.abort();
         }
     }

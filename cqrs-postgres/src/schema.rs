@@ -60,13 +60,12 @@ impl Schema {
         })
     }
 
-    /// Renders a statement: `{schema}`, `{channel}` and `{lock_key}` are replaced by values
-    /// that were validated or computed here, never by user input.
+    /// Renders a statement: `{schema}` and `{lock_key}` are replaced by values that were
+    /// validated or computed here, never by user input.
     pub(crate) fn sql(&self, template: &str) -> AssertSqlSafe<String> {
         AssertSqlSafe(
             template
                 .replace("{schema}", &self.name)
-                .replace("{channel}", &self.channel)
                 .replace("{lock_key}", &self.lock_key.to_string()),
         )
     }

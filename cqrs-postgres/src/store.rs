@@ -18,17 +18,21 @@ use crate::error::db;
 use crate::listen::Notifier;
 use crate::schema::Schema;
 
+/// Positions below this are final: their transactions have all ended.
+const VISIBLE: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16";
+
 const COLUMNS: &str = "position, stream_id, aggregate_type, version, event_name, event_version, \
                        payload::text AS payload, event_id, correlation_id, causation_id, \
                        created_at, meta::text AS meta";
 
 /// The event store on PostgreSQL.
 ///
-/// The global log is gap-safe: an append takes its transaction id and its positions under one
-/// short lock (released before commit), so positions follow transaction ids; readers return
-/// only rows of transactions older than the oldest one still running. A transaction that took
-/// a smaller position but commits later is therefore never skipped, and one that rolls back
-/// holds readers up only while it runs. See `docs/adr/0003-gap-safe-global-log.md`.
+/// The global log is gap-safe: an event's position is its transaction's id shifted left by 16
+/// bits plus its ordinal in the transaction, so positions follow transaction ids; readers
+/// return only positions below the oldest running transaction's. A transaction that took a
+/// smaller position but commits later is therefore never skipped, and one that rolls back
+/// holds readers up only while it runs. Positions are sparse. See
+/// `docs/adr/0003-gap-safe-global-log.md`.
 #[derive(Clone)]
 pub struct PgEventStore {
     pool: PgPool,
@@ -89,6 +93,7 @@ fn to_i64(n: u64, what: &str) -> Result<i64> {
 /// Appends on any connection (a pooled one, or a caller's transaction).
 async fn append_on(
     conn: &mut PgConnection,
+    pool: &PgPool,
     schema: &Schema,
     aggregate_type: &str,
     stream_id: &str,
@@ -154,8 +159,27 @@ async fn append_on(
     .bind(&created)
     .bind(&metas)
     .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| db(&format!("appending to stream `{stream_id}`"), e))?;
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        // A concurrent append to the same stream took the versions first.
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            // The winner has committed (the index waited for it): read its version.
+            let actual: Option<i64> = sqlx::query_scalar(
+                schema.sql("SELECT max(version) FROM {schema}.events WHERE stream_id = $1"),
+            )
+            .bind(stream_id)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| db("reading a stream's version", e))?;
+            return Err(Error::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected: expected_version as u64,
+                actual: actual.unwrap_or(0) as u64,
+            });
+        }
+        Err(e) => return Err(db(&format!("appending to stream `{stream_id}`"), e)),
+    };
     if let Some(first) = rows.first() {
         let actual: Option<i64> = first.try_get(2).map_err(|e| db("reading the append", e))?;
         if let Some(actual) = actual {
@@ -216,36 +240,29 @@ impl PgEventStore {
             .map_err(|e| db("starting a transaction", e))?;
         Ok(PgAppendTx {
             tx,
-            schema: self.schema.clone(),
-            appended: false,
+            store: self.clone(),
         })
     }
 
-    /// The position of the last event readers can see (0 when none).
-    ///
-    /// # Errors
-    /// A backend error.
-    pub async fn head(&self) -> Result<u64> {
-        let head: Option<i64> = sqlx::query_scalar(self.schema.sql(
-            "SELECT max(position) FROM {schema}.events
-              WHERE xid < pg_snapshot_xmin(pg_current_snapshot())",
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| db("reading the head of the log", e))?;
-        Ok(head.unwrap_or(0) as u64)
-    }
-
-    async fn visible_after(&self, after: u64) -> Result<bool> {
-        sqlx::query_scalar(self.schema.sql(
-            "SELECT EXISTS (SELECT 1 FROM {schema}.events
-                             WHERE position > $1
-                               AND xid < pg_snapshot_xmin(pg_current_snapshot()))",
-        ))
+    /// Whether events after `after` are readable, and whether some are committed at all
+    /// (readable or held back by an older transaction still running).
+    async fn after(&self, after: u64) -> Result<(bool, bool)> {
+        let row = sqlx::query(self.schema.sql(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {{schema}}.events
+                             WHERE position > $1 AND position < ({VISIBLE})),
+                    EXISTS (SELECT 1 FROM {{schema}}.events WHERE position > $1)"
+        )))
         .bind(to_i64(after, "position")?)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| db("checking for new events", e))
+        .map_err(|e| db("checking for new events", e))?;
+        let readable = row
+            .try_get(0)
+            .map_err(|e| db("checking for new events", e))?;
+        let committed = row
+            .try_get(1)
+            .map_err(|e| db("checking for new events", e))?;
+        Ok((readable, committed))
     }
 }
 
@@ -267,7 +284,7 @@ impl EventReader for PgEventStore {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
         let rows = sqlx::query(self.schema.sql(&format!(
             "SELECT {COLUMNS} FROM {{schema}}.events
-              WHERE position > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot())
+              WHERE position > $1 AND position < ({VISIBLE})
               ORDER BY position LIMIT $2"
         )))
         .bind(to_i64(after, "position")?)
@@ -278,18 +295,48 @@ impl EventReader for PgEventStore {
         rows.iter().map(to_envelope).collect()
     }
 
+    async fn head(&self) -> Result<u64> {
+        let head: Option<i64> =
+            sqlx::query_scalar(self.schema.sql("SELECT max(position) FROM {schema}.events"))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db("reading the head of the log", e))?;
+        Ok(head.unwrap_or(0) as u64)
+    }
+
     async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut bumps = self.notifier.subscribe();
         self.notifier
             .ensure_listening(&self.pool, &self.schema.channel)
             .await?;
-        if self.visible_after(after).await? {
-            return Ok(());
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let (readable, committed) = self.after(after).await?;
+            if readable {
+                return Ok(());
+            }
+            if committed {
+                // Committed but held back by an older transaction (perhaps another schema's,
+                // which notifies another channel): check again shortly.
+                if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                pause = (pause * 2).min(Duration::from_millis(20));
+                continue;
+            }
+            // Nothing committed yet: sleep until a commit notifies, or the deadline.
+            if tokio::time::timeout_at(deadline, bumps.changed())
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+            pause = Duration::from_millis(1);
         }
-        // Woken by a commit's notification; the timeout bounds the wait after a rollback
-        // (which notifies nobody) let later commits become readable.
-        let _ = tokio::time::timeout(timeout, bumps.changed()).await;
-        Ok(())
     }
 
     async fn stored_types(&self) -> Result<Vec<StoredType>> {
@@ -352,42 +399,42 @@ impl EventAppender for PgEventStore {
             .acquire()
             .await
             .map_err(|e| db("acquiring a connection", e))?;
-        append_on(
+        let committed = append_on(
             &mut conn,
+            &self.pool,
             &self.schema,
             aggregate_type,
             stream_id,
             expected,
             events,
         )
-        .await
+        .await?;
+        self.notifier.poke(&self.pool, &self.schema.channel);
+        Ok(committed)
     }
 }
 
-/// A transaction holding one append: commit it with the caller's own writes, or roll it back.
+/// A transaction to append in: commit the appends with the caller's own writes, or roll
+/// everything back.
 ///
-/// Only one append per transaction, and it must be the transaction's first write: positions
-/// follow transaction ids only then (the store refuses anything else).
+/// A conflict (a concurrent append to the same stream) aborts the transaction: roll it back.
 pub struct PgAppendTx {
     tx: Transaction<'static, Postgres>,
-    schema: Arc<Schema>,
-    appended: bool,
+    store: PgEventStore,
 }
 
 impl std::fmt::Debug for PgAppendTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgAppendTx")
-            .field("appended", &self.appended)
-            .finish_non_exhaustive()
+        f.debug_struct("PgAppendTx").finish_non_exhaustive()
     }
 }
 
 impl PgAppendTx {
-    /// Appends to a stream inside this transaction.
+    /// Appends to a stream inside this transaction. Positions are final, and visible to
+    /// readers, once the transaction commits.
     ///
     /// # Errors
-    /// [`Error::Conflict`] on a version mismatch, [`Error::Config`] on a second append, a
-    /// backend error.
+    /// [`Error::Conflict`] on a version mismatch, a backend error.
     pub async fn append(
         &mut self,
         aggregate_type: &str,
@@ -395,15 +442,10 @@ impl PgAppendTx {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Envelope>> {
-        if self.appended {
-            return Err(Error::Config(
-                "one append per transaction: positions follow transaction ids".into(),
-            ));
-        }
-        self.appended = true;
         append_on(
             &mut self.tx,
-            &self.schema,
+            &self.store.pool,
+            &self.store.schema,
             aggregate_type,
             stream_id,
             expected,
@@ -412,24 +454,35 @@ impl PgAppendTx {
         .await
     }
 
-    /// The transaction's connection, for the caller's own statements after the append.
+    /// The transaction's connection, for the caller's own statements.
     pub fn connection(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
 
-    /// Commits.
+    /// Commits, and wakes readers.
     ///
     /// # Errors
     /// A backend error; then nothing was written.
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(|e| db("committing", e))
+        self.tx.commit().await.map_err(|e| db("committing", e))?;
+        self.store
+            .notifier
+            .poke(&self.store.pool, &self.store.schema.channel);
+        Ok(())
     }
 
-    /// Rolls back: nothing is written, and readers are not held up.
+    /// Rolls back: nothing is written. Readers held up by this transaction are woken.
     ///
     /// # Errors
     /// A backend error.
     pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await.map_err(|e| db("rolling back", e))
+        self.tx
+            .rollback()
+            .await
+            .map_err(|e| db("rolling back", e))?;
+        self.store
+            .notifier
+            .poke(&self.store.pool, &self.store.schema.channel);
+        Ok(())
     }
 }

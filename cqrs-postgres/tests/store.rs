@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -317,10 +317,11 @@ async fn a_password_never_shows_in_debug_output_or_errors() {
 async fn a_corrupted_row_gives_a_typed_error_naming_it() {
     let pg = fresh().await;
     let store = pg.event_store();
-    store
+    let appended = store
         .append("counter", "c", ExpectedVersion::NEW, vec![event(1, 1)])
         .await
         .expect("append");
+    let position = appended[0].position;
     // Metadata that is not a map of strings, written behind the store's back.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {}.events SET meta = '[1, 2]'::jsonb",
@@ -329,9 +330,21 @@ async fn a_corrupted_row_gives_a_typed_error_naming_it() {
     .execute(pg.pool())
     .await
     .expect("corrupt");
-    let err = store.read_all(0, 10).await.expect_err("corrupted metadata");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match store.read_all(0, 10).await {
+            Err(e) => break e,
+            Ok(none) if none.is_empty() && Instant::now() < deadline => {
+                store
+                    .wait_for_events(0, Duration::from_millis(50))
+                    .await
+                    .expect("wait");
+            }
+            Ok(other) => panic!("corrupted metadata was read: {other:?}"),
+        }
+    };
     assert!(
-        matches!(&err, Error::Malformed { what, .. } if what.contains("position 1")),
+        matches!(&err, Error::Malformed { what, .. } if what.contains(&format!("position {position}"))),
         "{err}"
     );
     // Not migrated: a clear configuration error, not a retry loop.
@@ -350,38 +363,76 @@ async fn a_corrupted_row_gives_a_typed_error_naming_it() {
     pg.drop_schema().await.expect("drop");
 }
 
+/// The log once `position` is readable (other tests' transactions may hold it back briefly).
+async fn settled(store: &cqrs_postgres::PgEventStore, position: u64) -> Vec<cqrs_core::Envelope> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = store.read_all(0, 1000).await.expect("read");
+        if all.iter().any(|e| e.position >= position) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "position {position} never became readable"
+        );
+        store
+            .wait_for_events(0, Duration::from_millis(50))
+            .await
+            .expect("wait");
+    }
+}
+
 #[tokio::test]
-async fn one_append_per_transaction() {
+async fn appends_in_one_transaction_commit_together_or_not_at_all() {
     let pg = fresh().await;
     let store = pg.event_store();
     let mut tx = store.begin().await.expect("begin");
-    tx.append("counter", "a", ExpectedVersion::NEW, vec![event(1, 1)])
-        .await
-        .expect("first");
-    let err = tx
-        .append("counter", "b", ExpectedVersion::NEW, vec![event(1, 2)])
-        .await
-        .expect_err("second");
-    assert!(matches!(err, Error::Config(_)), "{err}");
-    tx.rollback().await.expect("rollback");
-    // An append after the transaction's own first write is refused by the database too.
-    let mut tx = store.begin().await.expect("begin");
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {}.checkpoints VALUES ('x', 1)",
+        "INSERT INTO {}.checkpoints VALUES ('own', 1)",
         pg.schema()
     )))
     .execute(tx.connection())
     .await
-    .expect("own write");
-    let err = tx
-        .append("counter", "c", ExpectedVersion::NEW, vec![event(1, 3)])
+    .expect("the caller's own write first");
+    let a = tx
+        .append(
+            "counter",
+            "a",
+            ExpectedVersion::NEW,
+            vec![event(1, 1), event(1, 2)],
+        )
         .await
-        .expect_err("late append");
+        .expect("a");
+    let b = tx
+        .append("counter", "b", ExpectedVersion::NEW, vec![event(1, 3)])
+        .await
+        .expect("b");
     assert!(
-        matches!(&err, Error::Config(m) if m.contains("first write")),
-        "{err}"
+        a[0].position < a[1].position && a[1].position < b[0].position,
+        "positions follow the appends"
     );
-    assert!(store.read_all(0, 10).await.expect("read").is_empty());
-    let _unused: BTreeMap<u8, u8> = BTreeMap::new();
+    assert!(
+        store.read_all(0, 10).await.expect("read").is_empty(),
+        "invisible before commit"
+    );
+    tx.commit().await.expect("commit");
+    let all = settled(&store, b[0].position).await;
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        pg.checkpoint_store().load("own").await.expect("own"),
+        Some(1)
+    );
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.append("counter", "c", ExpectedVersion::NEW, vec![event(1, 4)])
+        .await
+        .expect("c");
+    tx.rollback().await.expect("rollback");
+    assert_eq!(
+        store.read_all(0, 10).await.expect("read").len(),
+        3,
+        "a rollback writes nothing"
+    );
+    assert!(store.read_stream("c", 0).await.expect("c").is_empty());
     pg.drop_schema().await.expect("drop");
 }

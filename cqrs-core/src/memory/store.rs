@@ -107,6 +107,10 @@ impl EventReader for MemoryEventStore {
         Ok(log.events[start..end].to_vec())
     }
 
+    async fn head(&self) -> Result<u64> {
+        Ok(self.log.read().events.len() as u64)
+    }
+
     async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
         let mut rx = self.head.subscribe();
         // Ok on change or timeout alike: the caller reads again either way.

@@ -419,27 +419,29 @@ impl<P: Projection> TrackingProcessor<P> {
         }
     }
 
-    /// Processes everything the store holds after the checkpoint, then returns the number of
-    /// events read. Used to rebuild a read model after [`reset`](Self::reset).
+    /// Processes everything committed to the store before the call (after the checkpoint),
+    /// then returns the number of events read. Used to rebuild a read model after
+    /// [`reset`](Self::reset).
     ///
     /// # Errors
     /// As [`process`](Self::process), or a store error.
     pub async fn catch_up(&self, reader: Arc<dyn EventReader>) -> Result<u64> {
-        let checkpoint = self.store.checkpoint(&self.name).await?;
-        let mut source = StoreFeed::new(reader)
-            .no_wait()
-            .open(checkpoint, self.idle)
-            .await?;
+        let target = reader.head().await?;
+        let mut after = self.store.checkpoint(&self.name).await?.unwrap_or(0);
         let mut total = 0u64;
-        loop {
-            let batch = source.next_batch(self.batch_size).await?;
-            if batch.events.is_empty() {
-                return Ok(total);
-            }
+        while after < target {
+            let batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
+            let Some(last) = batch.checkpoint else {
+                // Committed but not readable yet: a transaction that took a smaller position
+                // is still running.
+                reader.wait_for_events(after, self.idle).await?;
+                continue;
+            };
             total += batch.events.len() as u64;
             self.process(&batch).await?;
-            source.ack(&batch).await?;
+            after = last;
         }
+        Ok(total)
     }
 
     /// Runs the processor on a task of its own until the handle is stopped.

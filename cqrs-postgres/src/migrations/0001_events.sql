@@ -1,9 +1,8 @@
 -- The event store: the global log is also the outbox the relay publishes from.
 CREATE TABLE IF NOT EXISTS {schema}.events (
-    position        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    -- The appending transaction: readers only return rows of finished transactions, and
-    -- positions are taken in transaction-id order (see append_events and docs/adr/0003).
-    xid             xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    -- (transaction id << 16) + the event's ordinal in its transaction: positions follow
+    -- transaction ids by construction (see append_events and docs/adr/0003).
+    position        bigint PRIMARY KEY,
     stream_id       text NOT NULL,
     aggregate_type  text NOT NULL,
     version         bigint NOT NULL CHECK (version > 0),
@@ -31,9 +30,13 @@ CREATE TABLE IF NOT EXISTS {schema}.checkpoints (
     position        bigint NOT NULL
 );
 
--- Appends to one stream: checks the expected version, takes positions and the transaction id
--- under a short lock (released before commit, so commits still group), and notifies readers
--- at commit. Returns the new rows, or one row with only `actual` set on a conflict.
+-- Appends to one stream. Each event's position is its transaction's id shifted left by 16
+-- bits plus its ordinal within the transaction, so positions follow transaction ids without
+-- any lock; readers return only positions below the oldest running transaction's id (shifted
+-- the same way). Returns the new rows, or one row with only `out_actual` set when the stream
+-- is not at the expected version.
+-- Readers are notified by the client after commit (a NOTIFY inside the transaction would
+-- serialize every commit on the notification queue's lock).
 CREATE OR REPLACE FUNCTION {schema}.append_events(
     p_stream text,
     p_type text,
@@ -51,43 +54,44 @@ CREATE OR REPLACE FUNCTION {schema}.append_events(
 LANGUAGE plpgsql AS $fn$
 DECLARE
     v_current bigint;
+    v_xid bigint;
+    v_base bigint;
+    v_fresh boolean;
 BEGIN
-    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-        RAISE EXCEPTION 'append_events must be the first write of its transaction'
+    SELECT coalesce(max(e.version), 0) INTO v_current
+      FROM {schema}.events e WHERE e.stream_id = p_stream;
+    IF p_check AND v_current <> p_expected THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::bigint, v_current;
+        RETURN;
+    END IF;
+    -- Earlier writes of this transaction (an earlier append) may have taken ordinals.
+    v_fresh := pg_current_xact_id_if_assigned() IS NULL;
+    v_xid := pg_current_xact_id()::text::bigint;
+    IF v_xid >= (1::bigint << 47) THEN
+        RAISE EXCEPTION 'transaction id % is beyond the range positions can encode', v_xid
             USING ERRCODE = '55000';
     END IF;
-    PERFORM pg_advisory_lock({lock_key});
-    BEGIN
-        SELECT coalesce(max(e.version), 0) INTO v_current
-          FROM {schema}.events e WHERE e.stream_id = p_stream;
-        IF p_check AND v_current <> p_expected THEN
-            PERFORM pg_advisory_unlock({lock_key});
-            RETURN QUERY SELECT NULL::bigint, NULL::bigint, v_current;
-            RETURN;
+    v_base := v_xid << 16;
+    IF NOT v_fresh THEN
+        SELECT coalesce(max(e.position) + 1, v_base) INTO v_base
+          FROM {schema}.events e
+         WHERE e.position >= (v_xid << 16) AND e.position < ((v_xid + 1) << 16);
+        IF v_base + cardinality(p_names) > ((v_xid + 1) << 16) THEN
+            RAISE EXCEPTION 'more than 65536 events in one transaction' USING ERRCODE = '55000';
         END IF;
-        RETURN QUERY
-        INSERT INTO {schema}.events AS e (stream_id, aggregate_type, version, event_name,
-            event_version, payload, event_id, correlation_id, causation_id, created_at, meta)
-        SELECT p_stream, p_type, v_current + t.ord, t.name, t.ver, t.payload, t.event_id,
-               t.correlation, t.causation, t.created, t.meta
-          FROM unnest(p_names, p_versions, p_payloads, p_event_ids, p_correlations,
-                      p_causations, p_created, p_metas)
-               WITH ORDINALITY AS t(name, ver, payload, event_id, correlation, causation,
-                                    created, meta, ord)
-         ORDER BY t.ord
-        RETURNING e.position, e.version, NULL::bigint;
-    EXCEPTION
-        WHEN unique_violation THEN
-            PERFORM pg_advisory_unlock({lock_key});
-            SELECT coalesce(max(e.version), 0) INTO v_current
-              FROM {schema}.events e WHERE e.stream_id = p_stream;
-            RETURN QUERY SELECT NULL::bigint, NULL::bigint, v_current;
-            RETURN;
-        WHEN OTHERS THEN
-            PERFORM pg_advisory_unlock({lock_key});
-            RAISE;
-    END;
-    PERFORM pg_advisory_unlock({lock_key});
-    PERFORM pg_notify('{channel}', '');
+    END IF;
+    -- A concurrent append to the same stream fails here on the unique (stream, version)
+    -- index (SQLSTATE 23505); the client reports it as a conflict.
+    RETURN QUERY
+    INSERT INTO {schema}.events AS e (position, stream_id, aggregate_type, version,
+        event_name, event_version, payload, event_id, correlation_id, causation_id,
+        created_at, meta)
+    SELECT v_base + t.ord - 1, p_stream, p_type, v_current + t.ord, t.name, t.ver,
+           t.payload, t.event_id, t.correlation, t.causation, t.created, t.meta
+      FROM unnest(p_names, p_versions, p_payloads, p_event_ids, p_correlations,
+                  p_causations, p_created, p_metas)
+           WITH ORDINALITY AS t(name, ver, payload, event_id, correlation, causation,
+                                created, meta, ord)
+    RETURNING e.position, e.version, NULL::bigint;
 END
 $fn$;

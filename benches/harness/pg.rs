@@ -1,0 +1,203 @@
+//! Scenarios on a real PostgreSQL server (`DATABASE_URL`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cqrs_benches::{catalog_envelopes, ProductStats};
+use cqrs_core::envelope::{ExpectedVersion, NewEvent};
+use cqrs_core::memory::MemoryViewStore;
+use cqrs_core::{CommandGateway, EventAppender, EventStore, StoreFeed, TrackingProcessor};
+use cqrs_postgres::{PgEventStore, Postgres};
+use shop::product::ProductCommand;
+
+use crate::{report, report_latency, wanted};
+
+fn url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+async fn fresh(name: &str) -> Postgres {
+    let pg = Postgres::connect(&url(), name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    pg.drop_schema().await.unwrap_or_else(|e| panic!("{e}"));
+    pg.migrate().await.unwrap_or_else(|e| panic!("{e}"));
+    pg
+}
+
+/// Appends `n` catalog events in batches of `batch` per stream append (one writer).
+async fn seed(store: &PgEventStore, n: u64, batch: usize) -> f64 {
+    let events = catalog_envelopes(n, 100);
+    let start = Instant::now();
+    for (i, chunk) in events.chunks(batch).enumerate() {
+        let new: Vec<NewEvent> = chunk
+            .iter()
+            .map(|e| NewEvent {
+                event_name: e.event_name.clone(),
+                event_version: e.event_version,
+                payload: e.payload.clone(),
+                metadata: e.metadata.clone(),
+            })
+            .collect();
+        store
+            .append("bench", &format!("batch-{i}"), ExpectedVersion::NEW, new)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    start.elapsed().as_secs_f64()
+}
+
+pub async fn run(events: u64, runs: u64) {
+    let pg = fresh("bench").await;
+    let store = pg.event_store();
+
+    if wanted("pg_append_batched") {
+        for run in 0..runs {
+            let pg = fresh(&format!("bench_append_{run}")).await;
+            let seconds = seed(&pg.event_store(), events.min(200_000), 1_000).await;
+            report("pg_append_batched", events.min(200_000), seconds);
+            pg.drop_schema().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    if wanted("pg_commands_32_writers") {
+        let gateway =
+            CommandGateway::builder(Arc::new(store.clone()) as Arc<dyn EventStore>).build();
+        for p in 0..1_000 {
+            gateway
+                .send(ProductCommand::Create {
+                    product_id: format!("p-{p}"),
+                    name: "x".into(),
+                    price_cents: 1,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        for _ in 0..runs {
+            let n = 20_000u64;
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for t in 0..32u64 {
+                let gateway = gateway.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut i = t;
+                    while i < n {
+                        let began = Instant::now();
+                        gateway
+                            .send(ProductCommand::ChangePrice {
+                                product_id: format!("p-{}", i % 1_000),
+                                price_cents: i as i64,
+                            })
+                            .await
+                            .unwrap_or_else(|e| panic!("{e}"));
+                        latencies.push(began.elapsed());
+                        i += 32;
+                    }
+                    latencies
+                }));
+            }
+            let mut latencies = Vec::new();
+            for t in tasks {
+                latencies.extend(t.await.unwrap_or_else(|e| panic!("{e}")));
+            }
+            report_latency(
+                "pg_commands_32_writers",
+                n,
+                start.elapsed().as_secs_f64(),
+                &mut latencies,
+            );
+        }
+    }
+
+    // A log of `events` events for the read scenarios.
+    let log = fresh("bench_log").await;
+    let log_store = log.event_store();
+    let seconds = seed(&log_store, events, 1_000).await;
+    report("pg_append_batched_seed", events, seconds);
+
+    if wanted("pg_rebuild_into_memory") {
+        for _ in 0..runs {
+            let processor = TrackingProcessor::new(ProductStats, Arc::new(MemoryViewStore::new()))
+                .batch_size(10_000);
+            let start = Instant::now();
+            let n = processor
+                .catch_up(Arc::new(log_store.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            report("pg_rebuild_into_memory", n, start.elapsed().as_secs_f64());
+        }
+    }
+
+    if wanted("pg_to_pg_read_model") {
+        for run in 0..runs {
+            let processor = TrackingProcessor::new(ProductStats, Arc::new(log.view_store()))
+                .named(format!("stats-{run}"))
+                .batch_size(5_000);
+            let start = Instant::now();
+            let n = processor
+                .catch_up(Arc::new(log_store.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            report("pg_to_pg_read_model", n, start.elapsed().as_secs_f64());
+        }
+    }
+
+    if wanted("pg_catch_up_lag") {
+        // Append 5 000 events/s (50 appends of 1 event every 10 ms) while a processor tails;
+        // lag is from the append's return to the processor committing it.
+        let lag_pg = fresh("bench_lag").await;
+        let lag_store = Arc::new(lag_pg.event_store());
+        let mut handle = TrackingProcessor::new(ProductStats, Arc::new(MemoryViewStore::new()))
+            .spawn(Arc::new(StoreFeed::new(lag_store.clone())));
+        let gateway = CommandGateway::builder(lag_store.clone() as Arc<dyn EventStore>).build();
+        for p in 0..100 {
+            gateway
+                .send(ProductCommand::Create {
+                    product_id: format!("p-{p}"),
+                    name: "x".into(),
+                    price_cents: 1,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut lags = Vec::new();
+        let start = Instant::now();
+        let seconds = 4;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut sent = 0u64;
+        while start.elapsed() < Duration::from_secs(seconds) {
+            tick.tick().await;
+            for k in 0..50u64 {
+                let committed = gateway
+                    .send(ProductCommand::ChangePrice {
+                        product_id: format!("p-{}", k % 100),
+                        price_cents: (sent + k) as i64,
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                sent += 1;
+                if k == 49 {
+                    let at = Instant::now();
+                    if let Some(last) = committed.last() {
+                        handle
+                            .wait_for(last.position, Duration::from_secs(5))
+                            .await
+                            .unwrap_or_else(|e| panic!("{e}"));
+                    }
+                    lags.push(at.elapsed());
+                }
+            }
+        }
+        report_latency(
+            "pg_catch_up_lag_at_5k_per_s",
+            sent,
+            start.elapsed().as_secs_f64(),
+            &mut lags,
+        );
+        handle.stop().await.unwrap_or_else(|e| panic!("{e}"));
+        lag_pg.drop_schema().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let _ = store;
+}
