@@ -429,17 +429,33 @@ impl<P: Projection> TrackingProcessor<P> {
         let target = reader.head().await?;
         let mut after = self.store.checkpoint(&self.name).await?.unwrap_or(0);
         let mut total = 0u64;
+        let mut batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
         while after < target {
-            let batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
             let Some(last) = batch.checkpoint else {
                 // Committed but not readable yet: a transaction that took a smaller position
                 // is still running.
                 reader.wait_for_events(after, self.idle).await?;
+                batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
                 continue;
             };
             total += batch.events.len() as u64;
-            self.process(&batch).await?;
+            // Read the next batch on another task while this one is applied.
+            let next = {
+                let (reader, size) = (reader.clone(), self.batch_size);
+                tokio::spawn(async move { reader.read_all(last, size).await })
+            };
+            let processed = self.process(&batch).await;
+            let next = next.await.map_err(|e| Error::Backend {
+                backend: "processor",
+                message: "reading ahead failed".into(),
+                source: Some(Box::new(e)),
+            });
+            processed?;
             after = last;
+            if after >= target {
+                break;
+            }
+            batch = Batch::from_log(next??);
         }
         Ok(total)
     }
@@ -484,6 +500,11 @@ impl ProcessorHandle {
     /// The largest global position committed so far.
     pub fn position(&self) -> u64 {
         *self.position.borrow()
+    }
+
+    /// A receiver of the largest global position committed so far, to wait on from elsewhere.
+    pub fn watch_position(&self) -> watch::Receiver<u64> {
+        self.position.clone()
     }
 
     /// Waits until the processor has committed `position`, or `timeout` passes.
