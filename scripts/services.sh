@@ -103,11 +103,21 @@ start_mongo() {
   wait_port 127.0.0.1 27017 60 SecantusDB
 }
 
+# The fault tests start and kill a MongoDB-API server of their own: a command with {port} and
+# {dir} placeholders (on disk, durable commits, so a restart keeps the data).
+mongo_server_command() {
+  [[ -n "${CQRS_MONGO_SERVER:-}" ]] && return 0
+  local venv
+  venv=$(python_venv) || return 1
+  export CQRS_MONGO_SERVER="$venv/bin/secantusd-py --host 127.0.0.1 --port {port} --storage-path {dir} --sync-on-commit"
+}
+
 start_services() {
   local failed=0
   start_postgres || { log "PostgreSQL could not be started"; failed=1; }
   start_kafka || { log "the Kafka-API broker could not be started"; failed=1; }
   start_mongo || { log "the MongoDB-API server could not be started"; failed=1; }
+  mongo_server_command || { log "no MongoDB-API server command for the fault tests"; failed=1; }
   log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI"
   return $failed
 }

@@ -3,7 +3,8 @@
 //! Scenario harness: runs each scenario `runs` times and prints one JSON line per run:
 //! scenario, events, seconds, events/s. Options: `--batch N` (events per batch, 1000),
 //! `--products N` (views, 100), `--catalog-events N` (100 000), `--only a,b` (scenarios),
-//! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`).
+//! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`), `--mongo` (also the MongoDB
+//! scenarios, on `MONGODB_URI`).
 
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use shop::catalog::Catalog;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod mongo;
 mod pg;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -105,6 +107,9 @@ async fn main() {
 
     if std::env::args().any(|a| a == "--pg") {
         pg::run(events, runs).await;
+    }
+    if std::env::args().any(|a| a == "--mongo") {
+        mongo::run(events, runs, products, batch_size).await;
     }
 
     for _ in 0..runs * u64::from(wanted("commands_memory")) {

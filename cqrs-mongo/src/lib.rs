@@ -1,1 +1,167 @@
 #![doc = include_str!("../README.md")]
+
+mod checkpoint;
+mod names;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_core::{Error, Result};
+use mongodb::bson::{doc, Document};
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+
+pub use crate::checkpoint::MongoCheckpointStore;
+pub use crate::names::{validate_collection_prefix, validate_database_name};
+pub use crate::view::MongoViewStore;
+
+/// How a unit of work reaches MongoDB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitMode {
+    /// Views, dead letters and checkpoint in one multi-document transaction (replica sets and
+    /// sharded clusters).
+    Transaction,
+    /// Views first, then dead letters, then the checkpoint, each write idempotent: every view
+    /// records what it has applied, so a batch written twice changes nothing (standalone
+    /// servers).
+    Idempotent,
+}
+
+/// A MongoDB database and the prefix of the framework's collections. Cheap to clone.
+///
+/// Its `Debug` output never shows the connection string (it may hold a password).
+#[derive(Clone)]
+pub struct Mongo {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) db: mongodb::Database,
+    pub(crate) prefix: String,
+    pub(crate) mode: CommitMode,
+}
+
+impl std::fmt::Debug for Mongo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mongo")
+            .field("database", &self.inner.db.name())
+            .field("prefix", &self.inner.prefix)
+            .field("mode", &self.inner.mode)
+            .finish()
+    }
+}
+
+pub(crate) fn backend(what: &str, e: mongodb::error::Error) -> Error {
+    Error::backend("mongo", what, e)
+}
+
+impl Mongo {
+    /// Connects to `uri` and uses database `database`, with the framework's collections named
+    /// `<prefix><name>`. Detects at start-up whether the server supports transactions, and
+    /// logs the commit mode it chose.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad URI, database name or prefix; a backend error when the
+    /// server does not answer.
+    pub async fn connect(uri: &str, database: &str, prefix: &str) -> Result<Self> {
+        validate_database_name(database)?;
+        validate_collection_prefix(prefix)?;
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            // The URI is not repeated: it may carry a password.
+            Error::Config(format!("invalid MongoDB connection string: {}", e.kind))
+        })?;
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(10));
+        options
+            .app_name
+            .get_or_insert_with(|| "cqrs-mongo".to_owned());
+        let client = Client::with_options(options)
+            .map_err(|e| Error::Config(format!("MongoDB client options: {}", e.kind)))?;
+        let db = client.database(database);
+        let hello = db
+            .run_command(doc! { "hello": 1 })
+            .await
+            .map_err(|e| backend("connecting to MongoDB", e))?;
+        let mode = if hello.get_str("setName").is_ok() || hello.get_str("msg") == Ok("isdbgrid") {
+            CommitMode::Transaction
+        } else {
+            CommitMode::Idempotent
+        };
+        tracing::info!(database, ?mode, "MongoDB read-model store ready");
+        let mongo = Mongo {
+            inner: Arc::new(Inner {
+                client,
+                db,
+                prefix: prefix.to_owned(),
+                mode,
+            }),
+        };
+        mongo.ensure_indexes().await?;
+        Ok(mongo)
+    }
+
+    /// The same store, committing in the given mode (e.g. `Idempotent` on a replica set).
+    pub fn with_commit_mode(&self, mode: CommitMode) -> Self {
+        Mongo {
+            inner: Arc::new(Inner {
+                client: self.inner.client.clone(),
+                db: self.inner.db.clone(),
+                prefix: self.inner.prefix.clone(),
+                mode,
+            }),
+        }
+    }
+
+    /// How units of work are committed.
+    pub fn commit_mode(&self) -> CommitMode {
+        self.inner.mode
+    }
+
+    /// The database.
+    pub fn database(&self) -> &mongodb::Database {
+        &self.inner.db
+    }
+
+    pub(crate) fn collection(&self, name: &str) -> mongodb::Collection<Document> {
+        self.inner
+            .db
+            .collection(&format!("{}{}", self.inner.prefix, name))
+    }
+
+    /// Creates the framework's own indexes; idempotent (run at every start).
+    async fn ensure_indexes(&self) -> Result<()> {
+        let model = mongodb::IndexModel::builder()
+            .keys(doc! { "projection": 1, "position": 1 })
+            .build();
+        self.collection("dead_letters")
+            .create_index(model)
+            .await
+            .map_err(|e| backend("creating the dead-letter index", e))?;
+        Ok(())
+    }
+
+    /// The read-model store.
+    pub fn view_store(&self) -> MongoViewStore {
+        MongoViewStore::new(self.clone())
+    }
+
+    /// The checkpoint store.
+    pub fn checkpoint_store(&self) -> MongoCheckpointStore {
+        MongoCheckpointStore::new(self.clone())
+    }
+
+    /// Drops the database (for tests and resets).
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn drop_database(&self) -> Result<()> {
+        self.inner
+            .db
+            .drop()
+            .await
+            .map_err(|e| backend("dropping the database", e))
+    }
+}

@@ -261,8 +261,12 @@ impl<P: Projection> TrackingProcessor<P> {
                     break folded.applied;
                 }
                 Err(e @ Error::ViewConflict { .. }) => {
-                    tracing::debug!(projection = %self.name, error = %e, "view changed concurrently; folding again");
                     attempt = attempt.saturating_add(1);
+                    if attempt > 3 {
+                        tracing::warn!(projection = %self.name, error = %e, attempt, "views keep changing concurrently; folding again");
+                    } else {
+                        tracing::debug!(projection = %self.name, error = %e, "view changed concurrently; folding again");
+                    }
                     if attempt > 3 {
                         tokio::time::sleep(self.backend_backoff.delay(attempt - 3)).await;
                     } else {

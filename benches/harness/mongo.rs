@@ -1,0 +1,52 @@
+//! Scenarios on a real MongoDB-API server (`MONGODB_URI`).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cqrs_benches::{batches, catalog_envelopes, ProductStats};
+use cqrs_core::TrackingProcessor;
+use cqrs_mongo::{CommitMode, Mongo};
+
+use crate::{report, wanted};
+
+fn uri() -> String {
+    std::env::var("MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
+}
+
+pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
+    // Larger batches than in memory: each batch is one round trip of view upserts.
+    let envelopes = batches(catalog_envelopes(events, products), 10_000);
+    for (scenario, mode) in [
+        ("mongo_read_model_transaction", CommitMode::Transaction),
+        ("mongo_read_model_idempotent", CommitMode::Idempotent),
+    ] {
+        if !wanted(scenario) {
+            continue;
+        }
+        for run in 0..runs {
+            let mongo = Mongo::connect(&uri(), &format!("bench_{run}"), "cqrs_")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_commit_mode(mode);
+            mongo
+                .drop_database()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let processor = TrackingProcessor::new(ProductStats, Arc::new(mongo.view_store()));
+            let start = Instant::now();
+            let mut applied = 0;
+            for batch in &envelopes {
+                applied += processor
+                    .process(batch)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            report(scenario, applied as u64, start.elapsed().as_secs_f64());
+            mongo
+                .drop_database()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}

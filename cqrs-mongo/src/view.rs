@@ -1,0 +1,504 @@
+//! Read models in MongoDB: one collection per projection, batched conditional upserts.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use cqrs_core::view::{DeadLetter, StoredDoc, UnitOfWork};
+use cqrs_core::{DeadLetterStore, Error, Filter, Order, Query, Result, ViewQuery, ViewStore};
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::names::{field_path, validate_projection};
+use crate::{backend, CommitMode, Mongo};
+
+/// Views, checkpoints and dead letters in MongoDB.
+///
+/// A batch's views go to the server as one `update` command of conditional upserts: each
+/// names the revision the view was loaded at, so a view another processor changed meanwhile
+/// is refused (a view conflict) rather than overwritten. On a replica set the views, dead
+/// letters and checkpoint commit in one transaction; on a standalone server they are written
+/// views first, checkpoint last, and every view records what it applied, so a batch written
+/// twice changes nothing. Either way the effect is exactly once.
+#[derive(Debug, Clone)]
+pub struct MongoViewStore {
+    mongo: Mongo,
+}
+
+fn to_bson(value: &Value, what: &str) -> Result<Bson> {
+    mongodb::bson::to_bson(value).map_err(|e| Error::Malformed {
+        what: what.to_owned(),
+        reason: format!("cannot be stored in MongoDB: {e}"),
+    })
+}
+
+fn to_json(value: Bson) -> Value {
+    value.into_relaxed_extjson()
+}
+
+fn malformed(projection: &str, id: &str, reason: impl Into<String>) -> Error {
+    Error::Malformed {
+        what: format!("document `{id}` of projection `{projection}`"),
+        reason: reason.into(),
+    }
+}
+
+fn from_document(projection: &str, d: Document) -> Result<StoredDoc> {
+    let id = match d.get("_id") {
+        Some(Bson::String(s)) => s.clone(),
+        other => {
+            return Err(malformed(
+                projection,
+                &format!("{other:?}"),
+                "its _id is not a string",
+            ))
+        }
+    };
+    let view = match d.get("view") {
+        None | Some(Bson::Null) => None,
+        Some(v) => Some(to_json(v.clone())),
+    };
+    let mut applied = BTreeMap::new();
+    if let Some(list) = d.get("applied") {
+        let Bson::Array(list) = list else {
+            return Err(malformed(projection, &id, "`applied` is not an array"));
+        };
+        for entry in list {
+            let (Some(s), Some(v)) = (
+                entry.as_document().and_then(|e| e.get_str("s").ok()),
+                entry.as_document().and_then(|e| e.get_i64("v").ok()),
+            ) else {
+                return Err(malformed(
+                    projection,
+                    &id,
+                    "an `applied` entry is not {s, v}",
+                ));
+            };
+            applied.insert(s.to_owned(), v as u64);
+        }
+    }
+    let number = |field: &str| -> Result<u64> {
+        match d.get(field) {
+            None => Ok(0),
+            Some(Bson::Int64(n)) => Ok(*n as u64),
+            Some(Bson::Int32(n)) => Ok(*n as u64),
+            Some(other) => Err(malformed(projection, &id, format!("`{field}` is {other}"))),
+        }
+    };
+    Ok(StoredDoc {
+        view,
+        applied,
+        position: number("position")?,
+        revision: number("revision")?,
+        id,
+    })
+}
+
+fn condition(filter: &Filter, out: &mut Vec<Document>) -> Result<()> {
+    let mut op = |path: &str, operator: &str, value: &Value| -> Result<()> {
+        let field = field_path(path)?;
+        let value = to_bson(value, "a filter value")?;
+        out.push(doc! { field: { operator: value } });
+        Ok(())
+    };
+    match filter {
+        Filter::All => Ok(()),
+        Filter::Eq(p, v) => op(p, "$eq", v),
+        Filter::Gt(p, v) => op(p, "$gt", v),
+        Filter::Gte(p, v) => op(p, "$gte", v),
+        Filter::Lt(p, v) => op(p, "$lt", v),
+        Filter::Lte(p, v) => op(p, "$lte", v),
+        Filter::And(all) => all.iter().try_for_each(|f| condition(f, out)),
+        other => Err(Error::Config(format!("unsupported filter {other:?}"))),
+    }
+}
+
+fn query_filter(filter: &Filter) -> Result<Document> {
+    let mut all = vec![doc! { "view": { "$ne": Bson::Null } }];
+    condition(filter, &mut all)?;
+    Ok(doc! { "$and": all })
+}
+
+impl MongoViewStore {
+    pub(crate) fn new(mongo: Mongo) -> Self {
+        MongoViewStore { mongo }
+    }
+
+    /// The store's commit mode.
+    pub fn commit_mode(&self) -> CommitMode {
+        self.mongo.commit_mode()
+    }
+
+    fn views(&self, projection: &str) -> Result<mongodb::Collection<Document>> {
+        validate_projection(projection)?;
+        Ok(self.mongo.collection(&format!("view_{projection}")))
+    }
+
+    /// Creates an ascending index on a view field (idempotent), for filters and sorts.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad projection or path; a backend error.
+    pub async fn create_index(&self, projection: &str, path: &str) -> Result<()> {
+        let field = field_path(path)?;
+        let model = mongodb::IndexModel::builder()
+            .keys(doc! { field: 1, "_id": 1 })
+            .build();
+        self.views(projection)?
+            .create_index(model)
+            .await
+            .map(|_| ())
+            .map_err(|e| backend("creating an index", e))
+    }
+
+    fn view_updates(&self, work: &UnitOfWork) -> Result<Vec<Document>> {
+        work.writes
+            .iter()
+            .map(|w| {
+                let view = match &w.view {
+                    Some(v) => to_bson(v, &format!("view `{}`", w.id))?,
+                    None => Bson::Null,
+                };
+                let applied: Vec<Bson> = w
+                    .applied
+                    .iter()
+                    .map(|(s, v)| Bson::Document(doc! { "s": s, "v": *v as i64 }))
+                    .collect();
+                // A document written before revisions existed has none: it counts as 0.
+                let q = if w.revision == 0 {
+                    doc! { "_id": &w.id, "$or": [ { "revision": 0_i64 }, { "revision": { "$exists": false } } ] }
+                } else {
+                    doc! { "_id": &w.id, "revision": w.revision as i64 }
+                };
+                Ok(doc! {
+                    "q": q,
+                    "u": { "$set": {
+                        "view": view,
+                        "applied": applied,
+                        "position": w.position as i64,
+                        "revision": w.revision as i64 + 1,
+                    } },
+                    "upsert": true,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks the reply of an `update` command: every view written, or a typed conflict.
+    fn check_reply(&self, work: &UnitOfWork, reply: &Document) -> Result<()> {
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for e in errors {
+                let Some(e) = e.as_document() else { continue };
+                let code = e.get_i32("code").unwrap_or_default();
+                let index = e.get_i32("index").unwrap_or_default();
+                let write = usize::try_from(index).ok().and_then(|i| work.writes.get(i));
+                if code == 11000 {
+                    let (id, revision) =
+                        write.map_or((String::new(), 0), |w| (w.id.clone(), w.revision));
+                    return Err(Error::ViewConflict {
+                        projection: work.projection.clone(),
+                        id,
+                        expected: revision,
+                        actual: revision + 1,
+                    });
+                }
+                return Err(Error::Backend {
+                    backend: "mongo",
+                    message: format!(
+                        "writing views of `{}`: {}",
+                        work.projection,
+                        e.get_str("errmsg").unwrap_or("write error")
+                    ),
+                    source: None,
+                });
+            }
+        }
+        let n = match reply.get("n") {
+            Some(Bson::Int32(n)) => *n as usize,
+            Some(Bson::Int64(n)) => *n as usize,
+            _ => 0,
+        };
+        if n != work.writes.len() {
+            return Err(Error::ViewConflict {
+                projection: work.projection.clone(),
+                id: String::new(),
+                expected: 0,
+                actual: 0,
+            });
+        }
+        Ok(())
+    }
+
+    fn dead_letter_updates(&self, work: &UnitOfWork) -> Result<Vec<(Document, Document)>> {
+        work.dead_letters
+            .iter()
+            .map(|d| {
+                let envelope =
+                    serde_json::to_string(&d.envelope).map_err(|source| Error::Serialize {
+                        what: "a dead letter".into(),
+                        source,
+                    })?;
+                let id = format!("{}/{}", work.projection, d.envelope.metadata.event_id);
+                Ok((
+                    doc! { "_id": id },
+                    doc! { "$set": {
+                        "projection": &work.projection,
+                        "event_id": d.envelope.metadata.event_id.to_string(),
+                        "position": d.envelope.position as i64,
+                        "envelope": envelope,
+                        "reason": &d.reason,
+                        "at": d.at.to_rfc3339(),
+                    } },
+                ))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ViewStore for MongoViewStore {
+    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
+        let cursor = self
+            .views(projection)?
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(|e| backend("loading views", e))?;
+        let docs: Vec<Document> = cursor
+            .try_collect()
+            .await
+            .map_err(|e| backend("loading views", e))?;
+        docs.into_iter()
+            .map(|d| from_document(projection, d))
+            .collect()
+    }
+
+    async fn commit(&self, work: UnitOfWork) -> Result<()> {
+        let views = self.views(&work.projection)?;
+        let updates = self.view_updates(&work)?;
+        let command = doc! { "update": views.name(), "updates": updates, "ordered": false };
+        let letters = self.dead_letter_updates(&work)?;
+        let dead = self.mongo.collection("dead_letters");
+        let checkpoints = self.mongo.collection("view_checkpoints");
+        let checkpoint = work.checkpoint.map(|c| {
+            (
+                doc! { "_id": &work.projection },
+                doc! { "$max": { "position": c as i64 } },
+            )
+        });
+        match self.mongo.inner.mode {
+            CommitMode::Transaction => {
+                let mut session = self
+                    .mongo
+                    .inner
+                    .client
+                    .start_session()
+                    .await
+                    .map_err(|e| backend("starting a session", e))?;
+                session
+                    .start_transaction()
+                    .await
+                    .map_err(|e| backend("starting a transaction", e))?;
+                let outcome: Result<()> = async {
+                    if let Some((q, u)) = &checkpoint {
+                        checkpoints
+                            .update_one(q.clone(), u.clone())
+                            .upsert(true)
+                            .session(&mut session)
+                            .await
+                            .map_err(|e| backend("saving the checkpoint", e))?;
+                    }
+                    if !work.writes.is_empty() {
+                        let reply = self
+                            .mongo
+                            .inner
+                            .db
+                            .run_command(command)
+                            .session(&mut session)
+                            .await
+                            .map_err(|e| backend("writing views", e))?;
+                        self.check_reply(&work, &reply)?;
+                    }
+                    for (q, u) in letters {
+                        dead.update_one(q, u)
+                            .upsert(true)
+                            .session(&mut session)
+                            .await
+                            .map_err(|e| backend("saving a dead letter", e))?;
+                    }
+                    Ok(())
+                }
+                .await;
+                match outcome {
+                    Ok(()) => session
+                        .commit_transaction()
+                        .await
+                        .map_err(|e| backend("committing a unit of work", e)),
+                    Err(e) => {
+                        if let Err(abort) = session.abort_transaction().await {
+                            tracing::warn!(error = %abort, "aborting a transaction failed");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            CommitMode::Idempotent => {
+                if !work.writes.is_empty() {
+                    let reply = self
+                        .mongo
+                        .inner
+                        .db
+                        .run_command(command)
+                        .await
+                        .map_err(|e| backend("writing views", e))?;
+                    self.check_reply(&work, &reply)?;
+                }
+                for (q, u) in letters {
+                    dead.update_one(q, u)
+                        .upsert(true)
+                        .await
+                        .map_err(|e| backend("saving a dead letter", e))?;
+                }
+                if let Some((q, u)) = checkpoint {
+                    checkpoints
+                        .update_one(q, u)
+                        .upsert(true)
+                        .await
+                        .map_err(|e| backend("saving the checkpoint", e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
+        let found = self
+            .mongo
+            .collection("view_checkpoints")
+            .find_one(doc! { "_id": projection })
+            .await
+            .map_err(|e| backend("loading a checkpoint", e))?;
+        Ok(found
+            .and_then(|d| d.get_i64("position").ok())
+            .map(|p| p as u64))
+    }
+
+    async fn reset(&self, projection: &str) -> Result<()> {
+        self.views(projection)?
+            .drop()
+            .await
+            .map_err(|e| backend("dropping views", e))?;
+        self.mongo
+            .collection("view_checkpoints")
+            .delete_one(doc! { "_id": projection })
+            .await
+            .map_err(|e| backend("deleting a checkpoint", e))?;
+        self.mongo
+            .collection("dead_letters")
+            .delete_many(doc! { "projection": projection })
+            .await
+            .map(|_| ())
+            .map_err(|e| backend("deleting dead letters", e))
+    }
+}
+
+#[async_trait]
+impl ViewQuery for MongoViewStore {
+    async fn get(&self, projection: &str, id: &str) -> Result<Option<Value>> {
+        let found = self
+            .views(projection)?
+            .find_one(doc! { "_id": id })
+            .await
+            .map_err(|e| backend("reading a view", e))?;
+        Ok(
+            match found.map(|d| from_document(projection, d)).transpose()? {
+                Some(doc) => doc.view,
+                None => None,
+            },
+        )
+    }
+
+    async fn find(&self, projection: &str, query: &Query) -> Result<Vec<(String, Value)>> {
+        let mut sort = Document::new();
+        for (path, order) in &query.sort {
+            sort.insert(field_path(path)?, if *order == Order::Asc { 1 } else { -1 });
+        }
+        sort.insert("_id", 1);
+        let views = self.views(projection)?;
+        let mut find = views
+            .find(query_filter(&query.filter)?)
+            .sort(sort)
+            .skip(query.skip);
+        if let Some(limit) = query.limit {
+            find = find.limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        let docs: Vec<Document> = find
+            .await
+            .map_err(|e| backend("querying views", e))?
+            .try_collect()
+            .await
+            .map_err(|e| backend("querying views", e))?;
+        let mut out = Vec::with_capacity(docs.len());
+        for d in docs {
+            let doc = from_document(projection, d)?;
+            if let Some(view) = doc.view {
+                out.push((doc.id, view));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn count(&self, projection: &str, filter: &Filter) -> Result<u64> {
+        self.views(projection)?
+            .count_documents(query_filter(filter)?)
+            .await
+            .map_err(|e| backend("counting views", e))
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for MongoViewStore {
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        let docs: Vec<Document> = self
+            .mongo
+            .collection("dead_letters")
+            .find(doc! { "projection": projection })
+            .sort(doc! { "position": 1 })
+            .await
+            .map_err(|e| backend("listing dead letters", e))?
+            .try_collect()
+            .await
+            .map_err(|e| backend("listing dead letters", e))?;
+        docs.into_iter()
+            .map(|d| {
+                let bad = |reason: &str| Error::Malformed {
+                    what: format!("a dead letter of `{projection}`"),
+                    reason: reason.to_owned(),
+                };
+                let envelope = d.get_str("envelope").map_err(|_| bad("no envelope"))?;
+                let at = d.get_str("at").map_err(|_| bad("no time"))?;
+                Ok(DeadLetter {
+                    projection: projection.to_owned(),
+                    envelope: serde_json::from_str(envelope).map_err(|e| bad(&e.to_string()))?,
+                    reason: d
+                        .get_str("reason")
+                        .map_err(|_| bad("no reason"))?
+                        .to_owned(),
+                    at: chrono::DateTime::parse_from_rfc3339(at)
+                        .map_err(|e| bad(&e.to_string()))?
+                        .with_timezone(&chrono::Utc),
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_dead_letter(&self, projection: &str, event_id: Uuid) -> Result<bool> {
+        let id = format!("{projection}/{event_id}");
+        let done = self
+            .mongo
+            .collection("dead_letters")
+            .delete_one(doc! { "_id": id })
+            .await
+            .map_err(|e| backend("removing a dead letter", e))?;
+        Ok(done.deleted_count > 0)
+    }
+}
