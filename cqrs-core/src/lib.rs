@@ -25,7 +25,7 @@ pub use crate::gateway::{CommandGateway, CommandMetadata, Middleware};
 pub use crate::processor::{Backoff, ErrorPolicy, Feed, StoreFeed, TrackingProcessor};
 pub use crate::projection::{Projection, ReadModel};
 pub use crate::registry::registry;
-pub use crate::relay::Relay;
+pub use crate::relay::{Breaker, Relay};
 pub use crate::store::{CheckpointStore, EventAppender, EventReader, EventStore, SnapshotStore};
 pub use crate::view::{DeadLetterStore, Filter, Order, Query, ViewQuery, ViewStore};
 

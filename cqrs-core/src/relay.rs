@@ -17,6 +17,18 @@ use crate::error::{Error, Result};
 use crate::processor::Backoff;
 use crate::store::{CheckpointStore, EventReader};
 
+/// The relay's circuit breaker, seen from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    /// Publishing works.
+    Closed,
+    /// Publishing failed repeatedly: the relay waits out a cooldown and sends nothing. Events
+    /// wait in the store; commands are not affected.
+    Open,
+    /// The cooldown is over: the next attempt decides between closed and open.
+    HalfOpen,
+}
+
 /// Publishes the global log to an event bus with its own checkpoint.
 pub struct Relay {
     name: String,
@@ -27,6 +39,8 @@ pub struct Relay {
     backoff: Backoff,
     idle: Duration,
     position: watch::Sender<u64>,
+    breaker: watch::Sender<Breaker>,
+    open_after: u32,
 }
 
 impl std::fmt::Debug for Relay {
@@ -55,7 +69,15 @@ impl Relay {
             backoff: Backoff::default(),
             idle: Duration::from_millis(500),
             position: watch::Sender::new(0),
+            breaker: watch::Sender::new(Breaker::Closed),
+            open_after: 3,
         }
+    }
+
+    /// Opens the circuit after this many consecutive failures (default 3).
+    pub fn open_after(mut self, failures: u32) -> Self {
+        self.open_after = failures.max(1);
+        self
     }
 
     /// Events per published batch.
@@ -90,12 +112,14 @@ impl Relay {
         }
     }
 
-    /// Runs until `stop` is cancelled, retrying failures with backoff.
+    /// Runs until `stop` is cancelled. Failures are retried with backoff; after
+    /// [`open_after`](Self::open_after) consecutive ones the circuit opens (nothing is sent
+    /// during the cooldown), then half-opens for one attempt, and closes on success.
     ///
     /// # Errors
     /// Only non-transient errors (e.g. a bad configuration) end it early.
     pub async fn run(&self, stop: CancellationToken) -> Result<()> {
-        let mut attempt = 0u32;
+        let mut failures = 0u32;
         loop {
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
@@ -103,7 +127,13 @@ impl Relay {
             };
             match outcome {
                 Ok(_) => {
-                    attempt = 0;
+                    if failures > 0 {
+                        tracing::info!(relay = %self.name, failures, "relay recovered; circuit closed");
+                    }
+                    failures = 0;
+                    self.breaker.send_if_modified(|b| {
+                        std::mem::replace(b, Breaker::Closed) != Breaker::Closed
+                    });
                     let after = *self.position.borrow();
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
@@ -111,12 +141,22 @@ impl Relay {
                     }
                 }
                 Err(e) if e.is_transient() => {
-                    let delay = self.backoff.delay(attempt);
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(relay = %self.name, error = %e, ?delay, "relay failed; retrying");
+                    failures = failures.saturating_add(1);
+                    let delay = self.backoff.delay(failures - 1);
+                    if failures >= self.open_after {
+                        if *self.breaker.borrow() != Breaker::Open {
+                            tracing::warn!(relay = %self.name, error = %e, ?delay, "relay circuit open; events wait in the store");
+                        }
+                        self.breaker.send_replace(Breaker::Open);
+                    } else {
+                        tracing::warn!(relay = %self.name, error = %e, ?delay, "relay failed; retrying");
+                    }
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(delay) => {}
+                    }
+                    if failures >= self.open_after {
+                        self.breaker.send_replace(Breaker::HalfOpen);
                     }
                 }
                 Err(e) => return Err(e),
@@ -128,12 +168,14 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let stop = CancellationToken::new();
         let position = self.position.subscribe();
+        let breaker = self.breaker.subscribe();
         let token = stop.clone();
         let task = tokio::spawn(async move { self.run(token).await });
         RelayHandle {
             stop,
             task,
             position,
+            breaker,
         }
     }
 }
@@ -144,12 +186,23 @@ pub struct RelayHandle {
     stop: CancellationToken,
     task: JoinHandle<Result<()>>,
     position: watch::Receiver<u64>,
+    breaker: watch::Receiver<Breaker>,
 }
 
 impl RelayHandle {
     /// The last position published and checkpointed.
     pub fn position(&self) -> u64 {
         *self.position.borrow()
+    }
+
+    /// The circuit breaker's state.
+    pub fn breaker(&self) -> Breaker {
+        *self.breaker.borrow()
+    }
+
+    /// A receiver of the breaker's state, to watch its transitions.
+    pub fn watch_breaker(&self) -> watch::Receiver<Breaker> {
+        self.breaker.clone()
     }
 
     /// Waits until the relay has published `position`, or `timeout` passes.

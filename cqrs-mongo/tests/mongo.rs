@@ -442,7 +442,9 @@ async fn the_server_killed_mid_run_the_processor_retries_and_converges() {
     let gateway = CommandGateway::builder(store.clone() as Arc<dyn EventStore>).build();
     shop_history(&gateway, 0).await;
     let views = Arc::new(mongo.view_store());
+    // No view cache: every batch loads its views from the server, down or not.
     let mut handle = TrackingProcessor::new(Catalog, views.clone())
+        .view_cache(0)
         .batch_size(3)
         .backend_backoff(Backoff::new(
             Duration::from_millis(50),
@@ -472,10 +474,12 @@ async fn the_server_killed_mid_run_the_processor_retries_and_converges() {
 
     // Restart it on the same data: the processor resumes and converges.
     let server = OwnServer::start(port, &dir).await;
-    handle
-        .wait_for(head, Duration::from_secs(60))
-        .await
-        .expect("converged after the restart");
+    if let Err(e) = handle.wait_for(head, Duration::from_secs(60)).await {
+        panic!(
+            "did not converge after the restart ({e}); the processor ended with {:?}",
+            handle.stop().await
+        );
+    }
     handle.stop().await.expect("stop");
     let in_mongo = ReadModel::<Catalog>::new(views.clone())
         .find(&Query::all())

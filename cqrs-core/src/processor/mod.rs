@@ -22,7 +22,7 @@ pub use self::source::{Batch, EventSource, Feed, StoreFeed};
 use crate::error::{Error, Result};
 use crate::projection::Projection;
 use crate::store::EventReader;
-use crate::view::ViewStore;
+use crate::view::{DeadLetter, ViewStore};
 
 /// Exponential backoff between retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,18 +247,35 @@ impl<P: Projection> TrackingProcessor<P> {
     /// The failure that stopped the batch under [`OnFailure::Stop`], or a view-store error after
     /// the backend retries ran out (they do not, by default).
     pub async fn process(&self, batch: &Batch) -> Result<usize> {
+        self.process_batch(batch).await.map(|(applied, _)| applied)
+    }
+
+    /// As [`process`](Self::process), also returning the batch's dead letters.
+    async fn process_batch(&self, batch: &Batch) -> Result<(usize, Vec<DeadLetter>)> {
         if batch.events.is_empty() && batch.checkpoint.is_none() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let max_position = batch.events.iter().map(|e| e.position).max();
         let mut attempt = 0u32;
-        let applied = loop {
+        let outcome = loop {
             // Fold afresh on every attempt: after a view conflict the views must be reloaded.
-            let folded = fold::fold(self, batch).await?;
+            let folded = match fold::fold(self, batch).await {
+                Ok(folded) => folded,
+                // Loading the views failed (the store is down): wait and fold again.
+                Err(e) if e.is_transient() => {
+                    let delay = self.backend_backoff.delay(attempt);
+                    tracing::warn!(projection = %self.name, error = %e, ?delay, "loading views failed; retrying");
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let dead_letters = folded.work.dead_letters.clone();
             match self.store.commit(folded.work).await {
                 Ok(()) => {
                     self.cache_views(folded.views);
-                    break folded.applied;
+                    break (folded.applied, dead_letters);
                 }
                 Err(e @ Error::ViewConflict { .. }) => {
                     attempt = attempt.saturating_add(1);
@@ -285,7 +302,7 @@ impl<P: Projection> TrackingProcessor<P> {
         if let Some(p) = max_position {
             self.advance(p);
         }
-        Ok(applied)
+        Ok(outcome)
     }
 
     fn cache_views(&self, views: Vec<(String, fold::Cached<P::View>)>) {
@@ -401,7 +418,22 @@ impl<P: Projection> TrackingProcessor<P> {
             if batch.events.is_empty() {
                 continue;
             }
-            self.process(&batch).await?;
+            let (_, dead_letters) = self.process_batch(&batch).await?;
+            if !dead_letters.is_empty() {
+                let mut attempt = 0u32;
+                while let Err(e) = source.dead_letter(&dead_letters).await {
+                    if !e.is_transient() {
+                        return Err(e);
+                    }
+                    let delay = self.backend_backoff.delay(attempt);
+                    tracing::warn!(projection = %self.name, error = %e, ?delay, "handing over dead letters failed; retrying");
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
             // Let other tasks (and an abort) in between batches, even when every call was ready.
             tokio::task::yield_now().await;
             let mut attempt = 0u32;

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::store::EventReader;
+use crate::view::DeadLetter;
 
 /// A batch of events from a source.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -59,6 +60,17 @@ pub trait EventSource: Send {
     /// # Errors
     /// A backend error; the processor retries transient ones.
     async fn ack(&mut self, batch: &Batch) -> Result<()>;
+
+    /// Hands the source the events of a batch that were dead-lettered (after the unit of work
+    /// that recorded them committed, before [`ack`](Self::ack)), e.g. to publish them to a
+    /// dead-letter topic. The default keeps them in the view store only.
+    ///
+    /// # Errors
+    /// A backend error; the processor retries transient ones.
+    async fn dead_letter(&mut self, letters: &[DeadLetter]) -> Result<()> {
+        let _ = letters;
+        Ok(())
+    }
 }
 
 /// Opens an [`EventSource`]: the feed a processor runs from.

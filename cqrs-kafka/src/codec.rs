@@ -1,0 +1,171 @@
+//! Envelopes as Kafka records: the key is the stream id, the value the payload, the rest
+//! travels in headers.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use cqrs_core::{Envelope, Metadata};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::Message;
+use uuid::Uuid;
+
+pub(crate) const EVENT: &str = "cqrs.event";
+pub(crate) const EVENT_VERSION: &str = "cqrs.event_version";
+pub(crate) const AGGREGATE: &str = "cqrs.aggregate_type";
+pub(crate) const VERSION: &str = "cqrs.version";
+pub(crate) const POSITION: &str = "cqrs.position";
+pub(crate) const EVENT_ID: &str = "cqrs.event_id";
+pub(crate) const CORRELATION: &str = "cqrs.correlation_id";
+pub(crate) const CAUSATION: &str = "cqrs.causation_id";
+pub(crate) const TIMESTAMP: &str = "cqrs.timestamp";
+pub(crate) const META: &str = "cqrs.meta";
+/// Why a record is on a dead-letter topic.
+pub(crate) const DLQ_REASON: &str = "cqrs.dlq.reason";
+
+/// A record ready to send.
+pub(crate) struct Record {
+    pub(crate) topic: String,
+    pub(crate) key: Vec<u8>,
+    pub(crate) payload: Bytes,
+    pub(crate) headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Record {
+    pub(crate) fn of(topic: String, e: &Envelope) -> Record {
+        let m = &e.metadata;
+        let mut headers = vec![
+            (EVENT, e.event_name.as_bytes().to_vec()),
+            (EVENT_VERSION, e.event_version.to_string().into_bytes()),
+            (AGGREGATE, e.aggregate_type.as_bytes().to_vec()),
+            (VERSION, e.version.to_string().into_bytes()),
+            (POSITION, e.position.to_string().into_bytes()),
+            (EVENT_ID, m.event_id.to_string().into_bytes()),
+            (CORRELATION, m.correlation_id.to_string().into_bytes()),
+            (TIMESTAMP, m.timestamp.to_rfc3339().into_bytes()),
+        ];
+        if let Some(causation) = m.causation_id {
+            headers.push((CAUSATION, causation.to_string().into_bytes()));
+        }
+        if !m.user.is_empty() {
+            if let Ok(meta) = serde_json::to_vec(&m.user) {
+                headers.push((META, meta));
+            }
+        }
+        Record {
+            topic,
+            key: e.stream_id.as_bytes().to_vec(),
+            payload: e.payload.clone(),
+            headers,
+        }
+    }
+
+    pub(crate) fn headers(&self) -> OwnedHeaders {
+        self.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(self.headers.len()),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                })
+            },
+        )
+    }
+}
+
+fn header<'a, M: Message>(message: &'a M, name: &str) -> Option<&'a [u8]> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+fn text<'a, M: Message>(message: &'a M, name: &str) -> Result<&'a str, String> {
+    let bytes = header(message, name).ok_or_else(|| format!("header `{name}` is missing"))?;
+    std::str::from_utf8(bytes).map_err(|_| format!("header `{name}` is not UTF-8"))
+}
+
+fn number<M: Message, T: std::str::FromStr>(message: &M, name: &str) -> Result<T, String> {
+    text(message, name)?
+        .parse()
+        .map_err(|_| format!("header `{name}` is not a number"))
+}
+
+fn uuid<M: Message>(message: &M, name: &str) -> Result<Uuid, String> {
+    text(message, name)?
+        .parse()
+        .map_err(|_| format!("header `{name}` is not a UUID"))
+}
+
+/// Decodes a record into an envelope, or says why it cannot.
+pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
+    let key = message.key().ok_or("the record has no key (stream id)")?;
+    let stream_id = std::str::from_utf8(key).map_err(|_| "the key is not UTF-8")?;
+    let timestamp = chrono::DateTime::parse_from_rfc3339(text(message, TIMESTAMP)?)
+        .map_err(|e| format!("header `{TIMESTAMP}`: {e}"))?
+        .with_timezone(&chrono::Utc);
+    let causation_id = match header(message, CAUSATION) {
+        Some(_) => Some(uuid(message, CAUSATION)?),
+        None => None,
+    };
+    let user: BTreeMap<String, String> = match header(message, META) {
+        Some(bytes) => {
+            serde_json::from_slice(bytes).map_err(|e| format!("header `{META}`: {e}"))?
+        }
+        None => BTreeMap::new(),
+    };
+    Ok(Envelope {
+        stream_id: stream_id.to_owned(),
+        aggregate_type: text(message, AGGREGATE)?.to_owned(),
+        version: number(message, VERSION)?,
+        position: number(message, POSITION)?,
+        event_name: text(message, EVENT)?.to_owned(),
+        event_version: number(message, EVENT_VERSION)?,
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        metadata: Metadata {
+            event_id: uuid(message, EVENT_ID)?,
+            correlation_id: uuid(message, CORRELATION)?,
+            causation_id,
+            timestamp,
+            user,
+        },
+    })
+}
+
+/// The same record, headed for a dead-letter topic with the reason.
+pub(crate) fn dead_letter<M: Message>(message: &M, topic: String, reason: &str) -> Record {
+    let mut headers: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    for name in [
+        EVENT,
+        EVENT_VERSION,
+        AGGREGATE,
+        VERSION,
+        POSITION,
+        EVENT_ID,
+        CORRELATION,
+        CAUSATION,
+        TIMESTAMP,
+        META,
+    ] {
+        if let Some(v) = header(message, name) {
+            headers.push((name, v.to_vec()));
+        }
+    }
+    headers.push((DLQ_REASON, reason.as_bytes().to_vec()));
+    headers.push((
+        "cqrs.dlq.source",
+        format!(
+            "{}/{}/{}",
+            message.topic(),
+            message.partition(),
+            message.offset()
+        )
+        .into_bytes(),
+    ));
+    Record {
+        topic,
+        key: message.key().unwrap_or_default().to_vec(),
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        headers,
+    }
+}
