@@ -4,7 +4,7 @@
 //! scenario, events, seconds, events/s. Options: `--batch N` (events per batch, 1000),
 //! `--products N` (views, 100), `--catalog-events N` (100 000), `--only a,b` (scenarios),
 //! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`), `--mongo` (also the MongoDB
-//! scenarios, on `MONGODB_URI`).
+//! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`).
 
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use shop::catalog::Catalog;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod kafka;
 mod mongo;
 mod pg;
 
@@ -107,6 +108,9 @@ async fn main() {
 
     if std::env::args().any(|a| a == "--pg") {
         pg::run(events, runs).await;
+    }
+    if std::env::args().any(|a| a == "--kafka") {
+        kafka::run(events, runs, products).await;
     }
     if std::env::args().any(|a| a == "--mongo") {
         mongo::run(events, runs, products, batch_size).await;

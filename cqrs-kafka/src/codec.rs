@@ -41,7 +41,10 @@ impl Record {
             (POSITION, e.position.to_string().into_bytes()),
             (EVENT_ID, m.event_id.to_string().into_bytes()),
             (CORRELATION, m.correlation_id.to_string().into_bytes()),
-            (TIMESTAMP, m.timestamp.to_rfc3339().into_bytes()),
+            (
+                TIMESTAMP,
+                m.timestamp.timestamp_micros().to_string().into_bytes(),
+            ),
         ];
         if let Some(causation) = m.causation_id {
             headers.push((CAUSATION, causation.to_string().into_bytes()));
@@ -80,35 +83,54 @@ fn header<'a, M: Message>(message: &'a M, name: &str) -> Option<&'a [u8]> {
         .and_then(|h| h.value)
 }
 
-fn text<'a, M: Message>(message: &'a M, name: &str) -> Result<&'a str, String> {
-    let bytes = header(message, name).ok_or_else(|| format!("header `{name}` is missing"))?;
+fn text<'a>(name: &str, value: Option<&'a [u8]>) -> Result<&'a str, String> {
+    let bytes = value.ok_or_else(|| format!("header `{name}` is missing"))?;
     std::str::from_utf8(bytes).map_err(|_| format!("header `{name}` is not UTF-8"))
 }
 
-fn number<M: Message, T: std::str::FromStr>(message: &M, name: &str) -> Result<T, String> {
-    text(message, name)?
+fn number<T: std::str::FromStr>(name: &str, value: Option<&[u8]>) -> Result<T, String> {
+    text(name, value)?
         .parse()
         .map_err(|_| format!("header `{name}` is not a number"))
 }
 
-fn uuid<M: Message>(message: &M, name: &str) -> Result<Uuid, String> {
-    text(message, name)?
-        .parse()
+fn uuid(name: &str, value: Option<&[u8]>) -> Result<Uuid, String> {
+    Uuid::try_parse_ascii(value.ok_or_else(|| format!("header `{name}` is missing"))?)
         .map_err(|_| format!("header `{name}` is not a UUID"))
 }
 
-/// Decodes a record into an envelope, or says why it cannot.
+/// Decodes a record into an envelope, or says why it cannot. The headers are read in one
+/// pass.
 pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
     let key = message.key().ok_or("the record has no key (stream id)")?;
     let stream_id = std::str::from_utf8(key).map_err(|_| "the key is not UTF-8")?;
-    let timestamp = chrono::DateTime::parse_from_rfc3339(text(message, TIMESTAMP)?)
-        .map_err(|e| format!("header `{TIMESTAMP}`: {e}"))?
-        .with_timezone(&chrono::Utc);
-    let causation_id = match header(message, CAUSATION) {
-        Some(_) => Some(uuid(message, CAUSATION)?),
+    let mut h: [Option<&[u8]>; 10] = [None; 10];
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            let slot = match header.key {
+                EVENT => 0,
+                EVENT_VERSION => 1,
+                AGGREGATE => 2,
+                VERSION => 3,
+                POSITION => 4,
+                EVENT_ID => 5,
+                CORRELATION => 6,
+                CAUSATION => 7,
+                TIMESTAMP => 8,
+                META => 9,
+                _ => continue,
+            };
+            h[slot] = header.value;
+        }
+    }
+    let micros: i64 = number(TIMESTAMP, h[8])?;
+    let timestamp = chrono::DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| format!("header `{TIMESTAMP}` is out of range"))?;
+    let causation_id = match h[7] {
+        Some(_) => Some(uuid(CAUSATION, h[7])?),
         None => None,
     };
-    let user: BTreeMap<String, String> = match header(message, META) {
+    let user: BTreeMap<String, String> = match h[9] {
         Some(bytes) => {
             serde_json::from_slice(bytes).map_err(|e| format!("header `{META}`: {e}"))?
         }
@@ -116,15 +138,15 @@ pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
     };
     Ok(Envelope {
         stream_id: stream_id.to_owned(),
-        aggregate_type: text(message, AGGREGATE)?.to_owned(),
-        version: number(message, VERSION)?,
-        position: number(message, POSITION)?,
-        event_name: text(message, EVENT)?.to_owned(),
-        event_version: number(message, EVENT_VERSION)?,
+        aggregate_type: text(AGGREGATE, h[2])?.to_owned(),
+        version: number(VERSION, h[3])?,
+        position: number(POSITION, h[4])?,
+        event_name: text(EVENT, h[0])?.to_owned(),
+        event_version: number(EVENT_VERSION, h[1])?,
         payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
         metadata: Metadata {
-            event_id: uuid(message, EVENT_ID)?,
-            correlation_id: uuid(message, CORRELATION)?,
+            event_id: uuid(EVENT_ID, h[5])?,
+            correlation_id: uuid(CORRELATION, h[6])?,
             causation_id,
             timestamp,
             user,

@@ -1,6 +1,5 @@
 //! A consumer-group member as a tracking processor's source.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,6 @@ use cqrs_core::view::DeadLetter;
 use cqrs_core::{Error, Result};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::codec::{self, Record};
@@ -25,8 +23,8 @@ pub(crate) struct KafkaSubscription {
     bus: KafkaBus,
     consumer: Arc<StreamConsumer>,
     idle: Duration,
-    /// Next offset to commit, per (topic, partition) delivered since the last ack.
-    delivered: BTreeMap<(String, i32), i64>,
+    /// Next offset to commit, per topic and partition delivered since the last ack.
+    delivered: Vec<(String, i32, i64)>,
 }
 
 impl KafkaSubscription {
@@ -58,11 +56,11 @@ impl KafkaSubscription {
             bus,
             consumer: Arc::new(consumer),
             idle,
-            delivered: BTreeMap::new(),
+            delivered: Vec::new(),
         })
     }
 
-    fn assigned(&self) -> HashSet<(String, i32)> {
+    fn assigned(&self) -> Vec<(String, i32)> {
         self.consumer
             .assignment()
             .map(|list| {
@@ -82,15 +80,17 @@ impl KafkaSubscription {
 #[async_trait]
 impl EventSource for KafkaSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Batch> {
-        let first = match tokio::time::timeout(self.idle, self.consumer.recv()).await {
+        let consumer = self.consumer.clone();
+        // Borrowed records, decoded in place: nothing is copied but the envelope's fields.
+        let first = match tokio::time::timeout(self.idle, consumer.recv()).await {
             Err(_) => return Ok(Batch::from_bus(Vec::new())),
             Ok(Err(e)) => return Err(backend("consuming", e)),
-            Ok(Ok(message)) => message.detach(),
+            Ok(Ok(message)) => message,
         };
-        let mut messages: Vec<OwnedMessage> = vec![first];
+        let mut messages = vec![first];
         while messages.len() < max.max(1) {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(message)) => messages.push(message.detach()),
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => messages.push(message),
                 Some(Err(e)) => return Err(backend("consuming", e)),
                 None => break,
             }
@@ -100,24 +100,30 @@ impl EventSource for KafkaSubscription {
         let mut events = Vec::with_capacity(messages.len());
         let mut poison = Vec::new();
         for message in &messages {
-            let part = (message.topic().to_owned(), message.partition());
-            if !assigned.contains(&part) {
+            let (topic, partition, offset) =
+                (message.topic(), message.partition(), message.offset());
+            if !assigned.iter().any(|(t, p)| t == topic && *p == partition) {
                 continue;
             }
             match codec::decode(message) {
                 Ok(envelope) => events.push(envelope),
                 Err(reason) => {
-                    tracing::error!(topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "undecodable record dead-lettered");
-                    poison.push(codec::dead_letter(
-                        message,
-                        self.dlq_topic(message.topic()),
-                        &reason,
-                    ));
+                    tracing::error!(topic, partition, offset, %reason, "undecodable record dead-lettered");
+                    poison.push(codec::dead_letter(message, self.dlq_topic(topic), &reason));
                 }
             }
-            let next = self.delivered.entry(part).or_insert(0);
-            *next = (*next).max(message.offset() + 1);
+            match self
+                .delivered
+                .iter_mut()
+                .find(|(t, p, _)| t == topic && *p == partition)
+            {
+                Some((_, _, next)) => *next = (*next).max(offset + 1),
+                None => self
+                    .delivered
+                    .push((topic.to_owned(), partition, offset + 1)),
+            }
         }
+        drop(messages);
         if !poison.is_empty() {
             self.bus.send_all(poison).await?;
         }
@@ -130,8 +136,8 @@ impl EventSource for KafkaSubscription {
         }
         let assigned = self.assigned();
         let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in std::mem::take(&mut self.delivered) {
-            if assigned.contains(&(topic.clone(), partition)) {
+        for (topic, partition, offset) in std::mem::take(&mut self.delivered) {
+            if assigned.iter().any(|(t, p)| *t == topic && *p == partition) {
                 list.add_partition_offset(&topic, partition, Offset::Offset(offset))
                     .map_err(|e| backend("building the offsets to commit", e))?;
             }
