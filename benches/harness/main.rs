@@ -3,6 +3,7 @@
 //! Scenario harness: runs each scenario `runs` times and prints one JSON line per run:
 //! scenario, events, seconds, events/s. Options: `--batch N` (events per batch, 1000),
 //! `--products N` (views, 100), `--catalog-events N` (100 000), `--only a,b` (scenarios),
+//! `--quick` (50 000 events, one run), `--chart FILE.svg` (a chart of the medians),
 //! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`), `--mongo` (also the MongoDB
 //! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`).
 
@@ -40,6 +41,102 @@ fn wanted(scenario: &str) -> bool {
     }
 }
 
+/// Every result so far: scenario, events/s, p99 in ms where measured.
+static RESULTS: std::sync::Mutex<Vec<(String, f64, Option<f64>)>> = std::sync::Mutex::new(Vec::new());
+
+fn record(scenario: &str, per_second: f64, p99: Option<f64>) {
+    if let Ok(mut all) = RESULTS.lock() {
+        all.push((scenario.to_owned(), per_second, p99));
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One summary line per scenario (the median of its runs), and the chart.
+fn summarize(chart: Option<String>) {
+    let all = RESULTS.lock().map(|r| r.clone()).unwrap_or_default();
+    let mut names: Vec<String> = Vec::new();
+    for (name, _, _) in &all {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    let mut medians = Vec::new();
+    for name in names {
+        let runs: Vec<&(String, f64, Option<f64>)> = all.iter().filter(|r| r.0 == name).collect();
+        let rate = median(runs.iter().map(|r| r.1).collect());
+        let p99: Vec<f64> = runs.iter().filter_map(|r| r.2).collect();
+        let line = serde_json::json!({
+            "summary": name,
+            "runs": runs.len(),
+            "median_events_per_s": rate.round(),
+            "median_p99_ms": if p99.is_empty() { serde_json::Value::Null } else { median(p99).into() },
+        });
+        println!("{line}");
+        medians.push((name, rate));
+    }
+    if let Some(path) = chart {
+        match std::fs::write(&path, svg(&medians)) {
+            Ok(()) => eprintln!("chart written to {path}"),
+            Err(e) => eprintln!("cannot write the chart to {path}: {e}"),
+        }
+    }
+}
+
+/// A horizontal bar chart of median events/s per scenario, on a log scale (the rates span
+/// three orders of magnitude).
+fn svg(medians: &[(String, f64)]) -> String {
+    let (left, width, bar, gap) = (300.0, 520.0, 22.0, 8.0);
+    let height = 60.0 + medians.len() as f64 * (bar + gap);
+    let top = medians.iter().map(|m| m.1).fold(10.0, f64::max).log10().ceil();
+    let x = |v: f64| left + width * (v.max(1.0).log10() / top);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" \
+         fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">cqrs-rs: median events/s \
+         per scenario (log scale)</text>\n",
+        w = left + width + 110.0
+    );
+    for decade in 0..=(top as i32) {
+        let px = x(10f64.powi(decade));
+        out.push_str(&format!(
+            "<line x1=\"{px}\" y1=\"35\" x2=\"{px}\" y2=\"{}\" stroke=\"#ddd\"/>\
+             <text x=\"{px}\" y=\"{}\" text-anchor=\"middle\" fill=\"#666\">1e{decade}</text>\n",
+            height - 15.0,
+            height - 3.0
+        ));
+    }
+    for (i, (name, rate)) in medians.iter().enumerate() {
+        let y = 40.0 + i as f64 * (bar + gap);
+        out.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{name}</text>\
+             <rect x=\"{left}\" y=\"{y}\" width=\"{}\" height=\"{bar}\" fill=\"#4a7fb5\"/>\
+             <text x=\"{}\" y=\"{}\">{}</text>\n",
+            left - 8.0,
+            y + bar * 0.7,
+            (x(*rate) - left).max(1.0),
+            x(*rate) + 5.0,
+            y + bar * 0.7,
+            human(*rate)
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+fn human(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2} M/s", rate / 1e6)
+    } else if rate >= 1e3 {
+        format!("{:.0} k/s", rate / 1e3)
+    } else {
+        format!("{rate:.0}/s")
+    }
+}
+
 fn report_latency(
     scenario: &str,
     events: u64,
@@ -62,6 +159,7 @@ fn report_latency(
         "p99_ms": at(0.99),
     });
     println!("{line}");
+    record(scenario, events as f64 / seconds, Some(at(0.99)));
 }
 
 fn report(scenario: &str, events: u64, seconds: f64) {
@@ -72,12 +170,16 @@ fn report(scenario: &str, events: u64, seconds: f64) {
         "events_per_s": (events as f64 / seconds).round(),
     });
     println!("{line}");
+    if !scenario.ends_with("_seed") && !scenario.starts_with("pg_vacuum") {
+        record(scenario, events as f64 / seconds, None);
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let events = arg("--events", 1_000_000);
-    let runs = arg("--runs", 3);
+    let quick = std::env::args().any(|a| a == "--quick");
+    let events = arg("--events", if quick { 50_000 } else { 1_000_000 });
+    let runs = arg("--runs", if quick { 1 } else { 3 });
     let batch_size = arg("--batch", 1_000) as usize;
     let products = arg("--products", 100);
     let envelopes = batches(catalog_envelopes(events, products), batch_size);
@@ -123,4 +225,10 @@ async fn main() {
         send_commands(&gateway, events, 1_000, 8).await;
         report("commands_memory", events, start.elapsed().as_secs_f64());
     }
+    let args: Vec<String> = std::env::args().collect();
+    let chart = args
+        .iter()
+        .position(|a| a == "--chart")
+        .and_then(|i| args.get(i + 1).cloned());
+    summarize(chart);
 }
