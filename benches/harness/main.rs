@@ -42,7 +42,8 @@ fn wanted(scenario: &str) -> bool {
 }
 
 /// Every result so far: scenario, events/s, p99 in ms where measured.
-static RESULTS: std::sync::Mutex<Vec<(String, f64, Option<f64>)>> = std::sync::Mutex::new(Vec::new());
+static RESULTS: std::sync::Mutex<Vec<(String, f64, Option<f64>)>> =
+    std::sync::Mutex::new(Vec::new());
 
 fn record(scenario: &str, per_second: f64, p99: Option<f64>) {
     if let Ok(mut all) = RESULTS.lock() {
@@ -91,7 +92,12 @@ fn summarize(chart: Option<String>) {
 fn svg(medians: &[(String, f64)]) -> String {
     let (left, width, bar, gap) = (300.0, 520.0, 22.0, 8.0);
     let height = 60.0 + medians.len() as f64 * (bar + gap);
-    let top = medians.iter().map(|m| m.1).fold(10.0, f64::max).log10().ceil();
+    let top = medians
+        .iter()
+        .map(|m| m.1)
+        .fold(10.0, f64::max)
+        .log10()
+        .ceil();
     let x = |v: f64| left + width * (v.max(1.0).log10() / top);
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" \

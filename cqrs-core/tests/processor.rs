@@ -7,15 +7,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use common::{add, assert_each_event_once, Added, GrandTotal, GrandTotalView, Tally, TallyView};
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::{Backoff, ErrorPolicy};
-use cqrs_core::testing::{envelope_of, raw_envelope};
-use cqrs_core::view::{StoredDoc, UnitOfWork};
+use cqrs_core::testing::{envelope_of, raw_envelope, CrashBeforeCheckpoint};
 use cqrs_core::{
     BusFeed, CommandGateway, DeadLetterStore, Error, EventReader, EventStore, Query, ReadModel,
-    Relay, Result, StoreFeed, TrackingProcessor, ViewQuery, ViewStore,
+    Relay, StoreFeed, TrackingProcessor, ViewQuery, ViewStore,
 };
 
 async fn seed(gateway: &CommandGateway, streams: u64, each: u64) {
@@ -104,56 +102,13 @@ async fn killed_mid_stream_and_restarted_equals_a_replay() {
     );
 }
 
-/// A sink without transactions that dies after writing the views and before the checkpoint.
-struct CrashBeforeCheckpoint {
-    inner: Arc<MemoryViewStore>,
-    crashes_left: parking_lot::Mutex<u32>,
-}
-
-#[async_trait]
-impl ViewStore for CrashBeforeCheckpoint {
-    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
-        self.inner.load(projection, ids).await
-    }
-    async fn commit(&self, work: UnitOfWork) -> Result<()> {
-        let crash = {
-            let mut left = self.crashes_left.lock();
-            let crash = *left > 0 && !work.writes.is_empty();
-            if crash {
-                *left -= 1;
-            }
-            crash
-        };
-        if crash {
-            let writes_only = UnitOfWork {
-                checkpoint: None,
-                ..work
-            };
-            self.inner.commit(writes_only).await?;
-            return Err(Error::Config(
-                "injected crash between the view writes and the checkpoint".into(),
-            ));
-        }
-        self.inner.commit(work).await
-    }
-    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
-        self.inner.checkpoint(projection).await
-    }
-    async fn reset(&self, projection: &str) -> Result<()> {
-        self.inner.reset(projection).await
-    }
-}
-
 #[tokio::test]
 async fn a_crash_between_view_writes_and_checkpoint_applies_nothing_twice() {
     let store = Arc::new(MemoryEventStore::new());
     let gateway = CommandGateway::builder(store.clone()).build();
     seed(&gateway, 5, 20).await;
     let inner = Arc::new(MemoryViewStore::new());
-    let crashing = Arc::new(CrashBeforeCheckpoint {
-        inner: inner.clone(),
-        crashes_left: parking_lot::Mutex::new(3),
-    });
+    let crashing = Arc::new(CrashBeforeCheckpoint::new(inner.clone(), 3));
     for _ in 0..3 {
         let err = TrackingProcessor::new(Tally::default(), crashing.clone())
             .batch_size(16)

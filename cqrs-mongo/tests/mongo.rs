@@ -5,15 +5,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::Backoff;
+use cqrs_core::testing::CrashBeforeCheckpoint;
 use cqrs_core::view::{StoredDoc, UnitOfWork};
 use cqrs_core::{
-    CommandGateway, Error, EventReader, EventStore, Filter, Query, ReadModel, Result, StoreFeed,
+    CommandGateway, Error, EventReader, EventStore, Filter, Query, ReadModel, StoreFeed,
     TrackingProcessor, ViewQuery, ViewStore,
 };
-use cqrs_mongo::{CommitMode, Mongo, MongoViewStore};
+use cqrs_mongo::{CommitMode, Mongo};
 use mongodb::bson::doc;
 use serde_json::json;
 use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
@@ -159,43 +159,6 @@ async fn the_catalog_projects_into_mongodb_and_answers_its_queries() {
     mongo.drop_database().await.expect("drop");
 }
 
-/// Writes the views of a batch and dies before the checkpoint: the batch comes again.
-struct CrashAfterViews {
-    inner: MongoViewStore,
-    crashes: parking_lot::Mutex<u32>,
-}
-
-#[async_trait]
-impl ViewStore for CrashAfterViews {
-    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
-        self.inner.load(projection, ids).await
-    }
-    async fn commit(&self, work: UnitOfWork) -> Result<()> {
-        let crash = {
-            let mut left = self.crashes.lock();
-            let crash = *left > 0 && !work.writes.is_empty();
-            *left -= u32::from(crash);
-            crash
-        };
-        if crash {
-            self.inner
-                .commit(UnitOfWork {
-                    checkpoint: None,
-                    ..work
-                })
-                .await?;
-            return Err(Error::Config("injected crash after the bulk write".into()));
-        }
-        self.inner.commit(work).await
-    }
-    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
-        self.inner.checkpoint(projection).await
-    }
-    async fn reset(&self, projection: &str) -> Result<()> {
-        self.inner.reset(projection).await
-    }
-}
-
 #[tokio::test]
 async fn a_batch_delivered_twice_changes_nothing_with_and_without_transactions() {
     for mode in [CommitMode::Transaction, CommitMode::Idempotent] {
@@ -203,10 +166,7 @@ async fn a_batch_delivered_twice_changes_nothing_with_and_without_transactions()
         let store = Arc::new(MemoryEventStore::new());
         let gateway = CommandGateway::builder(store.clone() as Arc<dyn EventStore>).build();
         shop_history(&gateway, 0).await;
-        let crashing = Arc::new(CrashAfterViews {
-            inner: mongo.view_store(),
-            crashes: parking_lot::Mutex::new(3),
-        });
+        let crashing = Arc::new(CrashBeforeCheckpoint::new(mongo.view_store(), 3));
         for _ in 0..3 {
             let err = TrackingProcessor::new(Catalog, crashing.clone())
                 .batch_size(5)

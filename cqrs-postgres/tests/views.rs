@@ -6,16 +6,15 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use common::{add, fresh, Tally, TallyView};
 use cqrs_core::envelope::ExpectedVersion;
 use cqrs_core::processor::ErrorPolicy;
+use cqrs_core::testing::CrashBeforeCheckpoint;
 use cqrs_core::view::{StoredDoc, UnitOfWork};
 use cqrs_core::{
     CommandGateway, DeadLetterStore, Error, EventReader, EventStore, Filter, Order, Query,
-    ReadModel, Result, StoreFeed, TrackingProcessor, ViewQuery, ViewStore,
+    ReadModel, StoreFeed, TrackingProcessor, ViewQuery, ViewStore,
 };
-use cqrs_postgres::PgViewStore;
 use serde_json::json;
 
 async fn seed(gateway: &CommandGateway, streams: u64, each: u64) {
@@ -42,54 +41,13 @@ fn assert_once_each(views: &[(String, TallyView)], n: u64) {
     }
 }
 
-/// Dies after the view writes committed and before the checkpoint did, as a crash between the
-/// two would leave a sink without one transaction.
-struct CrashBeforeCheckpoint {
-    inner: PgViewStore,
-    crashes: parking_lot::Mutex<u32>,
-}
-
-#[async_trait]
-impl ViewStore for CrashBeforeCheckpoint {
-    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
-        self.inner.load(projection, ids).await
-    }
-    async fn commit(&self, work: UnitOfWork) -> Result<()> {
-        let crash = {
-            let mut left = self.crashes.lock();
-            let crash = *left > 0 && !work.writes.is_empty();
-            *left -= u32::from(crash);
-            crash
-        };
-        if crash {
-            self.inner
-                .commit(UnitOfWork {
-                    checkpoint: None,
-                    ..work
-                })
-                .await?;
-            return Err(Error::Config("injected crash before the checkpoint".into()));
-        }
-        self.inner.commit(work).await
-    }
-    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
-        self.inner.checkpoint(projection).await
-    }
-    async fn reset(&self, projection: &str) -> Result<()> {
-        self.inner.reset(projection).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_view_writes_and_checkpoint_then_restart_equals_a_replay() {
     let pg = fresh().await;
     let store = Arc::new(pg.event_store());
     let gateway = CommandGateway::builder(store.clone() as Arc<dyn EventStore>).build();
     seed(&gateway, 6, 15).await;
-    let crashing = Arc::new(CrashBeforeCheckpoint {
-        inner: pg.view_store(),
-        crashes: parking_lot::Mutex::new(2),
-    });
+    let crashing = Arc::new(CrashBeforeCheckpoint::new(pg.view_store(), 2));
     for _ in 0..2 {
         let err = TrackingProcessor::new(Tally, crashing.clone())
             .batch_size(20)

@@ -7,9 +7,11 @@
 
 mod aggregate;
 pub mod conformance;
+mod faults;
 mod projection;
 
 pub use self::aggregate::{AggregateFixture, Then};
+pub use self::faults::CrashBeforeCheckpoint;
 pub use self::projection::ProjectionFixture;
 
 use bytes::Bytes;
