@@ -5,6 +5,9 @@ use cqrs_benches::{
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -15,7 +18,8 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn projection(c: &mut Criterion) {
     let rt = runtime();
-    let events = batches(catalog_envelopes(100_000, 1_000), 1_000);
+    // As the harness: 100 views, batches of 1 000.
+    let events = batches(catalog_envelopes(100_000, 100), 1_000);
     let mut group = c.benchmark_group("projection");
     group.throughput(Throughput::Elements(100_000));
     group.sample_size(10);

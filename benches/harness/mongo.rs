@@ -49,4 +49,43 @@ pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
     }
+    // From the PostgreSQL event store (the log `--pg` leaves in schema `bench_log`).
+    if wanted("pg_to_mongo_read_model") {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let Ok(pg) = cqrs_postgres::Postgres::connect(&url, "bench_log").await else {
+            eprintln!("pg_to_mongo_read_model: no PostgreSQL log (run with --pg)");
+            return;
+        };
+        let store = Arc::new(pg.event_store());
+        if cqrs_core::EventReader::head(store.as_ref())
+            .await
+            .unwrap_or(0)
+            == 0
+        {
+            eprintln!("pg_to_mongo_read_model: the PostgreSQL log is empty (run with --pg)");
+            return;
+        }
+        for run in 0..runs {
+            let mongo = Mongo::connect(&uri(), &format!("bench_pg_{run}"), "cqrs_")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            mongo
+                .drop_database()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let processor = TrackingProcessor::new(ProductStats, Arc::new(mongo.view_store()))
+                .batch_size(10_000);
+            let start = Instant::now();
+            let n = processor
+                .catch_up(store.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            report("pg_to_mongo_read_model", n, start.elapsed().as_secs_f64());
+            mongo
+                .drop_database()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
 }
