@@ -175,16 +175,14 @@ impl StateCache {
 /// #     fn handle(&self, c: &Add) -> Result<Vec<Added>, Zero> { if c.1 == 0 { Err(Zero) } else { Ok(vec![Added { n: c.1 }]) } }
 /// #     fn apply(&mut self, e: &Added) { self.total += u64::from(e.n); }
 /// # }
-/// # tokio_test_block_on(async {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let gateway = CommandGateway::builder(Arc::new(MemoryEventStore::new())).build();
 /// let committed = gateway.send(Add("sum-1".into(), 5)).await?;
 /// assert_eq!(committed[0].version, 1);
 /// let (sum, version) = gateway.load::<Sum>("sum-1").await?;
 /// assert_eq!((sum.total, version), (5, 1));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// # }).unwrap();
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]

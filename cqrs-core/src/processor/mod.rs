@@ -233,8 +233,8 @@ impl<P: Projection> TrackingProcessor<P> {
     /// # Errors
     /// A backend error.
     pub async fn reset(&self) -> Result<()> {
-        self.cache.lock().clear();
         self.store.reset(&self.name).await?;
+        // After the store: a cached view would otherwise outlive its deleted document.
         self.cache.lock().clear();
         self.position.send_replace(0);
         tracing::info!(projection = %self.name, "projection reset");
