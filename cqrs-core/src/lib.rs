@@ -22,7 +22,9 @@ pub use crate::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
 pub use crate::error::{BoxError, CommandError, Error, EventRef, Result};
 pub use crate::event::{DynEvent, Event, EventSet};
 pub use crate::gateway::{CommandGateway, CommandMetadata, Middleware};
-pub use crate::processor::{Backoff, ErrorPolicy, Feed, StoreFeed, TrackingProcessor};
+pub use crate::processor::{
+    Backoff, CatchUpProgress, ErrorPolicy, Feed, StoreFeed, TrackingProcessor,
+};
 pub use crate::projection::{Projection, ReadModel};
 pub use crate::registry::registry;
 pub use crate::relay::{Breaker, Relay};

@@ -41,6 +41,7 @@ pub struct Relay {
     position: watch::Sender<u64>,
     breaker: watch::Sender<Breaker>,
     open_after: u32,
+    only: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -71,12 +72,20 @@ impl Relay {
             position: watch::Sender::new(0),
             breaker: watch::Sender::new(Breaker::Closed),
             open_after: 3,
+            only: None,
         }
     }
 
     /// Opens the circuit after this many consecutive failures (default 3).
     pub fn open_after(mut self, failures: u32) -> Self {
         self.open_after = failures.max(1);
+        self
+    }
+
+    /// Publishes only the events of these aggregate types (default: every event). For a
+    /// store shared by several services, each of which publishes its own events.
+    pub fn only(mut self, aggregate_types: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.only = Some(aggregate_types.into_iter().map(Into::into).collect());
         self
     }
 
@@ -104,10 +113,25 @@ impl Relay {
             let Some(last) = events.last().map(|e| e.position) else {
                 return Ok(total);
             };
-            self.bus.publish(&events).await?;
+            let published = match &self.only {
+                None => {
+                    self.bus.publish(&events).await?;
+                    events.len()
+                }
+                Some(types) => {
+                    let mine: Vec<_> = events
+                        .into_iter()
+                        .filter(|e| types.iter().any(|t| *t == e.aggregate_type))
+                        .collect();
+                    if !mine.is_empty() {
+                        self.bus.publish(&mine).await?;
+                    }
+                    mine.len()
+                }
+            };
             self.checkpoints.save(&self.name, last).await?;
             self.position.send_replace(last);
-            total += events.len() as u64;
+            total += published as u64;
             after = last;
         }
     }

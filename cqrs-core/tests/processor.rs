@@ -525,3 +525,139 @@ async fn group_members_on_different_partitions_share_one_view_safely() {
     assert_eq!(view.events, 240);
     assert_eq!(view.total, 12 * (1..=20).sum::<u64>());
 }
+
+/// A projection that lives on a bus is rebuilt from the store, then the bus feed takes the
+/// views over again from its older committed offsets: nothing may be applied twice.
+async fn replay_then_bus_takeover(track_streams: bool) -> Vec<(String, TallyView)> {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let bus = Arc::new(MemoryEventBus::new(3));
+    let relay = Relay::new(
+        "relay",
+        store.clone(),
+        bus.clone(),
+        Arc::new(MemoryCheckpointStore::new()),
+    );
+    let views_store = Arc::new(MemoryViewStore::new());
+    let feed = Arc::new(BusFeed::new(bus.clone(), "tally-group", ["counter"]));
+    seed(&gateway, 4, 5).await;
+    relay.publish_pending().await.expect("publish");
+    // The live consumer gets part of the way, then stops with its offsets behind the head.
+    let mut live = TrackingProcessor::new(Tally::default(), views_store.clone())
+        .batch_size(3)
+        .spawn(feed.clone());
+    live.wait_for(1, Duration::from_secs(10))
+        .await
+        .expect("progress");
+    live.stop().await.expect("stop");
+    seed(&gateway, 4, 2).await;
+    relay.publish_pending().await.expect("publish");
+
+    // The replay from the store, the source of truth.
+    let mut replay = TrackingProcessor::new(Tally::default(), views_store.clone());
+    if track_streams {
+        replay = replay.track_stream_versions();
+    }
+    replay.reset().await.expect("reset");
+    replay.catch_up(store.clone()).await.expect("replay");
+
+    // The bus feed takes over from its committed offsets (behind what the replay applied).
+    seed(&gateway, 4, 1).await;
+    relay.publish_pending().await.expect("publish");
+    let handle = TrackingProcessor::new(Tally::default(), views_store.clone()).spawn(feed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = views(&views_store).await;
+        let applied: usize = now.iter().map(|(_, v)| v.versions.len()).sum();
+        if applied >= store.len() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give a wrong implementation the time to apply its duplicates.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    handle.stop().await.expect("stop");
+    views(&views_store).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_tracking_stream_versions_hands_over_to_a_bus_feed() {
+    let views = replay_then_bus_takeover(true).await;
+    assert_eq!(views.len(), 4);
+    assert_each_event_once(&views, &|_| 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_by_position_alone_cannot_hand_over_to_a_bus_feed() {
+    // Without stream versions the bus feed cannot tell what the replay applied: this is why
+    // `track_stream_versions` exists.
+    let views = replay_then_bus_takeover(false).await;
+    assert!(
+        views.iter().any(|(_, v)| v.versions.len() > 8),
+        "the bus feed applied nothing twice: {views:?}"
+    );
+}
+
+#[tokio::test]
+async fn catch_up_reports_progress_up_to_the_head() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    seed(&gateway, 5, 10).await;
+    let mut reports = Vec::new();
+    let read = TrackingProcessor::new(Tally::default(), Arc::new(MemoryViewStore::new()))
+        .batch_size(7)
+        .catch_up_with_progress(store.clone(), |p| reports.push(p))
+        .await
+        .expect("catch up");
+    assert_eq!(read, 50);
+    // One report at the start, one per batch of 7.
+    assert_eq!(reports.len(), 1 + 8);
+    assert_eq!(reports[0].events, 0);
+    assert!(reports.windows(2).all(|w| w[0].events < w[1].events));
+    let last = reports.last().expect("reports");
+    assert_eq!((last.events, last.position, last.target), (50, 50, 50));
+    assert!((last.fraction() - 1.0).abs() < f64::EPSILON);
+    assert!(reports[1].fraction() > 0.0 && reports[1].fraction() < 1.0);
+}
+
+#[tokio::test]
+async fn a_relay_limited_to_some_aggregate_types_publishes_only_those() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    seed(&gateway, 2, 3).await;
+    let other = cqrs_core::NewEvent {
+        event_name: "other.Happened".into(),
+        event_version: 1,
+        payload: bytes::Bytes::from_static(b"{}"),
+        metadata: cqrs_core::Metadata::new(),
+    };
+    cqrs_core::EventAppender::append(
+        store.as_ref(),
+        "other",
+        "o-1",
+        cqrs_core::ExpectedVersion::Any,
+        vec![other.clone(), other],
+    )
+    .await
+    .expect("append");
+    seed(&gateway, 1, 1).await;
+    let bus = Arc::new(MemoryEventBus::new(1));
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    let counters = Relay::new("counters", store.clone(), bus.clone(), checkpoints.clone())
+        .only(["counter"])
+        .batch_size(2);
+    assert_eq!(counters.publish_pending().await.expect("publish"), 7);
+    assert_eq!(bus.topic_len("counter"), 7);
+    assert_eq!(bus.topic_len("other"), 0);
+    // Its checkpoint moved past the events it left out.
+    assert_eq!(
+        cqrs_core::CheckpointStore::load(checkpoints.as_ref(), "counters")
+            .await
+            .expect("load"),
+        Some(store.len() as u64)
+    );
+    assert_eq!(counters.publish_pending().await.expect("again"), 0);
+    let others = Relay::new("others", store.clone(), bus.clone(), checkpoints).only(["other"]);
+    assert_eq!(others.publish_pending().await.expect("publish"), 2);
+    assert_eq!(bus.topic_len("other"), 2);
+}

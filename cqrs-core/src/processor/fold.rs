@@ -104,7 +104,10 @@ async fn restore<P: Projection>(
     decoded: &Decoded<P::Event>,
     batch: &Batch,
 ) -> Result<()> {
-    let (events, ordered) = (&batch.events, batch.globally_ordered);
+    let (events, ordered) = (
+        &batch.events,
+        batch.globally_ordered && !processor.track_streams,
+    );
     let stored = processor
         .store
         .load(&processor.name, &[id.to_owned()])
@@ -159,7 +162,10 @@ pub(super) async fn fold<P: Projection>(
     processor: &TrackingProcessor<P>,
     batch: &Batch,
 ) -> Result<Folded<P::View>> {
-    let (events, ordered) = (&batch.events, batch.globally_ordered);
+    let (events, ordered) = (
+        &batch.events,
+        batch.globally_ordered && !processor.track_streams,
+    );
     let name = &processor.name;
     let projection = &processor.projection;
     let mut dead = Vec::new();

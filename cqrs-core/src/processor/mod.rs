@@ -135,6 +135,32 @@ pub struct TrackingProcessor<P: Projection> {
     position: watch::Sender<u64>,
     cache: Mutex<HashMap<String, fold::Cached<P::View>>>,
     cache_capacity: usize,
+    track_streams: bool,
+}
+
+/// How far a [`catch_up`](TrackingProcessor::catch_up_with_progress) has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUpProgress {
+    /// Events read so far.
+    pub events: u64,
+    /// The global position processed so far (0 before the first batch).
+    pub position: u64,
+    /// The position where the catch-up started (the checkpoint, 0 after a reset).
+    pub start: u64,
+    /// The committed head it runs up to.
+    pub target: u64,
+}
+
+impl CatchUpProgress {
+    /// The fraction of the position range done, from 0.0 to 1.0. Positions need not be dense
+    /// (PostgreSQL's are not), so this is an estimate; `events` is exact.
+    pub fn fraction(&self) -> f64 {
+        if self.target <= self.start {
+            return 1.0;
+        }
+        let done = self.position.saturating_sub(self.start) as f64;
+        (done / (self.target - self.start) as f64).clamp(0.0, 1.0)
+    }
 }
 
 impl<P: Projection> std::fmt::Debug for TrackingProcessor<P> {
@@ -162,7 +188,17 @@ impl<P: Projection> TrackingProcessor<P> {
             position: watch::Sender::new(0),
             cache: Mutex::new(HashMap::new()),
             cache_capacity: 10_000,
+            track_streams: false,
         }
+    }
+
+    /// Records each stream's last applied version in the views even when fed from the global
+    /// log (which otherwise records only the position). Turn it on for a replay from the store
+    /// of a projection that normally lives on a bus feed: the bus feed can then take the views
+    /// over and skip exactly the events the replay applied.
+    pub fn track_stream_versions(mut self) -> Self {
+        self.track_streams = true;
+        self
     }
 
     /// Keeps up to `capacity` views in memory between batches (default 10 000; 0 turns it
@@ -462,9 +498,28 @@ impl<P: Projection> TrackingProcessor<P> {
     /// # Errors
     /// As [`process`](Self::process), or a store error.
     pub async fn catch_up(&self, reader: Arc<dyn EventReader>) -> Result<u64> {
+        self.catch_up_with_progress(reader, |_| {}).await
+    }
+
+    /// As [`catch_up`](Self::catch_up), calling `progress` after every committed batch (and
+    /// once at the start), e.g. to draw a progress bar.
+    ///
+    /// # Errors
+    /// As [`process`](Self::process), or a store error.
+    pub async fn catch_up_with_progress(
+        &self,
+        reader: Arc<dyn EventReader>,
+        mut progress: impl FnMut(CatchUpProgress) + Send,
+    ) -> Result<u64> {
         let target = reader.head().await?;
         let mut after = self.store.checkpoint(&self.name).await?.unwrap_or(0);
-        let mut total = 0u64;
+        let mut report = CatchUpProgress {
+            events: 0,
+            position: after,
+            start: after,
+            target,
+        };
+        progress(report);
         let mut batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
         while after < target {
             let Some(last) = batch.checkpoint else {
@@ -474,7 +529,13 @@ impl<P: Projection> TrackingProcessor<P> {
                 batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
                 continue;
             };
-            total += batch.events.len() as u64;
+            if report.events == 0 {
+                // Positions may start far above the checkpoint: measure from the first event.
+                report.start = batch
+                    .events
+                    .first()
+                    .map_or(after, |e| e.position.saturating_sub(1));
+            }
             // Read the next batch on another task while this one is applied.
             let next = {
                 let (reader, size) = (reader.clone(), self.batch_size);
@@ -487,13 +548,16 @@ impl<P: Projection> TrackingProcessor<P> {
                 source: Some(Box::new(e)),
             });
             processed?;
+            report.events += batch.events.len() as u64;
+            report.position = last;
+            progress(report);
             after = last;
             if after >= target {
                 break;
             }
             batch = Batch::from_log(next??);
         }
-        Ok(total)
+        Ok(report.events)
     }
 
     /// Runs the processor on a task of its own until the handle is stopped.
