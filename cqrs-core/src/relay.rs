@@ -121,7 +121,7 @@ impl Relay {
                 Some(types) => {
                     let mine: Vec<_> = events
                         .into_iter()
-                        .filter(|e| types.iter().any(|t| *t == e.aggregate_type))
+                        .filter(|e| types.contains(&e.aggregate_type))
                         .collect();
                     if !mine.is_empty() {
                         self.bus.publish(&mine).await?;

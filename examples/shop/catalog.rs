@@ -2,7 +2,7 @@
 //! its comments and their average rating. It converges whatever order the events arrive in
 //! across aggregates: a comment may come before its product.
 
-use cqrs_core::{BoxError, Envelope, Order, Projection, Query, ReadModel, Result};
+use cqrs_core::{BoxError, Envelope, Filter, Order, Projection, Query, ReadModel, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
@@ -34,6 +34,10 @@ pub struct CatalogComment {
     pub text: String,
     /// From 1 to 5.
     pub rating: u8,
+    /// The global position of the post in the event store: comments are listed in this
+    /// order, whatever order a bus delivered them in.
+    #[serde(default)]
+    pub position: u64,
 }
 
 /// A product's catalog entry. Name and price are `None` until the product's own events arrive.
@@ -53,7 +57,7 @@ pub struct CatalogEntry {
     /// How many rated comments it has.
     #[serde(default)]
     pub rating_count: u64,
-    /// Its comments, oldest first.
+    /// Its comments, oldest first (by their position in the event store).
     #[serde(default)]
     pub comments: Vec<CatalogComment>,
 }
@@ -87,7 +91,7 @@ impl Projection for Catalog {
         &self,
         view: &mut Option<CatalogEntry>,
         event: &CatalogEvent,
-        _: &Envelope,
+        envelope: &Envelope,
     ) -> Result<(), BoxError> {
         let entry = view.get_or_insert_with(|| CatalogEntry {
             product_id: product_id(event).to_owned(),
@@ -102,12 +106,17 @@ impl Projection for Catalog {
             CatalogEvent::PriceChanged(e) => entry.price_cents = Some(e.price_cents),
             CatalogEvent::CommentPosted(e) => {
                 entry.comments.retain(|c| c.comment_id != e.comment_id);
-                entry.comments.push(CatalogComment {
+                let comment = CatalogComment {
                     comment_id: e.comment_id.clone(),
                     author: e.author.clone(),
                     text: e.text.clone(),
                     rating: e.rating,
+                    position: envelope.position,
+                };
+                let at = entry.comments.partition_point(|c| {
+                    (c.position, &c.comment_id) < (comment.position, &comment.comment_id)
                 });
+                entry.comments.insert(at, comment);
                 entry.rerate();
             }
             CatalogEvent::CommentEdited(e) => {
@@ -162,6 +171,14 @@ impl CatalogQueries {
         self.model.get(product_id).await
     }
 
+    /// How many products the catalog lists.
+    ///
+    /// # Errors
+    /// A read-model store error.
+    pub async fn count(&self) -> Result<u64> {
+        self.model.count(&Filter::All).await
+    }
+
     /// A page of entries, by name then id.
     ///
     /// # Errors
@@ -169,6 +186,7 @@ impl CatalogQueries {
     pub async fn list(&self, page: u64, per_page: u64) -> Result<Vec<CatalogEntry>> {
         let query = Query::all()
             .sort("name", Order::Asc)
+            .sort("product_id", Order::Asc)
             .skip(page.saturating_mul(per_page))
             .limit(per_page);
         Ok(self

@@ -1,9 +1,11 @@
 //! The comment aggregate: post a rated comment on a product, edit it, delete it.
 
-use cqrs_core::{Aggregate, Command};
+use cqrs_core::{Aggregate, BoxError, Command, Envelope, Projection};
 use serde::{Deserialize, Serialize};
 
-use crate::events::{CommentDeleted, CommentEdited, CommentEvent, CommentPosted};
+use crate::events::{
+    CommentDeleted, CommentEdited, CommentEvent, CommentPosted, ProductCreated, ProductRenamed,
+};
 
 /// The aggregate type of comments.
 pub const COMMENT: &str = "comment";
@@ -200,5 +202,66 @@ impl Aggregate for Comment {
             }
             CommentEvent::Deleted(_) => self.deleted = true,
         }
+    }
+}
+
+cqrs_core::event_set! {
+    /// The product events the comment service follows to know which products exist.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ProductLifecycle {
+        Created(ProductCreated),
+        Renamed(ProductRenamed),
+    }
+}
+
+/// A product as the comment service knows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KnownProduct {
+    /// The product's id.
+    pub product_id: String,
+    /// Its current name.
+    pub name: String,
+}
+
+/// The comment service's own projection of product events: which products exist. It lets the
+/// service refuse comments on unknown products without calling the product service, so it
+/// keeps working while that service is down.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KnownProducts;
+
+impl Projection for KnownProducts {
+    const NAME: &'static str = "known_products";
+    type Event = ProductLifecycle;
+    type View = KnownProduct;
+
+    fn view_id(&self, event: &ProductLifecycle, _: &Envelope) -> String {
+        match event {
+            ProductLifecycle::Created(e) => e.product_id.clone(),
+            ProductLifecycle::Renamed(e) => e.product_id.clone(),
+        }
+    }
+
+    fn apply(
+        &self,
+        view: &mut Option<KnownProduct>,
+        event: &ProductLifecycle,
+        _: &Envelope,
+    ) -> Result<(), BoxError> {
+        match event {
+            ProductLifecycle::Created(e) => {
+                *view = Some(KnownProduct {
+                    product_id: e.product_id.clone(),
+                    name: e.name.clone(),
+                });
+            }
+            ProductLifecycle::Renamed(e) => {
+                let known = view.get_or_insert_with(|| KnownProduct {
+                    product_id: e.product_id.clone(),
+                    ..KnownProduct::default()
+                });
+                known.name.clone_from(&e.name);
+            }
+        }
+        Ok(())
     }
 }

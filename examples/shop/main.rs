@@ -1,22 +1,198 @@
-//! Run with: `cargo run --example shop`
+//! Run with: `cargo run --example shop` (the demo), or `cargo run --example shop -- help`.
 //!
-//! The whole shop in one process on the embedded in-memory backends: the product and comment
-//! services send commands through the gateway, the relay publishes the event store's global log
-//! to the bus, and the catalog service's tracking processor builds the read model from its
-//! consumer group. Then the read model is wiped and rebuilt from the store, and must come out
-//! the same.
+//! Without a subcommand: the whole shop in one process on the embedded in-memory backends.
+//! The product and comment services send commands through the gateway, the relay publishes
+//! the event store's global log to the bus, and the catalog service's tracking processor
+//! builds the read model from its consumer group. Then the read model is wiped and rebuilt
+//! from the store, and must come out the same.
+//!
+//! With a subcommand: the product, comment and catalog services over HTTP (each on its own,
+//! or all three in one process), and the catalog's replay. Addresses come from flags or the
+//! environment (`DATABASE_URL`, `KAFKA_BROKERS`, `MONGODB_URI`); without them, the embedded
+//! backends.
 
-use std::error::Error;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use clap::{Parser, Subcommand};
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
 use cqrs_core::{
-    registry, BusFeed, CommandGateway, EventStore, ReadModel, Relay, TrackingProcessor, ViewQuery,
+    registry, BoxError, BusFeed, CommandGateway, EventStore, ReadModel, Relay, TrackingProcessor,
+    ViewQuery,
 };
+use indicatif::{ProgressBar, ProgressStyle};
 use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use shop::comment::{CommentCommand, COMMENT};
 use shop::product::{ProductCommand, PRODUCT};
+use shop::services::{
+    catalog_service, comment_service, product_service, replay_catalog, serve, Backends, Connections,
+};
+
+/// The shop: product and comment write services, the catalog read service.
+#[derive(Debug, Parser)]
+#[command(name = "shop", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The whole shop in one process on the embedded backends, with a replay check (the
+    /// default).
+    Demo,
+    /// The product service: create, rename, change the price of products.
+    Product {
+        /// The address to listen on.
+        #[arg(long, env = "PRODUCT_LISTEN", default_value = "127.0.0.1:3001")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        connections: Connections,
+    },
+    /// The comment service: post, edit, delete rated comments on known products.
+    Comment {
+        /// The address to listen on.
+        #[arg(long, env = "COMMENT_LISTEN", default_value = "127.0.0.1:3002")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        connections: Connections,
+    },
+    /// The catalog service: builds the catalog from the bus and answers queries.
+    Catalog {
+        /// The address to listen on.
+        #[arg(long, env = "CATALOG_LISTEN", default_value = "127.0.0.1:3003")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        connections: Connections,
+    },
+    /// The three services in one process (on the embedded backends unless addresses are given).
+    All {
+        /// The product service's address.
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        product_listen: SocketAddr,
+        /// The comment service's address.
+        #[arg(long, default_value = "127.0.0.1:3002")]
+        comment_listen: SocketAddr,
+        /// The catalog service's address.
+        #[arg(long, default_value = "127.0.0.1:3003")]
+        catalog_listen: SocketAddr,
+        #[command(flatten)]
+        connections: Connections,
+    },
+    /// Rebuilds the catalog from the PostgreSQL event store (stop the catalog service first).
+    Replay {
+        #[command(flatten)]
+        connections: Connections,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Demo) {
+        Command::Demo => {
+            init_logging("warn");
+            demo().await
+        }
+        Command::Product {
+            listen,
+            connections,
+        } => {
+            init_logging("info");
+            let service = product_service(&Backends::new(connections)).await?;
+            serve("product", service.router.clone(), listen).await?;
+            service.stop().await
+        }
+        Command::Comment {
+            listen,
+            connections,
+        } => {
+            init_logging("info");
+            let service = comment_service(&Backends::new(connections)).await?;
+            serve("comment", service.router.clone(), listen).await?;
+            service.stop().await
+        }
+        Command::Catalog {
+            listen,
+            connections,
+        } => {
+            init_logging("info");
+            let service = catalog_service(&Backends::new(connections)).await?;
+            serve("catalog", service.router.clone(), listen).await?;
+            Ok(service.processor.stop().await?)
+        }
+        Command::All {
+            product_listen,
+            comment_listen,
+            catalog_listen,
+            connections,
+        } => {
+            init_logging("info");
+            let backends = Backends::new(connections);
+            let product = product_service(&backends).await?;
+            let comment = comment_service(&backends).await?;
+            let catalog = catalog_service(&backends).await?;
+            tokio::try_join!(
+                serve("product", product.router.clone(), product_listen),
+                serve("comment", comment.router.clone(), comment_listen),
+                serve("catalog", catalog.router.clone(), catalog_listen),
+            )?;
+            product.stop().await?;
+            comment.stop().await?;
+            Ok(catalog.processor.stop().await?)
+        }
+        Command::Replay { connections } => {
+            init_logging("warn");
+            replay(connections).await
+        }
+    }
+}
+
+async fn replay(connections: Connections) -> Result<(), BoxError> {
+    if connections.database_url.is_none() {
+        return Err(
+            "the replay reads the PostgreSQL event store: give --database-url or \
+                    DATABASE_URL (the embedded store lives only inside a running process)"
+                .into(),
+        );
+    }
+    let backends = Backends::new(connections);
+    // Drawn only on a terminal; hidden when stderr is redirected.
+    let bar = ProgressBar::new(1000);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "replaying the catalog [{bar:40}] {percent:>3}% {msg} ({elapsed})",
+        )?
+        .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let events = replay_catalog(&backends, |p| {
+        bar.set_position((p.fraction() * 1000.0) as u64);
+        bar.set_message(format!("{} events", p.events));
+    })
+    .await?;
+    bar.finish_and_clear();
+    let views = backends.read_views().await?;
+    let entries = CatalogQueries::new(ReadModel::<Catalog>::new(views.query))
+        .count()
+        .await?;
+    println!(
+        "replayed {events} events into {entries} catalog entries in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
 fn print_catalog(title: &str, entries: &[CatalogEntry]) {
     println!("\n{title}");
@@ -46,8 +222,7 @@ fn print_catalog(title: &str, entries: &[CatalogEntry]) {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
+async fn demo() -> Result<(), BoxError> {
     // Write side: one event store, one gateway.
     let store = Arc::new(MemoryEventStore::new());
     registry().check_store(store.as_ref()).await?;

@@ -25,12 +25,13 @@ fn posted(id: &str, rating: u8) -> CommentPosted {
     }
 }
 
-fn comment(id: &str, rating: u8) -> CatalogComment {
+fn comment(id: &str, rating: u8, position: u64) -> CatalogComment {
     CatalogComment {
         comment_id: id.into(),
         author: format!("author of {id}"),
         text: format!("text of {id}"),
         rating,
+        position,
     }
 }
 
@@ -56,7 +57,7 @@ fn product_and_comments_join_into_one_entry() {
                 price_cents: Some(900),
                 average_rating: Some(3.5),
                 rating_count: 2,
-                comments: vec![comment("c-1", 5), comment("c-2", 2)],
+                comments: vec![comment("c-1", 5, 2), comment("c-2", 2, 3)],
             }),
         );
 }
@@ -268,4 +269,41 @@ async fn the_catalog_answers_queries_and_replays_to_the_same_state() {
     assert!(queries.list(0, 10).await.expect("wiped").is_empty());
     processor.catch_up(store).await.expect("replay");
     assert_eq!(queries.list(0, 10).await.expect("all"), before);
+}
+
+#[tokio::test]
+async fn comments_are_listed_by_their_position_in_the_store_whatever_the_delivery_order() {
+    use cqrs_core::processor::Batch;
+    use cqrs_core::testing::envelope_of;
+    use shop::events::CommentEvent;
+
+    // A bus delivers each comment's stream in order, but different comments in any order.
+    let delivered: Vec<_> = [(3, "c-3"), (1, "c-1"), (2, "c-2")]
+        .into_iter()
+        .map(|(position, id)| {
+            envelope_of(
+                "comment",
+                id,
+                1,
+                position,
+                &CommentEvent::Posted(posted(id, 4)),
+            )
+        })
+        .collect();
+    let views = Arc::new(MemoryViewStore::new());
+    TrackingProcessor::new(Catalog, views.clone())
+        .process(&Batch::from_bus(delivered))
+        .await
+        .expect("process");
+    let entry = CatalogQueries::new(ReadModel::new(views as Arc<dyn ViewQuery>))
+        .entry("p-1")
+        .await
+        .expect("entry")
+        .expect("p-1");
+    let ids: Vec<_> = entry
+        .comments
+        .iter()
+        .map(|c| c.comment_id.as_str())
+        .collect();
+    assert_eq!(ids, ["c-1", "c-2", "c-3"]);
 }

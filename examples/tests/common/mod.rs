@@ -1,0 +1,341 @@
+//! Shared by the end-to-end tests: the shop's services as separate processes on the real
+//! servers, an HTTP client, and the catalog rebuilt from the event store as the reference.
+#![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cqrs_core::memory::MemoryViewStore;
+use cqrs_core::{EventReader, ReadModel, TrackingProcessor, ViewQuery};
+use cqrs_postgres::Postgres;
+use serde_json::{json, Value};
+use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
+
+fn server(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The servers' addresses (the environment first, else what `scripts/test.sh` starts), and
+/// names of this test's own: schema, topic prefix, database.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub database_url: String,
+    pub kafka_brokers: String,
+    pub mongodb_uri: String,
+    pub name: String,
+}
+
+impl Env {
+    pub fn new(test: &str) -> Self {
+        let name = format!(
+            "e2e_{test}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Env {
+            database_url: server(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            kafka_brokers: server("KAFKA_BROKERS", "127.0.0.1:9092"),
+            mongodb_uri: server(
+                "MONGODB_URI",
+                "mongodb://127.0.0.1:27017/?directConnection=true",
+            ),
+            name,
+        }
+    }
+
+    fn connection_args(&self) -> Vec<String> {
+        [
+            ("--database-url", &self.database_url),
+            ("--kafka-brokers", &self.kafka_brokers),
+            ("--mongodb-uri", &self.mongodb_uri),
+            ("--schema", &self.name),
+            ("--topic-prefix", &self.name),
+            ("--mongo-database", &self.name),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value.clone()])
+        .collect()
+    }
+
+    /// The event store, as the framework reads it. A missing server fails the test.
+    pub async fn postgres(&self) -> Postgres {
+        match Postgres::connect(&self.database_url, &self.name).await {
+            Ok(pg) => pg,
+            Err(e) => panic!(
+                "PostgreSQL is not reachable ({e}). Set DATABASE_URL or run ./scripts/test.sh, \
+                 which starts one."
+            ),
+        }
+    }
+
+    /// How many events the store holds.
+    pub async fn stored_events(&self) -> usize {
+        let pg = self.postgres().await;
+        pg.migrate().await.expect("migrate");
+        pg.event_store()
+            .read_all(0, 1_000_000)
+            .await
+            .expect("read")
+            .len()
+    }
+
+    /// The catalog as a from-scratch replay of the event store builds it.
+    pub async fn replayed_catalog(&self) -> Vec<CatalogEntry> {
+        let store = Arc::new(self.postgres().await.event_store());
+        let views = Arc::new(MemoryViewStore::new());
+        TrackingProcessor::new(Catalog, views.clone())
+            .catch_up(store)
+            .await
+            .expect("replay");
+        CatalogQueries::new(ReadModel::new(views as Arc<dyn ViewQuery>))
+            .list(0, 100_000)
+            .await
+            .expect("list")
+    }
+
+    /// Drops what the test created in PostgreSQL and MongoDB.
+    pub async fn clean_up(&self) {
+        let _ = self.postgres().await.drop_schema().await;
+        if let Ok(mongo) = cqrs_mongo::Mongo::connect(&self.mongodb_uri, &self.name, "").await {
+            let _ = mongo.drop_database().await;
+        }
+    }
+
+    /// Starts one of the shop's services and waits until it answers.
+    pub async fn start(&self, service: &str) -> Service {
+        let mut command = Command::new(shop_binary());
+        command
+            .arg(service)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(self.connection_args())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            );
+        Service::spawn(service, command).await
+    }
+
+    /// Runs the replay command to its end; returns its stdout.
+    pub fn replay(&self) -> String {
+        let output = Command::new(shop_binary())
+            .arg("replay")
+            .args(self.connection_args())
+            .output()
+            .expect("run the replay");
+        assert!(
+            output.status.success(),
+            "the replay failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// The shop example's binary, which `cargo test` builds with the tests.
+pub fn shop_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let binary = dir
+        .join("examples")
+        .join(format!("shop{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test -p shop` (which builds the example) or \
+         `cargo build --example shop` first",
+        binary.display()
+    );
+    binary
+}
+
+/// A service running as a child process; killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub url: String,
+    child: Child,
+}
+
+impl Service {
+    async fn spawn(name: &str, mut command: Command) -> Service {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the service");
+        let stdout = child.stdout.take().expect("stdout");
+        // The service prints `<name> listening on http://<address>` once it accepts
+        // connections.
+        let line = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            reader.read_line(&mut line).map(|_| line)
+        });
+        let line = tokio::time::timeout(Duration::from_secs(60), line)
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not start within 60 s"))
+            .expect("join")
+            .expect("read stdout");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("{name} did not start: {line:?}"))
+            .to_owned();
+        Service {
+            name: name.to_owned(),
+            url,
+            child,
+        }
+    }
+
+    /// `kill -9`: no shutdown, no flush, whatever it was doing.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+
+    /// SIGTERM, then wait for a graceful exit.
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "{} exited with {exit}", self.name);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A status and a JSON body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `error` code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("the answer ({status}) is not JSON ({e}): {text:?}"));
+    Answer { status, body }
+}
+
+pub async fn post(client: &reqwest::Client, url: &str, body: Value) -> Answer {
+    answer(client.post(url).json(&body).send().await.expect("POST")).await
+}
+
+pub async fn put(client: &reqwest::Client, url: &str, body: Value) -> Answer {
+    answer(client.put(url).json(&body).send().await.expect("PUT")).await
+}
+
+pub async fn get(client: &reqwest::Client, url: &str) -> Answer {
+    answer(client.get(url).send().await.expect("GET")).await
+}
+
+/// Posts a comment, waiting (bounded) for the comment service to learn of a product created a
+/// moment ago.
+pub async fn post_comment(
+    client: &reqwest::Client,
+    comments: &Service,
+    comment_id: &str,
+    product_id: &str,
+    rating: u8,
+) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = post(
+            client,
+            &comments.url("/comments"),
+            json!({
+                "comment_id": comment_id,
+                "product_id": product_id,
+                "author": format!("author of {comment_id}"),
+                "text": format!("comment {comment_id} on {product_id}"),
+                "rating": rating,
+            }),
+        )
+        .await;
+        if answer.code() != "unknown_product" || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every entry of the catalog service, page by page.
+pub async fn catalog(client: &reqwest::Client, catalog: &Service) -> Vec<CatalogEntry> {
+    let mut all = Vec::new();
+    for page in 0.. {
+        let answer = get(
+            client,
+            &catalog.url(&format!("/products?page={page}&per_page=7")),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        let items: Vec<CatalogEntry> =
+            serde_json::from_value(answer.body["items"].clone()).expect("entries");
+        let total = answer.body["total"].as_u64().expect("total");
+        let done = items.is_empty();
+        all.extend(items);
+        if done || all.len() as u64 >= total {
+            break;
+        }
+    }
+    all
+}
+
+/// Waits (bounded) until the catalog service shows what a replay of the store builds; returns
+/// it.
+pub async fn converged(
+    env: &Env,
+    client: &reqwest::Client,
+    service: &Service,
+) -> Vec<CatalogEntry> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let expected = env.replayed_catalog().await;
+        let live = catalog(client, service).await;
+        if live == expected {
+            return live;
+        }
+        if Instant::now() > deadline {
+            assert_eq!(live, expected, "the catalog did not converge within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

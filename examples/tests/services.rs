@@ -1,0 +1,497 @@
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+//! End to end over HTTP: the product, comment and catalog services as separate processes on
+//! real PostgreSQL, Kafka-API and MongoDB-API servers.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{catalog, client, converged, get, post, post_comment, put, Env};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_services_converge_survive_a_killed_catalog_and_replay_the_same() {
+    let env = Env::new("flow");
+    let http = client();
+    let products = env.start("product").await;
+    let comments = env.start("comment").await;
+    let mut catalog_service = env.start("catalog").await;
+
+    // Products, then comments on them.
+    for p in 0..8 {
+        let created = post(
+            &http,
+            &products.url("/products"),
+            json!({"product_id": format!("p-{p}"), "name": format!("Product {p}"), "price_cents": 1000 + p}),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        assert_eq!(created.body["events"], json!(["shop.ProductCreated"]));
+    }
+    for c in 0..24u8 {
+        let posted = post_comment(
+            &http,
+            &comments,
+            &format!("c-{c}"),
+            &format!("p-{}", c % 8),
+            c % 5 + 1,
+        )
+        .await;
+        assert_eq!(posted.status, 201, "{:?}", posted.body);
+    }
+    let first = converged(&env, &http, &catalog_service).await;
+    assert_eq!(first.len(), 8);
+    let p3 = first.iter().find(|e| e.product_id == "p-3").expect("p-3");
+    assert_eq!(p3.name.as_deref(), Some("Product 3"));
+    assert_eq!(p3.rating_count, 3);
+
+    // A rename and a price change: the catalog follows.
+    let renamed = put(
+        &http,
+        &products.url("/products/p-3/name"),
+        json!({"name": "Renamed 3"}),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{:?}", renamed.body);
+    let repriced = put(
+        &http,
+        &products.url("/products/p-3/price"),
+        json!({"price_cents": 999}),
+    )
+    .await;
+    assert_eq!(repriced.status, 200, "{:?}", repriced.body);
+    let second = converged(&env, &http, &catalog_service).await;
+    let p3 = second.iter().find(|e| e.product_id == "p-3").expect("p-3");
+    assert_eq!(
+        (p3.name.as_deref(), p3.price_cents),
+        (Some("Renamed 3"), Some(999))
+    );
+    let one = get(&http, &catalog_service.url("/products/p-3")).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.body["name"], "Renamed 3");
+
+    // kill -9 of the catalog while comments stream in; a restart converges to the same
+    // catalog as a replay of the store.
+    let writer = {
+        let (http, url) = (http.clone(), comments.url("/comments"));
+        tokio::spawn(async move {
+            for c in 100..400u32 {
+                let answer = post(
+                    &http,
+                    &url,
+                    json!({
+                        "comment_id": format!("c-{c}"),
+                        "product_id": format!("p-{}", c % 8),
+                        "author": "stream",
+                        "text": format!("streamed {c}"),
+                        "rating": c % 5 + 1,
+                    }),
+                )
+                .await;
+                assert_eq!(answer.status, 201, "{:?}", answer.body);
+            }
+        })
+    };
+    // Wait until the catalog is part of the way through the stream, then kill it.
+    let seen_before_kill = loop {
+        let seen: u64 = catalog(&http, &catalog_service)
+            .await
+            .iter()
+            .map(|e| e.rating_count)
+            .sum();
+        if seen >= 24 + 60 {
+            break seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    catalog_service.kill();
+    writer.await.expect("writer");
+    assert!(
+        seen_before_kill < 324,
+        "the catalog was killed after the stream had ended"
+    );
+    catalog_service = env.start("catalog").await;
+    let after_kill = converged(&env, &http, &catalog_service).await;
+    assert_eq!(after_kill.iter().map(|e| e.rating_count).sum::<u64>(), 324);
+    for entry in &after_kill {
+        let mut ids: Vec<_> = entry.comments.iter().map(|c| &c.comment_id).collect();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            entry.comments.len(),
+            "a comment was applied twice"
+        );
+    }
+
+    // The catalog answers while the product service is down; comments go on, since the
+    // comment service knows the products from its own projection.
+    products.kill();
+    let while_down = catalog(&http, &catalog_service).await;
+    assert_eq!(while_down, after_kill);
+    assert_eq!(
+        get(&http, &catalog_service.url("/products/p-1"))
+            .await
+            .status,
+        200
+    );
+    let posted = post_comment(&http, &comments, "c-while-down", "p-1", 4).await;
+    assert_eq!(posted.status, 201, "{:?}", posted.body);
+    let with_down = converged(&env, &http, &catalog_service).await;
+    assert_eq!(with_down.iter().map(|e| e.rating_count).sum::<u64>(), 325);
+
+    // Replay: stop the catalog, rebuild it from the store with the replay command, start it
+    // again: the same catalog, and its consumer group takes over without applying anything
+    // twice.
+    catalog_service.stop();
+    let out = env.replay();
+    assert!(out.contains("replayed"), "{out}");
+    assert!(out.contains("into 8 catalog entries"), "{out}");
+    let catalog_service = env.start("catalog").await;
+    assert_eq!(catalog(&http, &catalog_service).await, with_down);
+    let posted = post_comment(&http, &comments, "c-after-replay", "p-2", 2).await;
+    assert_eq!(posted.status, 201, "{:?}", posted.body);
+    let last = converged(&env, &http, &catalog_service).await;
+    assert_eq!(last.iter().map(|e| e.rating_count).sum::<u64>(), 326);
+    let dead = get(&http, &catalog_service.url("/dead-letters")).await;
+    assert_eq!(dead.body, json!([]));
+
+    drop((comments, catalog_service));
+    env.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
+    let env = Env::new("errors");
+    let http = client();
+    let products = env.start("product").await;
+    let comments = env.start("comment").await;
+    let created = post(
+        &http,
+        &products.url("/products"),
+        json!({"product_id": "p-1", "name": "Kettle", "price_cents": 3900}),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    assert_eq!(
+        post_comment(&http, &comments, "c-1", "p-1", 5).await.status,
+        201
+    );
+    let stored = env.stored_events().await;
+    assert_eq!(stored, 2);
+
+    let raw = |url: String, body: Vec<u8>, content_type: &'static str| {
+        let http = http.clone();
+        async move {
+            common::answer(
+                http.post(url)
+                    .header("content-type", content_type)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("POST"),
+            )
+            .await
+        }
+    };
+    let comment = |patch: serde_json::Value| {
+        let mut body = json!({"product_id": "p-1", "author": "ana", "text": "fine", "rating": 4});
+        for (k, v) in patch.as_object().expect("object") {
+            if v.is_null() {
+                body.as_object_mut().expect("object").remove(k);
+            } else {
+                body[k] = v.clone();
+            }
+        }
+        body
+    };
+    let json_type = "application/json";
+    let cases = vec![
+        (
+            "malformed JSON",
+            raw(
+                comments.url("/comments"),
+                b"{\"product_id\": \"p-1\",".to_vec(),
+                json_type,
+            )
+            .await,
+            400,
+            "malformed_json",
+        ),
+        (
+            "invalid UTF-8",
+            raw(
+                comments.url("/comments"),
+                b"{\"product_id\": \"p-\xff\xfe\"}".to_vec(),
+                json_type,
+            )
+            .await,
+            400,
+            "malformed_json",
+        ),
+        (
+            // A typed body stops at the first value of the wrong type: the depth is never walked.
+            "deep nesting",
+            raw(
+                comments.url("/comments"),
+                format!("{}{}", "[".repeat(5_000), "]".repeat(5_000)).into_bytes(),
+                json_type,
+            )
+            .await,
+            422,
+            "invalid_body",
+        ),
+        (
+            "not JSON at all",
+            raw(
+                products.url("/products"),
+                b"name=Kettle".to_vec(),
+                "application/x-www-form-urlencoded",
+            )
+            .await,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "missing field",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"rating": null})),
+            )
+            .await,
+            422,
+            "invalid_body",
+        ),
+        (
+            "missing name",
+            post(
+                &http,
+                &products.url("/products"),
+                json!({"product_id": "p-2", "price_cents": 1}),
+            )
+            .await,
+            422,
+            "invalid_body",
+        ),
+        (
+            "unknown field",
+            post(
+                &http,
+                &products.url("/products"),
+                json!({"product_id": "p-2", "name": "x", "price_cents": 1, "admin": true}),
+            )
+            .await,
+            422,
+            "invalid_body",
+        ),
+        (
+            "wrong type",
+            post(
+                &http,
+                &products.url("/products"),
+                json!({"product_id": "p-2", "name": "x", "price_cents": "cheap"}),
+            )
+            .await,
+            422,
+            "invalid_body",
+        ),
+        (
+            "rating 6",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"rating": 6})),
+            )
+            .await,
+            422,
+            "rating_out_of_range",
+        ),
+        (
+            "rating 0",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"rating": 0})),
+            )
+            .await,
+            422,
+            "rating_out_of_range",
+        ),
+        (
+            "rating -1",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"rating": -1})),
+            )
+            .await,
+            422,
+            "rating_out_of_range",
+        ),
+        (
+            "rating 256",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"rating": 256})),
+            )
+            .await,
+            422,
+            "rating_out_of_range",
+        ),
+        (
+            "edit to rating 9",
+            put(
+                &http,
+                &comments.url("/comments/c-1"),
+                json!({"text": "x", "rating": 9}),
+            )
+            .await,
+            422,
+            "rating_out_of_range",
+        ),
+        (
+            "unknown product",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"product_id": "p-404"})),
+            )
+            .await,
+            422,
+            "unknown_product",
+        ),
+        (
+            "oversized body",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"text": "x".repeat(64 * 1024)})),
+            )
+            .await,
+            413,
+            "body_too_large",
+        ),
+        (
+            "text too long",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"text": "é".repeat(2001)})),
+            )
+            .await,
+            422,
+            "too_long",
+        ),
+        (
+            "SQL-looking id",
+            post(
+                &http,
+                &products.url("/products"),
+                json!({"product_id": "p'; DROP TABLE events; --", "name": "x", "price_cents": 1}),
+            )
+            .await,
+            422,
+            "invalid_id",
+        ),
+        (
+            "empty name",
+            post(
+                &http,
+                &products.url("/products"),
+                json!({"product_id": "p-3", "name": "   ", "price_cents": 1}),
+            )
+            .await,
+            422,
+            "empty_name",
+        ),
+        (
+            "negative price",
+            post(
+                &http,
+                &products.url("/products"),
+                json!({"product_id": "p-3", "name": "x", "price_cents": -5}),
+            )
+            .await,
+            422,
+            "negative_price",
+        ),
+        (
+            "duplicate product",
+            post(
+                &http,
+                &products.url("/products"),
+                json!({"product_id": "p-1", "name": "again", "price_cents": 1}),
+            )
+            .await,
+            409,
+            "already_exists",
+        ),
+        (
+            "rename an unknown product",
+            put(
+                &http,
+                &products.url("/products/p-404/name"),
+                json!({"name": "x"}),
+            )
+            .await,
+            404,
+            "not_found",
+        ),
+        (
+            "edit an unknown comment",
+            put(
+                &http,
+                &comments.url("/comments/c-404"),
+                json!({"text": "x", "rating": 3}),
+            )
+            .await,
+            404,
+            "not_found",
+        ),
+        (
+            "no such route",
+            post(&http, &products.url("/nowhere"), json!({})).await,
+            404,
+            "not_found",
+        ),
+    ];
+    for (case, answer, status, code) in cases {
+        assert_eq!(
+            (answer.status, answer.code()),
+            (status, code),
+            "{case}: {:?}",
+            answer.body
+        );
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{case}: no message in {:?}",
+            answer.body
+        );
+    }
+    // A SQL-looking text is just text: stored verbatim, harmless.
+    let text = "Robert'); DROP TABLE events;--";
+    let sql = post(
+        &http,
+        &comments.url("/comments"),
+        comment(json!({"comment_id": "c-sql", "text": text})),
+    )
+    .await;
+    assert_eq!(sql.status, 201, "{:?}", sql.body);
+    assert_eq!(
+        env.stored_events().await,
+        stored + 1,
+        "a refused request stored something"
+    );
+    let store = Arc::new(env.postgres().await.event_store());
+    let last = cqrs_core::EventReader::read_all(store.as_ref(), 0, 100)
+        .await
+        .expect("read");
+    let payload: serde_json::Value = serde_json::from_slice(&last[2].payload).expect("json");
+    assert_eq!(payload["text"], text);
+
+    drop((products, comments));
+    env.clean_up().await;
+}
