@@ -23,7 +23,7 @@ pub use crate::error::{BoxError, CommandError, Error, EventRef, Result};
 pub use crate::event::{DynEvent, Event, EventSet};
 pub use crate::gateway::{CommandGateway, CommandMetadata, Middleware};
 pub use crate::processor::{
-    Backoff, CatchUpProgress, ErrorPolicy, Feed, StoreFeed, TrackingProcessor,
+    Backoff, CatchUpProgress, ErrorPolicy, Feed, RetryReport, StoreFeed, TrackingProcessor,
 };
 pub use crate::projection::{Projection, ReadModel};
 pub use crate::registry::registry;

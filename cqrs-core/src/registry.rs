@@ -225,7 +225,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`Error::Registry`] when a step is missing or the stored version is newer,
-    /// [`Error::Decode`] when the payload is not JSON or an upcaster refuses it.
+    /// [`Error::Decode`] when the payload is not JSON or an upcaster refuses it (or panics).
     pub fn upcast(&self, envelope: &Envelope, target: u32) -> Result<Value> {
         let decode_err = |reason: String| Error::Decode {
             event: envelope.event_ref(),
@@ -249,7 +249,18 @@ impl Registry {
                     version: envelope.event_version,
                     reason: format!("no upcaster from v{v} to v{}", v + 1),
                 })?;
-            value = step(value).map_err(|e| decode_err(format!("upcaster v{v}: {e}")))?;
+            // An upcaster is user code fed stored data: a panic in it becomes this event's
+            // decode error instead of taking the processor down.
+            value = std::panic::catch_unwind(move || step(value))
+                .map_err(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    decode_err(format!("upcaster v{v} panicked: {what}"))
+                })?
+                .map_err(|e| decode_err(format!("upcaster v{v}: {e}")))?;
         }
         Ok(value)
     }

@@ -60,6 +60,9 @@ pub struct UnitOfWork {
     pub dead_letters: Vec<DeadLetter>,
     /// The new global-log checkpoint, when the feed has one (a bus feed commits offsets instead).
     pub checkpoint: Option<u64>,
+    /// Dead letters (by event id) this unit of work resolves: a successful retry removes its
+    /// dead letter together with the view it changed.
+    pub resolved: Vec<Uuid>,
 }
 
 /// Where a projection keeps its documents, checkpoint and dead letters.

@@ -165,6 +165,7 @@ async fn view_store_queries_filter_sort_and_page() {
             writes,
             dead_letters: vec![],
             checkpoint: Some(9),
+            resolved: vec![],
         })
         .await
         .expect("commit");
@@ -232,6 +233,7 @@ async fn a_stale_view_write_is_refused_whole() {
         writes,
         dead_letters: vec![],
         checkpoint: Some(1),
+        resolved: vec![],
     };
     store
         .commit(work(vec![doc("a", 0)]))

@@ -661,3 +661,76 @@ async fn a_relay_limited_to_some_aggregate_types_publishes_only_those() {
     assert_eq!(others.publish_pending().await.expect("publish"), 2);
     assert_eq!(bus.topic_len("other"), 2);
 }
+
+#[tokio::test]
+async fn dead_letters_are_retried_once_the_handler_is_fixed_and_resolved_with_their_view() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    for amount in [1, 13, 4, 13] {
+        gateway.send(add("x", amount)).await.expect("send");
+    }
+    gateway.send(add("y", 13)).await.expect("send");
+    let views_store = Arc::new(MemoryViewStore::new());
+    let failing = TrackingProcessor::new(Tally { fail_on: Some(13) }, views_store.clone())
+        .error_policy(ErrorPolicy::dead_letter());
+    failing.catch_up(store.clone()).await.expect("catch up");
+    let dead = views_store.dead_letters("tally").await.expect("dead");
+    assert_eq!(dead.len(), 3);
+
+    // Retried with the same bug: they fail again and stay, with the reason.
+    let report = failing
+        .retry_dead_letters(views_store.as_ref())
+        .await
+        .expect("retry");
+    assert!(report.resolved.is_empty());
+    assert_eq!(report.failed.len(), 3);
+    assert!(report.failed[0].1.contains("refusing amount 13"));
+    assert_eq!(
+        views_store.dead_letters("tally").await.expect("dead").len(),
+        3
+    );
+
+    // The fix is deployed: one is retried on its own, then the rest.
+    let fixed = TrackingProcessor::new(Tally::default(), views_store.clone());
+    let first = dead[0].envelope.metadata.event_id;
+    let report = fixed
+        .retry_dead_letter(views_store.as_ref(), first)
+        .await
+        .expect("retry one");
+    assert_eq!(report.resolved, vec![first]);
+    let report = fixed
+        .retry_dead_letters(views_store.as_ref())
+        .await
+        .expect("retry all");
+    assert_eq!(report.resolved.len(), 2);
+    assert!(report.failed.is_empty());
+    assert!(views_store
+        .dead_letters("tally")
+        .await
+        .expect("dead")
+        .is_empty());
+    let model = ReadModel::<Tally>::new(views_store.clone() as Arc<dyn ViewQuery>);
+    let x = model.get("x").await.expect("x").expect("x exists");
+    assert_eq!(x.total, 1 + 13 + 4 + 13);
+    // Applied late, after the events that had flowed past them.
+    assert_eq!(x.versions, vec![1, 3, 2, 4]);
+    assert_eq!(model.get("y").await.expect("y").expect("y").total, 13);
+
+    // Nothing is applied twice: a retry finds nothing, and a replay of the same batch skips
+    // what the retries applied.
+    assert_eq!(
+        fixed
+            .retry_dead_letters(views_store.as_ref())
+            .await
+            .expect("again"),
+        cqrs_core::RetryReport::default()
+    );
+    fixed
+        .process(&cqrs_core::processor::Batch::from_log(
+            store.read_all(0, 100).await.expect("read"),
+        ))
+        .await
+        .expect("redelivered");
+    let x = model.get("x").await.expect("x").expect("x exists");
+    assert_eq!(x.total, 31);
+}

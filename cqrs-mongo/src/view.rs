@@ -279,6 +279,14 @@ impl ViewStore for MongoViewStore {
         let letters = self.dead_letter_updates(&work)?;
         let dead = self.mongo.collection("dead_letters");
         let checkpoints = self.mongo.collection("view_checkpoints");
+        let resolved = (!work.resolved.is_empty()).then(|| {
+            let ids: Vec<String> = work
+                .resolved
+                .iter()
+                .map(|id| format!("{}/{id}", work.projection))
+                .collect();
+            doc! { "_id": { "$in": ids } }
+        });
         let checkpoint = work.checkpoint.map(|c| {
             (
                 doc! { "_id": &work.projection },
@@ -318,6 +326,12 @@ impl ViewStore for MongoViewStore {
                             .map_err(|e| backend("writing views", e))?;
                         self.check_reply(&work, &reply)?;
                     }
+                    if let Some(resolved) = &resolved {
+                        dead.delete_many(resolved.clone())
+                            .session(&mut session)
+                            .await
+                            .map_err(|e| backend("removing resolved dead letters", e))?;
+                    }
                     for (q, u) in letters {
                         dead.update_one(q, u)
                             .upsert(true)
@@ -351,6 +365,13 @@ impl ViewStore for MongoViewStore {
                         .await
                         .map_err(|e| backend("writing views", e))?;
                     self.check_reply(&work, &reply)?;
+                }
+                // Without a transaction a crash between the views and this removal leaves the
+                // dead letter in place: retrying it again applies it again (at least once).
+                if let Some(resolved) = resolved {
+                    dead.delete_many(resolved)
+                        .await
+                        .map_err(|e| backend("removing resolved dead letters", e))?;
                 }
                 for (q, u) in letters {
                     dead.update_one(q, u)

@@ -216,6 +216,7 @@ async fn a_stale_view_write_is_refused_not_overwritten() {
         writes,
         dead_letters: vec![],
         checkpoint: Some(1),
+        resolved: vec![],
     };
     views
         .commit(work(vec![doc("a", 0, 1)]))

@@ -185,6 +185,16 @@ impl ViewStore for PgViewStore {
                 return Err(Self::conflict(projection, &expected, &written));
             }
         }
+        if !work.resolved.is_empty() {
+            sqlx::query(self.schema.sql(
+                "DELETE FROM {schema}.dead_letters WHERE projection = $1 AND event_id = ANY($2)",
+            ))
+            .bind(projection)
+            .bind(&work.resolved)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db("removing resolved dead letters", e))?;
+        }
         for letter in &work.dead_letters {
             sqlx::query(self.schema.sql(
                 "INSERT INTO {schema}.dead_letters

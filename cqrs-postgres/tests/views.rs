@@ -204,10 +204,23 @@ async fn a_corrupted_payload_row_stops_the_processor_with_its_position_or_is_dea
         .expect("get")
         .expect("view");
     assert_eq!(view.total, 1 + 3, "the others flowed");
-    assert!(views
-        .remove_dead_letter("tally", dead[0].envelope.metadata.event_id)
+    // A retry fails again (the payload is still bad) and keeps it, with the reason.
+    let report = processor.retry_dead_letters(&views).await.expect("retry");
+    assert!(report.resolved.is_empty());
+    assert!(report.failed[0].1.contains("invalid type"), "{report:?}");
+    assert_eq!(views.dead_letters("tally").await.expect("list").len(), 1);
+    // A unit of work that resolves it removes it in the same transaction.
+    views
+        .commit(cqrs_core::view::UnitOfWork {
+            projection: "tally".into(),
+            writes: vec![],
+            dead_letters: vec![],
+            checkpoint: None,
+            resolved: vec![dead[0].envelope.metadata.event_id],
+        })
         .await
-        .expect("remove"));
+        .expect("resolve");
+    assert!(views.dead_letters("tally").await.expect("list").is_empty());
     pg.drop_schema().await.expect("drop");
 }
 
@@ -227,6 +240,7 @@ async fn views_are_queried_by_filter_sort_and_page_and_stale_writes_are_refused(
         writes,
         dead_letters: vec![],
         checkpoint: Some(5),
+        resolved: vec![],
     };
     let people = [
         ("a", "Zed", 5),

@@ -19,7 +19,7 @@ use cqrs_core::relay::RelayHandle;
 use cqrs_core::{
     registry, Backoff, BoxError, BusFeed, CatchUpProgress, CheckpointStore, CommandGateway,
     DeadLetterStore, Error, ErrorPolicy, EventBus, EventReader, EventStore, ReadModel, Relay,
-    TrackingProcessor, ViewQuery, ViewStore,
+    RetryReport, TrackingProcessor, ViewQuery, ViewStore,
 };
 use cqrs_kafka::{KafkaBus, KafkaConfig};
 use cqrs_mongo::Mongo;
@@ -704,6 +704,9 @@ pub struct DeadLetterInfo {
 struct CatalogState {
     queries: CatalogQueries,
     dead_letters: Arc<dyn DeadLetterStore>,
+    /// Applies dead letters again (beside the running processor; view revisions keep the two
+    /// from overwriting each other).
+    retrier: Arc<TrackingProcessor<Catalog>>,
 }
 
 async fn list_products(
@@ -769,6 +772,34 @@ async fn list_dead_letters(
     ))
 }
 
+async fn retry_dead_letters(
+    State(state): State<CatalogState>,
+) -> Result<Json<RetryReport>, ApiError> {
+    state
+        .retrier
+        .retry_dead_letters(state.dead_letters.as_ref())
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::from_framework(&e))
+}
+
+async fn retry_dead_letter(
+    State(state): State<CatalogState>,
+    Path(event_id): Path<uuid::Uuid>,
+) -> Result<Json<RetryReport>, ApiError> {
+    let report = state
+        .retrier
+        .retry_dead_letter(state.dead_letters.as_ref(), event_id)
+        .await
+        .map_err(|e| ApiError::from_framework(&e))?;
+    if report.resolved.is_empty() && report.failed.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no dead letter for event `{event_id}`"
+        )));
+    }
+    Ok(Json(report))
+}
+
 /// A running catalog service.
 #[derive(Debug)]
 pub struct CatalogService {
@@ -796,11 +827,14 @@ pub async fn catalog_service(backends: &Backends) -> Result<CatalogService, BoxE
     let state = CatalogState {
         queries: CatalogQueries::new(ReadModel::new(views.query)),
         dead_letters: views.dead_letters,
+        retrier: Arc::new(TrackingProcessor::new(Catalog, views.store.clone()).view_cache(0)),
     };
     let routes = Router::new()
         .route("/products", get(list_products))
         .route("/products/{id}", get(get_product))
         .route("/dead-letters", get(list_dead_letters))
+        .route("/dead-letters/retry", post(retry_dead_letters))
+        .route("/dead-letters/{event_id}/retry", post(retry_dead_letter))
         .with_state(state);
     Ok(CatalogService {
         router: with_common_layers(routes, "catalog"),

@@ -495,3 +495,121 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
     drop((products, comments));
     env.clean_up().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_dead_lettered_with_reason_and_position_while_the_rest_flows() {
+    use cqrs_core::{EventAppender, ExpectedVersion, Metadata, NewEvent};
+
+    let env = Env::new("poison");
+    let http = client();
+    let products = env.start("product").await;
+    let comments = env.start("comment").await;
+    let catalog_service = env.start("catalog").await;
+    let created = post(
+        &http,
+        &products.url("/products"),
+        json!({"product_id": "p-1", "name": "Grinder", "price_cents": 8000}),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    assert_eq!(
+        post_comment(&http, &comments, "c-1", "p-1", 4).await.status,
+        201
+    );
+
+    // Two poison events reach the comment topic: an undecodable payload and an unknown name
+    // (as if written by a newer or broken producer).
+    let store = env.postgres().await.event_store();
+    let poison = |name: &str, payload: &'static [u8]| NewEvent {
+        event_name: name.to_owned(),
+        event_version: 1,
+        payload: payload.into(),
+        metadata: Metadata::new(),
+    };
+    let bad_payload = store
+        .append(
+            "comment",
+            "c-bad",
+            ExpectedVersion::NEW,
+            vec![poison(
+                "shop.CommentPosted",
+                br#"{"product_id": "p-1", "rating": "five"}"#,
+            )],
+        )
+        .await
+        .expect("append");
+    let unknown = store
+        .append(
+            "comment",
+            "c-new",
+            ExpectedVersion::NEW,
+            vec![poison("shop.CommentPinned", br#"{"product_id": "p-1"}"#)],
+        )
+        .await
+        .expect("append");
+    assert_eq!(
+        post_comment(&http, &comments, "c-2", "p-1", 2).await.status,
+        201
+    );
+
+    // The rest flows: both good comments arrive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let dead = loop {
+        let entry = get(&http, &catalog_service.url("/products/p-1")).await;
+        let dead = get(&http, &catalog_service.url("/dead-letters")).await;
+        let letters = dead.body.as_array().cloned().unwrap_or_default();
+        if entry.body["rating_count"] == 2 && letters.len() == 2 {
+            assert_eq!(entry.body["average_rating"], 3.0);
+            break letters;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence: {:?} {:?}",
+            entry.body,
+            dead.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let find = |stream: &str| {
+        dead.iter()
+            .find(|d| d["stream_id"] == stream)
+            .cloned()
+            .unwrap_or_else(|| panic!("no dead letter for {stream}: {dead:?}"))
+    };
+    let letter = find("c-bad");
+    assert_eq!(letter["position"], bad_payload[0].position);
+    assert_eq!(letter["event_name"], "shop.CommentPosted");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("invalid type"),
+        "{letter}"
+    );
+    let letter = find("c-new");
+    assert_eq!(letter["position"], unknown[0].position);
+    assert!(
+        letter["reason"].as_str().unwrap().contains("unknown"),
+        "{letter}"
+    );
+
+    // Retrying without a fix: both fail again and stay, with their reasons.
+    let retried = post(
+        &http,
+        &catalog_service.url("/dead-letters/retry"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    assert_eq!(retried.body["resolved"], json!([]));
+    assert_eq!(retried.body["failed"].as_array().map(Vec::len), Some(2));
+    let one = post(
+        &http,
+        &catalog_service.url(&format!("/dead-letters/{}/retry", uuid::Uuid::new_v4())),
+        json!({}),
+    )
+    .await;
+    assert_eq!((one.status, one.code()), (404, "not_found"));
+    let still = get(&http, &catalog_service.url("/dead-letters")).await;
+    assert_eq!(still.body.as_array().map(Vec::len), Some(2));
+
+    drop((products, comments, catalog_service));
+    env.clean_up().await;
+}

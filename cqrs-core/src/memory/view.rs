@@ -91,6 +91,9 @@ impl ViewStore for MemoryViewStore {
             doc.revision += 1;
             space.docs.insert(doc.id.clone(), doc);
         }
+        space
+            .dead
+            .retain(|d| !work.resolved.contains(&d.envelope.metadata.event_id));
         for letter in work.dead_letters {
             let id = letter.envelope.metadata.event_id;
             space.dead.retain(|d| d.envelope.metadata.event_id != id);

@@ -300,10 +300,81 @@ pub(super) async fn fold<P: Projection>(
         writes,
         dead_letters: dead,
         checkpoint: batch.checkpoint,
+        resolved: Vec::new(),
     };
     Ok(Folded {
         work,
         applied,
         views,
     })
+}
+
+/// A dead letter applied again: the unit of work writing its view and resolving it, and the
+/// view's id. `Ok(Err(reason))` when it fails again.
+pub(super) async fn refold_dead_letter<P: Projection>(
+    processor: &TrackingProcessor<P>,
+    letter: &DeadLetter,
+) -> Result<std::result::Result<(UnitOfWork, String), String>> {
+    let name = &processor.name;
+    let envelope = &letter.envelope;
+    let event = match P::Event::decode(envelope) {
+        Ok(Some(event)) => event,
+        Ok(None) => {
+            return Ok(Err(format!(
+                "event `{}` is not one projection `{name}` handles",
+                envelope.event_name
+            )))
+        }
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let id = processor.projection.view_id(&event, envelope);
+    let mut state = match processor
+        .store
+        .load(name, std::slice::from_ref(&id))
+        .await?
+        .into_iter()
+        .next()
+    {
+        Some(stored) => from_stored::<P>(name, stored)?,
+        None => empty(),
+    };
+    if let Err(reason) = processor
+        .projection
+        .apply(&mut state.view, &event, envelope)
+    {
+        return Ok(Err(reason.to_string()));
+    }
+    // Record it, so that a late duplicate of the event is skipped. A view kept by position
+    // alone stays so.
+    if let Some(version) = state.applied.get_mut(envelope.stream_id.as_str()) {
+        *version = (*version).max(envelope.version);
+    } else if !state.applied.is_empty() {
+        state
+            .applied
+            .insert(envelope.stream_id.clone(), envelope.version);
+    }
+    state.position = state.position.max(envelope.position);
+    let view = match &state.view {
+        Some(view) => Some(
+            serde_json::to_value(view).map_err(|source| Error::Serialize {
+                what: format!("view `{id}` of projection `{name}`"),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let work = UnitOfWork {
+        projection: name.clone(),
+        writes: vec![StoredDoc {
+            id: id.clone(),
+            view,
+            applied: state.applied,
+            position: state.position,
+            revision: state.revision,
+        }],
+        dead_letters: Vec::new(),
+        checkpoint: None,
+        resolved: vec![envelope.metadata.event_id],
+    };
+    Ok(Ok((work, id)))
 }
