@@ -18,7 +18,8 @@ use crate::processor::Backoff;
 use crate::store::{CheckpointStore, EventReader};
 
 /// The relay's circuit breaker, seen from outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Breaker {
     /// Publishing works.
     Closed,
@@ -217,6 +218,11 @@ impl RelayHandle {
     /// The last position published and checkpointed.
     pub fn position(&self) -> u64 {
         *self.position.borrow()
+    }
+
+    /// A receiver of the last position published, to watch from elsewhere.
+    pub fn watch_position(&self) -> watch::Receiver<u64> {
+        self.position.clone()
     }
 
     /// The circuit breaker's state.

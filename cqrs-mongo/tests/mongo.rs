@@ -331,6 +331,10 @@ async fn configured_names_are_validated_and_passwords_never_shown() {
     assert!(!err.to_string().contains("s3cret"), "{err}");
     assert!(!format!("{mongo:?}").contains("mongodb://"));
     mongo.drop_database().await.expect("drop");
+    println!(
+        "[fault] MongoDB names: hostile database names, prefixes and projection names refused \
+         with a typed error; a password absent from errors and Debug output"
+    );
 }
 
 /// A MongoDB-API server of the test's own, on disk, so it can be killed and restarted with
@@ -428,10 +432,12 @@ async fn the_server_killed_mid_run_the_processor_retries_and_converges() {
         "the processor retries; it does not give up"
     );
     let head = store.head().await.expect("head");
+    let held_at = handle.position();
     assert!(
-        handle.position() < head,
+        held_at < head,
         "the checkpoint did not move past unapplied events"
     );
+    let restarted = Instant::now();
 
     // Restart it on the same data: the processor resumes and converges.
     let server = OwnServer::start(port, &dir).await;
@@ -450,6 +456,11 @@ async fn the_server_killed_mid_run_the_processor_retries_and_converges() {
     assert_eq!(
         views.checkpoint("catalog").await.expect("checkpoint"),
         Some(head)
+    );
+    println!(
+        "[fault] MongoDB killed mid-run (store feed): checkpoint held at {held_at} < head {head} \
+         while down; converged {:.1} s after the restart; read model equal to a replay",
+        restarted.elapsed().as_secs_f64()
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

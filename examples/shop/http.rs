@@ -233,12 +233,37 @@ impl Accepted {
 }
 
 /// `GET /health`'s answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Health {
     /// Always `ok` while the service answers.
-    pub status: &'static str,
+    pub status: String,
     /// Which service this is.
-    pub service: &'static str,
+    pub service: String,
+    /// The relay of a write service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayHealth>,
+    /// The service's tracking processors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<ProcessorHealth>,
+}
+
+/// A relay's state in `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RelayHealth {
+    /// Its circuit breaker: `closed`, `open` (the bus is failing; events wait in the store)
+    /// or `half_open`.
+    pub breaker: cqrs_core::Breaker,
+    /// The last global position it published.
+    pub position: u64,
+}
+
+/// A tracking processor's state in `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ProcessorHealth {
+    /// The processor (projection) name.
+    pub name: String,
+    /// The largest global position it has committed.
+    pub position: u64,
 }
 
 /// The answer for a route that does not exist.

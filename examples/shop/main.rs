@@ -98,8 +98,26 @@ fn init_logging(default: &str) {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let message = e.to_string();
+            eprintln!("error: {message}");
+            let mut source = e.source();
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !message.contains(&cause_text) {
+                    eprintln!("  caused by: {cause_text}");
+                }
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
     match cli.command.unwrap_or(Command::Demo) {
         Command::Demo => {
             init_logging("warn");

@@ -17,20 +17,21 @@ use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore,
 use cqrs_core::processor::ProcessorHandle;
 use cqrs_core::relay::RelayHandle;
 use cqrs_core::{
-    registry, Backoff, BoxError, BusFeed, CatchUpProgress, CheckpointStore, CommandGateway,
-    DeadLetterStore, Error, ErrorPolicy, EventBus, EventReader, EventStore, ReadModel, Relay,
-    RetryReport, TrackingProcessor, ViewQuery, ViewStore,
+    registry, Backoff, BoxError, Breaker, BusFeed, CatchUpProgress, CheckpointStore,
+    CommandGateway, DeadLetterStore, Error, ErrorPolicy, EventBus, EventReader, EventStore,
+    ReadModel, Relay, RetryReport, TrackingProcessor, ViewQuery, ViewStore,
 };
 use cqrs_kafka::{KafkaBus, KafkaConfig};
 use cqrs_mongo::Mongo;
 use cqrs_postgres::Postgres;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
+use tokio::sync::{watch, OnceCell};
 
 use crate::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use crate::comment::{CommentCommand, CommentError, KnownProducts, COMMENT};
 use crate::http::{
-    check_id, check_len, no_route, Accepted, ApiError, Health, Json, Path, Query, MAX_BODY,
+    check_id, check_len, no_route, Accepted, ApiError, Health, Json, Path, ProcessorHealth, Query,
+    RelayHealth, MAX_BODY,
 };
 use crate::product::{ProductCommand, ProductError, PRODUCT};
 
@@ -58,8 +59,9 @@ pub struct Connections {
     /// The PostgreSQL schema of the shop's event store.
     #[arg(long, env = "SHOP_SCHEMA", default_value = "shop")]
     pub schema: String,
-    /// The prefix of the shop's Kafka topics and consumer groups.
-    #[arg(long, env = "SHOP_TOPIC_PREFIX", default_value = "shop")]
+    /// The prefix of the shop's Kafka topics (`<prefix>product`, `<prefix>comment`) and
+    /// consumer groups.
+    #[arg(long, env = "SHOP_TOPIC_PREFIX", default_value = "shop.")]
     pub topic_prefix: String,
     /// The MongoDB database of the catalog.
     #[arg(long, env = "SHOP_MONGO_DATABASE", default_value = "shop")]
@@ -210,7 +212,9 @@ impl Backends {
             .get_or_try_init(|| async {
                 let config = KafkaConfig::new(brokers.as_str(), &self.connections.topic_prefix)?
                     .partitions(self.connections.partitions)
-                    .session_timeout(Duration::from_secs(6));
+                    .session_timeout(Duration::from_secs(6))
+                    // A publish to a broker that is down fails after this; the relay retries.
+                    .message_timeout(Duration::from_secs(3));
                 Ok::<_, Error>(Arc::new(KafkaBus::new(config)?))
             })
             .await?;
@@ -234,7 +238,7 @@ impl Backends {
 
     /// A consumer group's name, unique to this shop's topics.
     pub fn group(&self, name: &str) -> String {
-        format!("{}.{name}", self.connections.topic_prefix)
+        format!("{}{name}", self.connections.topic_prefix)
     }
 }
 
@@ -291,15 +295,52 @@ async fn shutdown_signal() {
     }
 }
 
-fn with_common_layers(router: Router, service: &'static str) -> Router {
+/// What `GET /health` reports on: the relay and the processors of a service.
+#[derive(Clone, Default)]
+struct Watched {
+    relay: Option<(watch::Receiver<Breaker>, watch::Receiver<u64>)>,
+    processors: Vec<(String, watch::Receiver<u64>)>,
+}
+
+impl Watched {
+    fn relay(mut self, relay: &RelayHandle) -> Self {
+        self.relay = Some((relay.watch_breaker(), relay.watch_position()));
+        self
+    }
+
+    fn processor(mut self, processor: &ProcessorHandle) -> Self {
+        self.processors
+            .push((processor.name().to_owned(), processor.watch_position()));
+        self
+    }
+
+    fn health(&self, service: &str) -> Health {
+        Health {
+            status: "ok".into(),
+            service: service.into(),
+            relay: self.relay.as_ref().map(|(breaker, position)| RelayHealth {
+                breaker: *breaker.borrow(),
+                position: *position.borrow(),
+            }),
+            processors: self
+                .processors
+                .iter()
+                .map(|(name, position)| ProcessorHealth {
+                    name: name.clone(),
+                    position: *position.borrow(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn with_common_layers(router: Router, service: &'static str, watched: Watched) -> Router {
     router
         .route(
             "/health",
-            get(move || async move {
-                Json(Health {
-                    status: "ok",
-                    service,
-                })
+            get(move || {
+                let health = watched.health(service);
+                async move { Json(health) }
             }),
         )
         .fallback(no_route)
@@ -412,14 +453,13 @@ async fn change_price(
     .await
 }
 
-/// The product service's routes over a gateway.
-pub fn product_routes(gateway: Arc<CommandGateway>) -> Router {
+fn product_routes(gateway: Arc<CommandGateway>, watched: Watched) -> Router {
     let routes = Router::new()
         .route("/products", post(create_product))
         .route("/products/{id}/name", put(rename_product))
         .route("/products/{id}/price", put(change_price))
         .with_state(gateway);
-    with_common_layers(routes, "product")
+    with_common_layers(routes, "product", watched)
 }
 
 /// A running write service: its routes and its relay to the bus.
@@ -462,6 +502,10 @@ async fn write_side(
         backends.checkpoints().await?,
     )
     .only([aggregate_type])
+    .backoff(Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(2),
+    ))
     .spawn();
     Ok((gateway, relay))
 }
@@ -473,7 +517,7 @@ async fn write_side(
 pub async fn product_service(backends: &Backends) -> Result<WriteService, BoxError> {
     let (gateway, relay) = write_side(backends, "product-relay", PRODUCT).await?;
     Ok(WriteService {
-        router: product_routes(gateway),
+        router: product_routes(gateway, Watched::default().relay(&relay)),
         relay,
         processors: Vec::new(),
     })
@@ -644,8 +688,9 @@ pub async fn comment_service(backends: &Backends) -> Result<WriteService, BoxErr
         .route("/comments", post(post_comment))
         .route("/comments/{id}", put(edit_comment).delete(delete_comment))
         .with_state(state);
+    let watched = Watched::default().relay(&relay).processor(&products);
     Ok(WriteService {
-        router: with_common_layers(routes, "comment"),
+        router: with_common_layers(routes, "comment", watched),
         relay,
         processors: vec![products],
     })
@@ -836,8 +881,9 @@ pub async fn catalog_service(backends: &Backends) -> Result<CatalogService, BoxE
         .route("/dead-letters/retry", post(retry_dead_letters))
         .route("/dead-letters/{event_id}/retry", post(retry_dead_letter))
         .with_state(state);
+    let watched = Watched::default().processor(&processor);
     Ok(CatalogService {
-        router: with_common_layers(routes, "catalog"),
+        router: with_common_layers(routes, "catalog", watched),
         processor,
     })
 }

@@ -54,7 +54,7 @@ impl Env {
             ("--kafka-brokers", &self.kafka_brokers),
             ("--mongodb-uri", &self.mongodb_uri),
             ("--schema", &self.name),
-            ("--topic-prefix", &self.name),
+            ("--topic-prefix", &format!("{}.", self.name)),
             ("--mongo-database", &self.name),
         ]
         .into_iter()
@@ -338,4 +338,86 @@ pub async fn converged(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A server of the test's own, to kill and restart: the command in `var` (`CQRS_KAFKA_SERVER`
+/// or `CQRS_MONGO_SERVER`, which `scripts/test.sh` sets) with `{port}` and `{dir}` filled in.
+#[derive(Debug)]
+pub struct OwnServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl OwnServer {
+    pub async fn start(var: &str, port: u16, dir: &std::path::Path) -> OwnServer {
+        let template = std::env::var(var).unwrap_or_else(|_| {
+            panic!(
+                "{var} is not set: this test starts and kills a server of its own \
+                 (run ./scripts/test.sh, which sets it)"
+            )
+        });
+        let command = template
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.display().to_string());
+        let mut parts = command.split_whitespace();
+        let program = parts.next().expect("a command");
+        let child = Command::new(program)
+            .args(parts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "{var} did not open port {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        OwnServer { child, port }
+    }
+
+    /// `kill -9`.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A service's `GET /health`.
+pub async fn health(client: &reqwest::Client, service: &Service) -> shop::http::Health {
+    let answer = get(client, &service.url("/health")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    serde_json::from_value(answer.body).expect("health")
+}
+
+/// Sums the ratings counted over the catalog and checks no comment appears twice.
+pub fn comment_count(entries: &[CatalogEntry]) -> u64 {
+    for entry in entries {
+        let mut ids: Vec<_> = entry.comments.iter().map(|c| &c.comment_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            entry.comments.len(),
+            "a comment was applied twice"
+        );
+    }
+    entries.iter().map(|e| e.rating_count).sum()
 }
