@@ -144,7 +144,7 @@ async fn append_on(
     }
     let rows = sqlx::query(schema.sql(
         "SELECT out_position, out_version, out_actual FROM {schema}.append_events(
-            $1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], $8, $9, $10, $11, $12::text[]::jsonb[])",
+            $1, $2, $3, $4, $5, $6, $7::text[]::json[], $8, $9, $10, $11, $12::text[]::json[])",
     ))
     .bind(stream_id)
     .bind(aggregate_type)
