@@ -72,9 +72,11 @@ macro_rules! upcaster {
     };
 }
 
-/// The name of a stored event type and its schema version.
+/// A stored event type: the aggregate type it belongs to, its name and its schema version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StoredType {
+    /// The aggregate type whose streams hold it.
+    pub aggregate_type: String,
     /// The stored event name.
     pub name: String,
     /// The stored schema version.
@@ -209,10 +211,35 @@ impl Registry {
     /// [`Error::Registry`] for the first stored type that cannot be decoded (every such type is
     /// logged), [`Error::Config`] when the registry itself is inconsistent, or the store's error.
     pub async fn check_store(&self, store: &dyn EventReader) -> Result<()> {
+        self.check_types(store, |_| true).await
+    }
+
+    /// As [`check_store`](Self::check_store), for the events of these aggregate types only:
+    /// what a service that shares the store with others must be able to decode (another
+    /// service's newer events are not its concern).
+    ///
+    /// # Errors
+    /// As [`check_store`](Self::check_store).
+    pub async fn check_store_for(
+        &self,
+        store: &dyn EventReader,
+        aggregate_types: &[&str],
+    ) -> Result<()> {
+        self.check_types(store, |t| {
+            aggregate_types.contains(&t.aggregate_type.as_str())
+        })
+        .await
+    }
+
+    async fn check_types(
+        &self,
+        store: &dyn EventReader,
+        wanted: impl Fn(&StoredType) -> bool,
+    ) -> Result<()> {
         self.validate()?;
         let types = store.stored_types().await?;
         let mut first = None;
-        for t in &types {
+        for t in types.iter().filter(|t| wanted(t)) {
             if let Err(e) = self.check_type(&t.name, t.version) {
                 tracing::error!(error = %e, "stored event type cannot be decoded");
                 first.get_or_insert(e);

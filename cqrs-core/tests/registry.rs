@@ -168,6 +168,37 @@ async fn the_start_up_check_reads_the_store() {
         .await
         .expect_err("unknown stored name");
     assert!(err.to_string().contains("test.Renamed.Away"), "{err}");
+    // A service that shares the store checks only its own aggregate types.
+    store.insert_raw(vec![raw_envelope(
+        "invoice",
+        "i",
+        0,
+        0,
+        "billing.Newer",
+        1,
+        "{}",
+    )]);
+    registry()
+        .check_store_for(&store, &["invoice"])
+        .await
+        .expect_err("its own unknown event");
+    registry()
+        .check_store_for(&store, &["parcel"])
+        .await
+        .expect("nothing of its own is unknown");
+    store.insert_raw(vec![raw_envelope(
+        "parcel",
+        "p",
+        0,
+        0,
+        "test.Shipped",
+        3,
+        "{}",
+    )]);
+    registry()
+        .check_store_for(&store, &["parcel"])
+        .await
+        .expect("its own events are known");
 }
 
 #[test]

@@ -8,7 +8,11 @@ use crate::error::db;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "events", include_str!("migrations/0001_events.sql")),
     (2, "views", include_str!("migrations/0002_views.sql")),
-    (3, "json payloads", include_str!("migrations/0003_json_payloads.sql")),
+    (
+        3,
+        "json payloads",
+        include_str!("migrations/0003_json_payloads.sql"),
+    ),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or

@@ -340,21 +340,24 @@ impl EventReader for PgEventStore {
     }
 
     async fn stored_types(&self) -> Result<Vec<StoredType>> {
-        let rows =
-            sqlx::query(self.schema.sql(
-                "SELECT DISTINCT event_name, event_version FROM {schema}.events ORDER BY 1, 2",
-            ))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| db("listing stored event types", e))?;
+        let rows = sqlx::query(self.schema.sql(
+            "SELECT DISTINCT aggregate_type, event_name, event_version FROM {schema}.events
+                  ORDER BY 1, 2, 3",
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("listing stored event types", e))?;
         rows.iter()
             .map(|row| {
                 let version: i32 = row
-                    .try_get(1)
+                    .try_get(2)
                     .map_err(|e| db("listing stored event types", e))?;
                 Ok(StoredType {
-                    name: row
+                    aggregate_type: row
                         .try_get(0)
+                        .map_err(|e| db("listing stored event types", e))?,
+                    name: row
+                        .try_get(1)
                         .map_err(|e| db("listing stored event types", e))?,
                     version: version as u32,
                 })

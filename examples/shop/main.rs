@@ -202,11 +202,16 @@ async fn replay(connections: Connections) -> Result<(), BoxError> {
     .await?;
     bar.finish_and_clear();
     let views = backends.read_views().await?;
+    let dead = views
+        .dead_letters
+        .dead_letters(<Catalog as cqrs_core::Projection>::NAME)
+        .await?
+        .len();
     let entries = CatalogQueries::new(ReadModel::<Catalog>::new(views.query))
         .count()
         .await?;
     println!(
-        "replayed {events} events into {entries} catalog entries in {:.2} s",
+        "replayed {events} events into {entries} catalog entries in {:.2} s; {dead} dead letters",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -493,7 +493,10 @@ async fn write_side(
     aggregate_type: &str,
 ) -> Result<(Arc<CommandGateway>, RelayHandle), BoxError> {
     let store = backends.event_store().await?;
-    registry().check_store(store.as_ref()).await?;
+    // This service must decode its own aggregate's events; the others' are not its concern.
+    registry()
+        .check_store_for(store.as_ref(), &[aggregate_type])
+        .await?;
     let gateway = Arc::new(CommandGateway::builder(store.clone()).cache(10_000).build());
     let relay = Relay::new(
         relay,
@@ -899,8 +902,9 @@ pub async fn replay_catalog(
     backends: &Backends,
     progress: impl FnMut(CatchUpProgress) + Send,
 ) -> Result<u64, BoxError> {
+    // No start-up check of the store: an event the catalog cannot decode is dead-lettered
+    // with its reason, as the live service does, rather than stopping the replay.
     let store = backends.event_store().await?;
-    registry().check_store(store.as_ref()).await?;
     let views = backends.read_views().await?;
     let replay = TrackingProcessor::new(Catalog, views.store)
         .track_stream_versions()

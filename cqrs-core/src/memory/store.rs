@@ -70,6 +70,7 @@ impl MemoryEventStore {
             envelope.version = positions.len() as u64 + 1;
             positions.push(envelope.position);
             log.types.insert(StoredType {
+                aggregate_type: envelope.aggregate_type.clone(),
                 name: envelope.event_name.clone(),
                 version: envelope.event_version,
             });
@@ -152,12 +153,13 @@ impl EventAppender for MemoryEventStore {
         let first_position = log.events.len() as u64 + 1;
         let mut committed = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
-            if !log
-                .types
-                .iter()
-                .any(|t| t.name == event.event_name && t.version == event.event_version)
-            {
+            if !log.types.iter().any(|t| {
+                t.name == event.event_name
+                    && t.version == event.event_version
+                    && t.aggregate_type == aggregate_type
+            }) {
                 log.types.insert(StoredType {
+                    aggregate_type: aggregate_type.to_owned(),
                     name: event.event_name.clone(),
                     version: event.event_version,
                 });

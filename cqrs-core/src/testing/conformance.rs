@@ -383,7 +383,7 @@ pub async fn waiting_reader_wakes<S: EventStore + 'static>(store: Arc<S>) {
     );
 }
 
-/// Every stored `(name, version)` is listed for the start-up check.
+/// Every stored `(aggregate type, name, version)` is listed for the start-up check.
 pub async fn stored_types_are_listed<S: EventStore>(store: Arc<S>) {
     let mut v2 = event(2);
     v2.event_version = 2;
@@ -398,20 +398,26 @@ pub async fn stored_types_are_listed<S: EventStore>(store: Arc<S>) {
         )
         .await
         .expect("append");
-    let mut types: Vec<(String, u32)> = store
+    store
+        .append("gadget", "g-1", ExpectedVersion::NEW, vec![event(4)])
+        .await
+        .expect("append");
+    let mut types: Vec<(String, String, u32)> = store
         .stored_types()
         .await
         .expect("stored_types")
         .into_iter()
-        .map(|t| (t.name, t.version))
+        .map(|t| (t.aggregate_type, t.name, t.version))
         .collect();
     types.sort();
+    let t = |a: &str, n: &str, v| (a.to_owned(), n.to_owned(), v);
     assert_eq!(
         types,
         vec![
-            ("conformance.Happened".to_owned(), 1),
-            ("conformance.Happened".to_owned(), 2),
-            ("conformance.Other".to_owned(), 1)
+            t("gadget", "conformance.Happened", 1),
+            t("thing", "conformance.Happened", 1),
+            t("thing", "conformance.Happened", 2),
+            t("thing", "conformance.Other", 1),
         ]
     );
 }
