@@ -196,8 +196,8 @@ async fn replay(connections: Connections) -> Result<(), BoxError> {
     );
     let started = Instant::now();
     let events = replay_catalog(&backends, |p| {
-        bar.set_position((p.fraction() * 1000.0) as u64);
         bar.set_message(format!("{} events", p.events));
+        bar.set_position((p.fraction() * 1000.0) as u64);
     })
     .await?;
     bar.finish_and_clear();
