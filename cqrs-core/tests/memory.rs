@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::Added;
@@ -13,7 +12,7 @@ use cqrs_core::memory::{MemoryEventBus, MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::EventSource;
 use cqrs_core::testing::envelope_of;
 use cqrs_core::view::{StoredDoc, UnitOfWork};
-use cqrs_core::{EventBus, Filter, Order, Query, ViewQuery, ViewStore};
+use cqrs_core::{EventBus, ViewQuery, ViewStore};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,91 +133,6 @@ async fn group_members_share_partitions_and_take_over_from_committed_offsets() {
 }
 
 #[tokio::test]
-async fn view_store_queries_filter_sort_and_page() {
-    let store = MemoryViewStore::new();
-    let docs = [
-        ("a", "Zed", 5),
-        ("b", "Amy", 7),
-        ("c", "Kim", 3),
-        ("d", "Bob", 7),
-    ];
-    let writes = docs
-        .iter()
-        .map(|(id, name, n)| StoredDoc {
-            id: (*id).into(),
-            view: Some(json!({"name": name, "n": n, "nested": {"n": n}})),
-            applied: Default::default(),
-            position: 1,
-            revision: 0,
-        })
-        .chain([StoredDoc {
-            id: "e".into(),
-            view: None,
-            applied: Default::default(),
-            position: 1,
-            revision: 0,
-        }])
-        .collect();
-    store
-        .commit(UnitOfWork {
-            projection: "p".into(),
-            writes,
-            dead_letters: vec![],
-            checkpoint: Some(9),
-            resolved: vec![],
-        })
-        .await
-        .expect("commit");
-    let ids = |found: Vec<(String, serde_json::Value)>| {
-        found.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
-    };
-    assert_eq!(
-        ids(store.find("p", &Query::all()).await.expect("all")),
-        ["a", "b", "c", "d"],
-        "tombstones are hidden"
-    );
-    let by_name = Query::all().sort("name", Order::Asc);
-    assert_eq!(
-        ids(store.find("p", &by_name).await.expect("sorted")),
-        ["b", "d", "c", "a"]
-    );
-    let page = Query::all().sort("n", Order::Desc).skip(1).limit(2);
-    assert_eq!(
-        ids(store.find("p", &page).await.expect("page")),
-        ["d", "a"],
-        "ties broken by id"
-    );
-    let filtered = Query::all().filter(Filter::And(vec![
-        Filter::Gte("nested.n".into(), json!(5)),
-        Filter::Lt("name".into(), json!("Z")),
-    ]));
-    assert_eq!(
-        ids(store.find("p", &filtered).await.expect("filter")),
-        ["b", "d"]
-    );
-    assert_eq!(
-        store
-            .count("p", &Filter::Eq("n".into(), json!(7)))
-            .await
-            .expect("count"),
-        2
-    );
-    assert_eq!(store.get("p", "e").await.expect("get"), None);
-    assert!(
-        store
-            .find(
-                "p",
-                &Query::all().filter(Filter::Eq("a..b".into(), json!(1)))
-            )
-            .await
-            .is_err(),
-        "bad path is a typed error"
-    );
-    assert_eq!(store.checkpoint("p").await.expect("cp"), Some(9));
-    let _ = Arc::new(store);
-}
-
-#[tokio::test]
 async fn a_stale_view_write_is_refused_whole() {
     let store = MemoryViewStore::new();
     let doc = |id: &str, revision| StoredDoc {
@@ -265,4 +179,9 @@ async fn a_stale_view_write_is_refused_whole() {
             .collect::<Vec<_>>(),
         [2, 1]
     );
+}
+
+#[tokio::test]
+async fn the_memory_view_store_passes_the_view_conformance_suite() {
+    cqrs_core::testing::view_conformance::run(|| async { MemoryViewStore::new() }).await;
 }

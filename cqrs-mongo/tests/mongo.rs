@@ -465,3 +465,27 @@ async fn the_server_killed_mid_run_the_processor_retries_and_converges() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_mongo_view_store_passes_the_view_conformance_suite() {
+    for mode in [CommitMode::Transaction, CommitMode::Idempotent] {
+        let databases = std::sync::Mutex::new(Vec::new());
+        cqrs_core::testing::view_conformance::run(|| async {
+            let mongo = fresh().await;
+            // Transactions where the server offers them; the idempotent mode everywhere.
+            let mongo = if mode == CommitMode::Idempotent {
+                mongo.with_commit_mode(mode)
+            } else {
+                mongo
+            };
+            let store = mongo.view_store();
+            databases.lock().unwrap().push(mongo);
+            store
+        })
+        .await;
+        let databases = std::mem::take(&mut *databases.lock().unwrap());
+        for mongo in databases {
+            mongo.drop_database().await.expect("drop");
+        }
+    }
+}

@@ -349,3 +349,19 @@ async fn views_are_queried_by_filter_sort_and_page_and_stale_writes_are_refused(
     let _ = ExpectedVersion::NEW;
     pg.drop_schema().await.expect("drop");
 }
+
+#[tokio::test]
+async fn the_postgres_view_store_passes_the_view_conformance_suite() {
+    let schemas = std::sync::Mutex::new(Vec::new());
+    cqrs_core::testing::view_conformance::run(|| async {
+        let pg = fresh().await;
+        let store = pg.view_store();
+        schemas.lock().unwrap().push(pg);
+        store
+    })
+    .await;
+    let schemas = std::mem::take(&mut *schemas.lock().unwrap());
+    for pg in schemas {
+        pg.drop_schema().await.expect("drop");
+    }
+}

@@ -9,6 +9,7 @@ mod aggregate;
 pub mod conformance;
 mod faults;
 mod projection;
+pub mod view_conformance;
 
 pub use self::aggregate::{AggregateFixture, Then};
 pub use self::faults::CrashBeforeCheckpoint;
