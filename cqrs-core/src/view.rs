@@ -61,7 +61,9 @@ pub struct UnitOfWork {
     /// The new global-log checkpoint, when the feed has one (a bus feed commits offsets instead).
     pub checkpoint: Option<u64>,
     /// Dead letters (by event id) this unit of work resolves: a successful retry removes its
-    /// dead letter together with the view it changed.
+    /// dead letter together with the view it changed. A store refuses the unit of work with
+    /// [`Error::ViewConflict`](crate::Error::ViewConflict) when one of them is gone (resolved
+    /// by a concurrent retry), except MongoDB without transactions (at least once).
     pub resolved: Vec<Uuid>,
 }
 

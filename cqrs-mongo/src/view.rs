@@ -327,10 +327,20 @@ impl ViewStore for MongoViewStore {
                         self.check_reply(&work, &reply)?;
                     }
                     if let Some(resolved) = &resolved {
-                        dead.delete_many(resolved.clone())
+                        let removed = dead
+                            .delete_many(resolved.clone())
                             .session(&mut session)
                             .await
                             .map_err(|e| backend("removing resolved dead letters", e))?;
+                        // Resolved meanwhile by a concurrent retry: refuse the unit of work.
+                        if removed.deleted_count != work.resolved.len() as u64 {
+                            return Err(Error::ViewConflict {
+                                projection: work.projection.clone(),
+                                id: "a dead letter resolved concurrently".into(),
+                                expected: work.resolved.len() as u64,
+                                actual: removed.deleted_count,
+                            });
+                        }
                     }
                     for (q, u) in letters {
                         dead.update_one(q, u)

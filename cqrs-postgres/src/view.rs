@@ -186,7 +186,7 @@ impl ViewStore for PgViewStore {
             }
         }
         if !work.resolved.is_empty() {
-            sqlx::query(self.schema.sql(
+            let removed = sqlx::query(self.schema.sql(
                 "DELETE FROM {schema}.dead_letters WHERE projection = $1 AND event_id = ANY($2)",
             ))
             .bind(projection)
@@ -194,6 +194,15 @@ impl ViewStore for PgViewStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| db("removing resolved dead letters", e))?;
+            // A dead letter resolved meanwhile (a concurrent retry) refuses the unit of work.
+            if removed.rows_affected() != work.resolved.len() as u64 {
+                return Err(Error::ViewConflict {
+                    projection: projection.to_owned(),
+                    id: "a dead letter resolved concurrently".into(),
+                    expected: work.resolved.len() as u64,
+                    actual: removed.rows_affected(),
+                });
+            }
         }
         for letter in &work.dead_letters {
             sqlx::query(self.schema.sql(

@@ -194,11 +194,21 @@ pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks a text field's length in characters.
+/// Checks a text field: at most `max` characters, and no control characters other than line
+/// breaks and tabs (a NUL, say, which some stores refuse).
 ///
 /// # Errors
-/// `422 too_long` naming the field.
+/// `422 too_long` or `422 invalid_text` naming the field.
 pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(ApiError::invalid(
+            "invalid_text",
+            format!("`{field}` must not contain control characters"),
+        ));
+    }
     if value.chars().count() > max {
         Err(ApiError::invalid(
             "too_long",

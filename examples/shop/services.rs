@@ -37,10 +37,12 @@ use crate::product::{ProductCommand, ProductError, PRODUCT};
 
 /// The longest product name, in characters.
 pub const MAX_NAME: usize = 200;
-/// The longest comment or author, in characters.
+/// The longest comment, in characters.
 pub const MAX_TEXT: usize = 2000;
 /// The largest page of the catalog list.
 pub const MAX_PER_PAGE: u64 = 100;
+/// The largest page number of the catalog list.
+pub const MAX_PAGE: u64 = 1_000_000;
 
 /// Where the services find their servers. Every address comes from a flag or the environment;
 /// without one, that part runs on the embedded in-memory backend (shared by the services of
@@ -761,6 +763,13 @@ async fn list_products(
     State(state): State<CatalogState>,
     Query(paging): Query<Paging>,
 ) -> Result<Json<CatalogPage>, ApiError> {
+    if paging.page > MAX_PAGE {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("`page` must be at most {MAX_PAGE}"),
+        ));
+    }
     if !(1..=MAX_PER_PAGE).contains(&paging.per_page) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -93,7 +93,12 @@ async fn three_services_converge_survive_a_killed_catalog_and_replay_the_same() 
         })
     };
     // Wait until the catalog is part of the way through the stream, then kill it.
+    let kill_deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let seen_before_kill = loop {
+        assert!(
+            std::time::Instant::now() < kill_deadline,
+            "the catalog did not follow the stream"
+        );
         let seen: u64 = catalog(&http, &catalog_service)
             .await
             .iter()
@@ -389,6 +394,17 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
             .await,
             422,
             "too_long",
+        ),
+        (
+            "NUL in a text",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"text": "nul \u{0} here"})),
+            )
+            .await,
+            422,
+            "invalid_text",
         ),
         (
             "SQL-looking id",

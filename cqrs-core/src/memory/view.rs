@@ -87,6 +87,21 @@ impl ViewStore for MemoryViewStore {
                 });
             }
         }
+        // A dead letter resolved meanwhile (a concurrent retry) refuses the unit of work.
+        for id in &work.resolved {
+            if !space
+                .dead
+                .iter()
+                .any(|d| d.envelope.metadata.event_id == *id)
+            {
+                return Err(Error::ViewConflict {
+                    projection: work.projection,
+                    id: format!("dead letter {id}"),
+                    expected: 1,
+                    actual: 0,
+                });
+            }
+        }
         for mut doc in work.writes {
             doc.revision += 1;
             space.docs.insert(doc.id.clone(), doc);

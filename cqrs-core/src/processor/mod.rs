@@ -156,7 +156,8 @@ pub struct CatchUpProgress {
     pub events: u64,
     /// The global position processed so far (0 before the first batch).
     pub position: u64,
-    /// The position where the catch-up started (the checkpoint, 0 after a reset).
+    /// Where the range measured starts: the checkpoint, then (once the first batch is read)
+    /// just before its first event, since positions may start far above the checkpoint.
     pub start: u64,
     /// The committed head it runs up to.
     pub target: u64,
@@ -560,6 +561,15 @@ impl<P: Projection> TrackingProcessor<P> {
                         break;
                     }
                     Err(Error::ViewConflict { .. }) if conflicts < 10 => {
+                        // Resolved by someone else meanwhile: nothing left to do.
+                        let still_dead = dead_letters
+                            .dead_letters(&self.name)
+                            .await?
+                            .iter()
+                            .any(|d| d.envelope.metadata.event_id == event_id);
+                        if !still_dead {
+                            break;
+                        }
                         conflicts += 1;
                         tokio::time::sleep(self.backend_backoff.delay(conflicts)).await;
                     }

@@ -189,6 +189,17 @@ pub async fn dead_letters_are_kept_listed_and_resolved<
         store.get("p", "fixed").await.expect("get"),
         Some(json!({"ok": true}))
     );
+    // Resolving it again (a concurrent retry that lost the race) is refused, view and all.
+    let mut w = work("p", vec![doc("twice", Some(json!({"ok": true})), 0)]);
+    w.resolved = vec![first.envelope.metadata.event_id];
+    if let Err(e) = store.commit(w).await {
+        assert!(matches!(e, Error::ViewConflict { .. }), "{e}");
+        assert_eq!(
+            store.get("p", "twice").await.expect("get"),
+            None,
+            "a unit of work resolving a dead letter that is gone writes nothing"
+        );
+    }
     let id = second.envelope.metadata.event_id;
     assert!(store.remove_dead_letter("p", id).await.expect("remove"));
     assert!(
