@@ -8,37 +8,20 @@ use cqrs_core::processor::{Batch, EventSource};
 use cqrs_core::view::DeadLetter;
 use cqrs_core::{Error, Result};
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaResult;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::codec::{self, Record};
 use crate::{backend, KafkaBus};
 
-/// Reports the outcome of the asynchronous offset commits. A failed commit loses nothing: the
-/// records after the last committed offset are delivered again after a restart or a
-/// rebalance, and the views skip what they have applied.
-pub(crate) struct CommitReporter;
-
-impl ClientContext for CommitReporter {}
-
-impl ConsumerContext for CommitReporter {
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            tracing::warn!(error = %e, partitions = offsets.count(), "committing offsets failed; those records will be delivered again");
-        }
-    }
-}
-
 /// One member of a consumer group. Offsets are committed on [`EventSource::ack`] only, after
-/// the projection's unit of work, asynchronously (the next batch does not wait for the
-/// broker): delivery is at-least-once, and the projection's per-view record of applied
-/// versions makes the effect exactly once. Records of partitions revoked by a rebalance while
-/// a batch was being fetched are dropped: the partition's new owner reads them from the
-/// committed offsets.
+/// the projection's unit of work: delivery is at-least-once, and the projection's per-view
+/// record of applied versions makes the effect exactly once. Records of partitions revoked by
+/// a rebalance while a batch was being fetched are dropped: the partition's new owner reads
+/// them from the committed offsets.
 pub(crate) struct KafkaSubscription {
     bus: KafkaBus,
-    consumer: Arc<StreamConsumer<CommitReporter>>,
+    consumer: Arc<StreamConsumer>,
     idle: Duration,
     /// Next offset to commit, per topic and partition delivered since the last ack.
     delivered: Vec<(String, i32, i64)>,
@@ -53,7 +36,7 @@ impl KafkaSubscription {
     ) -> Result<Self> {
         let config = bus.config();
         let session = config.session_timeout.as_millis();
-        let consumer: StreamConsumer<CommitReporter> = config
+        let consumer: StreamConsumer = config
             .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
@@ -63,7 +46,7 @@ impl KafkaSubscription {
             .set("heartbeat.interval.ms", (session / 6).max(100).to_string())
             // Without it librdkafka pauses a full second whenever its queue fills.
             .set("fetch.queue.backoff.ms", "10")
-            .create_with_context(CommitReporter)
+            .create()
             .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -162,9 +145,14 @@ impl EventSource for KafkaSubscription {
         if list.count() == 0 {
             return Ok(());
         }
-        // Queued in order behind earlier commits; the outcome goes to `CommitReporter`.
-        self.consumer
-            .commit(&list, CommitMode::Async)
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|e| Error::Backend {
+                backend: "kafka",
+                message: "committing offsets".into(),
+                source: Some(Box::new(e)),
+            })?
             .map_err(|e| backend("committing offsets", e))
     }
 
