@@ -393,16 +393,30 @@ fn product_rejected(error: ProductError) -> ApiError {
     }
 }
 
+/// Sends a command and answers with what it recorded, or with its failure mapped to HTTP
+/// (`rejected` maps the aggregate's own rejections).
+async fn send<C>(
+    gateway: &CommandGateway,
+    command: C,
+    rejected: fn(<C::Aggregate as cqrs_core::Aggregate>::Error) -> ApiError,
+) -> Result<Json<Accepted>, ApiError>
+where
+    C: cqrs_core::Command,
+    C::Aggregate: cqrs_core::Aggregate<Command = C>,
+{
+    let id = command.aggregate_id().to_owned();
+    let events = gateway
+        .send(command)
+        .await
+        .map_err(|e| ApiError::from_command(e, rejected))?;
+    Ok(Json(Accepted::new(id, &events)))
+}
+
 async fn send_product(
     gateway: &CommandGateway,
     command: ProductCommand,
 ) -> Result<Json<Accepted>, ApiError> {
-    let id = cqrs_core::Command::aggregate_id(&command).to_owned();
-    let events = gateway
-        .send(command)
-        .await
-        .map_err(|e| ApiError::from_command(e, product_rejected))?;
-    Ok(Json(Accepted::new(id, &events)))
+    send(gateway, command, product_rejected).await
 }
 
 async fn create_product(
@@ -593,12 +607,7 @@ async fn send_comment(
     gateway: &CommandGateway,
     command: CommentCommand,
 ) -> Result<Json<Accepted>, ApiError> {
-    let id = cqrs_core::Command::aggregate_id(&command).to_owned();
-    let events = gateway
-        .send(command)
-        .await
-        .map_err(|e| ApiError::from_command(e, comment_rejected))?;
-    Ok(Json(Accepted::new(id, &events)))
+    send(gateway, command, comment_rejected).await
 }
 
 async fn post_comment(
