@@ -78,8 +78,9 @@ async fn the_broker_killed_while_commands_go_on_loses_and_duplicates_nothing() {
     seed(&http, &products, &comments, 4).await;
     let before = comment_count(&converged(&env, &http, &catalog_service).await);
 
-    // The broker dies. Commands go on and succeed: they only need PostgreSQL.
-    broker.kill();
+    // The broker stops answering (SIGSTOP: frozen with its data; the framework's own test kills
+    // and restarts an empty one). Commands go on and succeed: they only need PostgreSQL.
+    broker.pause();
     let outage = Instant::now();
     let mut during = 0;
     for c in 0..20u32 {
@@ -126,8 +127,8 @@ async fn the_broker_killed_while_commands_go_on_loses_and_duplicates_nothing() {
         before
     );
 
-    // The broker comes back (empty: the test broker keeps nothing on disk).
-    let _broker = OwnServer::start("CQRS_KAFKA_SERVER", port, &dir).await;
+    // The broker answers again.
+    broker.resume();
     let down_for = outage.elapsed();
     watch_breaker(
         &http,

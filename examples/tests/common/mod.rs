@@ -388,6 +388,16 @@ impl OwnServer {
         OwnServer { child, port }
     }
 
+    /// `kill -STOP`: the server stops answering, keeping its state.
+    pub fn pause(&self) {
+        signal(&self.child, "-STOP");
+    }
+
+    /// `kill -CONT`: it answers again.
+    pub fn resume(&self) {
+        signal(&self.child, "-CONT");
+    }
+
     /// `kill -9`.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -400,6 +410,14 @@ impl Drop for OwnServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} failed");
 }
 
 /// A service's `GET /health`.
