@@ -61,53 +61,17 @@ pub async fn run(events: u64, runs: u64) {
         }
     }
 
-    if wanted("pg_commands_32_writers") {
-        let gateway =
-            CommandGateway::builder(Arc::new(store.clone()) as Arc<dyn EventStore>).build();
-        for p in 0..1_000 {
-            gateway
-                .send(ProductCommand::Create {
-                    product_id: format!("p-{p}"),
-                    name: "x".into(),
-                    price_cents: 1,
-                })
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        for _ in 0..runs {
-            let n = 20_000u64;
-            let start = Instant::now();
-            let mut tasks = Vec::new();
-            for t in 0..32u64 {
-                let gateway = gateway.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut latencies = Vec::new();
-                    let mut i = t;
-                    while i < n {
-                        let began = Instant::now();
-                        gateway
-                            .send(ProductCommand::ChangePrice {
-                                product_id: format!("p-{}", i % 1_000),
-                                price_cents: i as i64,
-                            })
-                            .await
-                            .unwrap_or_else(|e| panic!("{e}"));
-                        latencies.push(began.elapsed());
-                        i += 32;
-                    }
-                    latencies
-                }));
-            }
-            let mut latencies = Vec::new();
-            for t in tasks {
-                latencies.extend(t.await.unwrap_or_else(|e| panic!("{e}")));
-            }
-            report_latency(
-                "pg_commands_32_writers",
-                n,
-                start.elapsed().as_secs_f64(),
-                &mut latencies,
-            );
+    // The store as it comes (group commit on), and with every command in a transaction of
+    // its own, for comparison.
+    for (scenario, store) in [
+        ("pg_commands_32_writers", store.clone()),
+        (
+            "pg_commands_32_writers_unbatched",
+            store.clone().without_group_commit(),
+        ),
+    ] {
+        if wanted(scenario) {
+            commands_32_writers(scenario, store, runs).await;
         }
     }
 
@@ -222,4 +186,51 @@ pub async fn run(events: u64, runs: u64) {
         lag_pg.drop_schema().await.unwrap_or_else(|e| panic!("{e}"));
     }
     let _ = store;
+}
+
+/// 32 tasks sending price changes to 1 000 products through the gateway (no state cache: every
+/// command loads its aggregate), each command one event.
+async fn commands_32_writers(scenario: &str, store: PgEventStore, runs: u64) {
+    let gateway = CommandGateway::builder(Arc::new(store) as Arc<dyn EventStore>).build();
+    for p in 0..1_000 {
+        gateway
+            .send(ProductCommand::Create {
+                product_id: format!("{scenario}-{p}"),
+                name: "x".into(),
+                price_cents: 1,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for _ in 0..runs {
+        let n = 20_000u64;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let gateway = gateway.clone();
+            let scenario = scenario.to_owned();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = t;
+                while i < n {
+                    let began = Instant::now();
+                    gateway
+                        .send(ProductCommand::ChangePrice {
+                            product_id: format!("{scenario}-{}", i % 1_000),
+                            price_cents: i as i64,
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    latencies.push(began.elapsed());
+                    i += 32;
+                }
+                latencies
+            }));
+        }
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.unwrap_or_else(|e| panic!("{e}")));
+        }
+        report_latency(scenario, n, start.elapsed().as_secs_f64(), &mut latencies);
+    }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+mod group;
 mod listen;
 mod schema;
 mod snapshot;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use cqrs_core::Result;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+pub use crate::group::{GroupCommit, GroupCommitStats};
 pub use crate::schema::validate_schema_name;
 use crate::schema::Schema;
 pub use crate::snapshot::{PgCheckpointStore, PgSnapshotStore};

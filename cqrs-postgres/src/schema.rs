@@ -13,6 +13,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "json payloads",
         include_str!("migrations/0003_json_payloads.sql"),
     ),
+    (
+        4,
+        "append batch",
+        include_str!("migrations/0004_append_batch.sql"),
+    ),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or

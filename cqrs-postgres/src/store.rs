@@ -15,6 +15,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::error::db;
+use crate::group::{Committer, GroupCommit, GroupCommitStats};
 use crate::listen::Notifier;
 use crate::schema::Schema;
 
@@ -38,12 +39,14 @@ pub struct PgEventStore {
     pool: PgPool,
     schema: Arc<Schema>,
     notifier: Arc<Notifier>,
+    group: Option<Arc<Committer>>,
 }
 
 impl std::fmt::Debug for PgEventStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgEventStore")
             .field("schema", &self.schema.name)
+            .field("group_commit", &self.group.is_some())
             .finish()
     }
 }
@@ -90,8 +93,131 @@ fn to_i64(n: u64, what: &str) -> Result<i64> {
     i64::try_from(n).map_err(|_| Error::Config(format!("{what} {n} is out of range")))
 }
 
+/// The events of one or more appends, as the column arrays the append functions take.
+#[derive(Default)]
+pub(crate) struct Columns<'a> {
+    pub(crate) names: Vec<&'a str>,
+    pub(crate) versions: Vec<i32>,
+    pub(crate) payloads: Vec<&'a str>,
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) correlations: Vec<Uuid>,
+    pub(crate) causations: Vec<Option<Uuid>>,
+    pub(crate) created: Vec<DateTime<Utc>>,
+    pub(crate) metas: Vec<Option<String>>,
+}
+
+impl<'a> Columns<'a> {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Columns {
+            names: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            correlations: Vec::with_capacity(n),
+            causations: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            metas: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds one append's events: all of them, or (on an error) none.
+    pub(crate) fn push(&mut self, events: &'a [NewEvent]) -> Result<()> {
+        let before = self.names.len();
+        let pushed = self.push_each(events);
+        if pushed.is_err() {
+            self.truncate(before);
+        }
+        pushed
+    }
+
+    fn push_each(&mut self, events: &'a [NewEvent]) -> Result<()> {
+        for e in events {
+            let version = i32::try_from(e.event_version).map_err(|_| {
+                Error::Config(format!("event version {} is out of range", e.event_version))
+            })?;
+            let payload = std::str::from_utf8(&e.payload).map_err(|err| Error::Malformed {
+                what: format!("payload of `{}`", e.event_name),
+                reason: format!("not UTF-8 JSON: {err}"),
+            })?;
+            let meta = if e.metadata.user.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&e.metadata.user).map_err(|source| {
+                    Error::Serialize {
+                        what: "event metadata".into(),
+                        source,
+                    }
+                })?)
+            };
+            self.names.push(e.event_name.as_str());
+            self.versions.push(version);
+            self.payloads.push(payload);
+            self.ids.push(e.metadata.event_id);
+            self.correlations.push(e.metadata.correlation_id);
+            self.causations.push(e.metadata.causation_id);
+            self.created.push(e.metadata.timestamp);
+            self.metas.push(meta);
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.names.truncate(len);
+        self.versions.truncate(len);
+        self.payloads.truncate(len);
+        self.ids.truncate(len);
+        self.correlations.truncate(len);
+        self.causations.truncate(len);
+        self.created.truncate(len);
+        self.metas.truncate(len);
+    }
+}
+
+/// The version check of an append, as the append functions take it: whether to check, and
+/// the version expected.
+pub(crate) fn version_check(expected: ExpectedVersion) -> Result<(bool, i64)> {
+    match expected {
+        ExpectedVersion::Exact(v) => Ok((true, to_i64(v, "expected version")?)),
+        ExpectedVersion::Any => Ok((false, 0)),
+    }
+}
+
+/// The envelopes of an append the database accepted, from its `(position, version)` rows.
+pub(crate) fn committed(
+    aggregate_type: &str,
+    stream_id: &str,
+    events: Vec<NewEvent>,
+    written: &[(i64, i64)],
+) -> Result<Vec<Envelope>> {
+    if written.len() != events.len() {
+        return Err(Error::Backend {
+            backend: "postgres",
+            message: format!(
+                "append to `{stream_id}` returned {} rows for {} events",
+                written.len(),
+                events.len()
+            ),
+            source: None,
+        });
+    }
+    Ok(written
+        .iter()
+        .zip(events)
+        .map(|(&(position, version), event)| Envelope {
+            stream_id: stream_id.to_owned(),
+            aggregate_type: aggregate_type.to_owned(),
+            version: version as u64,
+            position: position as u64,
+            event_name: event.event_name,
+            event_version: event.event_version,
+            payload: event.payload,
+            metadata: event.metadata,
+        })
+        .collect())
+}
+
 /// Appends on any connection (a pooled one, or a caller's transaction).
-async fn append_on(
+pub(crate) async fn append_on(
     conn: &mut PgConnection,
     pool: &PgPool,
     schema: &Schema,
@@ -103,45 +229,9 @@ async fn append_on(
     if stream_id.is_empty() {
         return Err(Error::Config("stream id must not be empty".into()));
     }
-    let (check, expected_version) = match expected {
-        ExpectedVersion::Exact(v) => (true, to_i64(v, "expected version")?),
-        ExpectedVersion::Any => (false, 0),
-    };
-    let n = events.len();
-    let mut names = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
-    let mut ids = Vec::with_capacity(n);
-    let mut correlations = Vec::with_capacity(n);
-    let mut causations: Vec<Option<Uuid>> = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let mut metas: Vec<Option<String>> = Vec::with_capacity(n);
-    for e in &events {
-        names.push(e.event_name.as_str());
-        versions.push(i32::try_from(e.event_version).map_err(|_| {
-            Error::Config(format!("event version {} is out of range", e.event_version))
-        })?);
-        payloads.push(
-            std::str::from_utf8(&e.payload).map_err(|err| Error::Malformed {
-                what: format!("payload of `{}`", e.event_name),
-                reason: format!("not UTF-8 JSON: {err}"),
-            })?,
-        );
-        ids.push(e.metadata.event_id);
-        correlations.push(e.metadata.correlation_id);
-        causations.push(e.metadata.causation_id);
-        created.push(e.metadata.timestamp);
-        metas.push(if e.metadata.user.is_empty() {
-            None
-        } else {
-            Some(
-                serde_json::to_string(&e.metadata.user).map_err(|source| Error::Serialize {
-                    what: "event metadata".into(),
-                    source,
-                })?,
-            )
-        });
-    }
+    let (check, expected_version) = version_check(expected)?;
+    let mut columns = Columns::with_capacity(events.len());
+    columns.push(&events)?;
     let rows = sqlx::query(schema.sql(
         "SELECT out_position, out_version, out_actual FROM {schema}.append_events(
             $1, $2, $3, $4, $5, $6, $7::text[]::json[], $8, $9, $10, $11, $12::text[]::json[])",
@@ -150,14 +240,14 @@ async fn append_on(
     .bind(aggregate_type)
     .bind(expected_version)
     .bind(check)
-    .bind(&names)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&ids)
-    .bind(&correlations)
-    .bind(&causations)
-    .bind(&created)
-    .bind(&metas)
+    .bind(&columns.names)
+    .bind(&columns.versions)
+    .bind(&columns.payloads)
+    .bind(&columns.ids)
+    .bind(&columns.correlations)
+    .bind(&columns.causations)
+    .bind(&columns.created)
+    .bind(&columns.metas)
     .fetch_all(&mut *conn)
     .await;
     let rows = match rows {
@@ -190,32 +280,13 @@ async fn append_on(
             });
         }
     }
-    if rows.len() != n {
-        return Err(Error::Backend {
-            backend: "postgres",
-            message: format!(
-                "append to `{stream_id}` returned {} rows for {n} events",
-                rows.len()
-            ),
-            source: None,
-        });
-    }
-    let mut committed = Vec::with_capacity(n);
-    for (row, event) in rows.iter().zip(events) {
+    let mut written = Vec::with_capacity(rows.len());
+    for row in &rows {
         let position: i64 = row.try_get(0).map_err(|e| db("reading the append", e))?;
         let version: i64 = row.try_get(1).map_err(|e| db("reading the append", e))?;
-        committed.push(Envelope {
-            stream_id: stream_id.to_owned(),
-            aggregate_type: aggregate_type.to_owned(),
-            version: version as u64,
-            position: position as u64,
-            event_name: event.event_name,
-            event_version: event.event_version,
-            payload: event.payload,
-            metadata: event.metadata,
-        });
+        written.push((position, version));
     }
-    Ok(committed)
+    committed(aggregate_type, stream_id, events, &written)
 }
 
 impl PgEventStore {
@@ -224,7 +295,64 @@ impl PgEventStore {
             pool,
             schema,
             notifier: Notifier::new(),
+            group: Some(Committer::new(GroupCommit::default())),
         }
+    }
+
+    /// Gathers concurrent appends into shared transactions as `config` says (on by default,
+    /// with [`GroupCommit::default`]). Stores cloned from this one share its group.
+    pub fn group_commit(mut self, config: GroupCommit) -> Self {
+        self.group = Some(Committer::new(config));
+        self
+    }
+
+    /// What the group commit has done so far; `None` when it is off.
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.group.as_ref().map(|g| g.stats())
+    }
+
+    /// Writes every append in a transaction of its own.
+    pub fn without_group_commit(mut self) -> Self {
+        self.group = None;
+        self
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Wakes readers tailing the log (in any process) after a commit.
+    pub(crate) fn wake_readers(&self) {
+        self.notifier.poke(&self.pool, &self.schema.channel);
+    }
+
+    /// Appends in a transaction of its own.
+    pub(crate) async fn append_alone(
+        &self,
+        aggregate_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Envelope>> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| db("acquiring a connection", e))?;
+        append_on(
+            &mut conn,
+            &self.pool,
+            &self.schema,
+            aggregate_type,
+            stream_id,
+            expected,
+            events,
+        )
+        .await
     }
 
     /// Opens a transaction to append in, so the append commits together with the caller's own
@@ -397,22 +525,47 @@ impl EventAppender for PgEventStore {
             }
             return Ok(Vec::new());
         }
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| db("acquiring a connection", e))?;
-        let committed = append_on(
-            &mut conn,
-            &self.pool,
-            &self.schema,
-            aggregate_type,
-            stream_id,
-            expected,
-            events,
-        )
-        .await?;
-        self.notifier.poke(&self.pool, &self.schema.channel);
+        if expected != ExpectedVersion::Any {
+            return self
+                .append_once(aggregate_type, stream_id, expected, events)
+                .await;
+        }
+        // With no version expected, a conflict only says a concurrent append took the same
+        // versions first (and this one wrote nothing): take the next ones.
+        let mut attempt = 1;
+        loop {
+            match self
+                .append_once(aggregate_type, stream_id, expected, events.clone())
+                .await
+            {
+                Err(Error::Conflict { .. }) if attempt < ANY_ATTEMPTS => attempt += 1,
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
+/// How often an append that expects no version is tried when concurrent appends to its
+/// stream keep taking the versions first.
+const ANY_ATTEMPTS: u32 = 32;
+
+impl PgEventStore {
+    async fn append_once(
+        &self,
+        aggregate_type: &str,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Envelope>> {
+        if let Some(group) = &self.group {
+            return group
+                .append(self, aggregate_type, stream_id, expected, events)
+                .await;
+        }
+        let committed = self
+            .append_alone(aggregate_type, stream_id, expected, events)
+            .await?;
+        self.wake_readers();
         Ok(committed)
     }
 }

@@ -449,3 +449,52 @@ async fn appends_in_one_transaction_commit_together_or_not_at_all() {
     assert!(store.read_stream("c", 0).await.expect("c").is_empty());
     pg.drop_schema().await.expect("drop");
 }
+
+/// A binary from before migration 0003 calls `append_events` with `jsonb[]` payloads; during
+/// a rolling upgrade it must still append, and its events read back like any other.
+#[tokio::test]
+async fn an_older_binary_still_appends_after_the_migrations() {
+    let pg = fresh().await;
+    let schema = pg.schema().to_owned();
+    let sql = format!(
+        "SELECT out_position, out_version, out_actual FROM {schema}.append_events(
+            $1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], $8, $9, $10, $11, $12::text[]::jsonb[])"
+    );
+    let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind("old-1")
+            .bind("old")
+            .bind(0i64)
+            .bind(true)
+            .bind(vec!["pgtest.Old"])
+            .bind(vec![1i32])
+            .bind(vec![r#"{"n": 1}"#])
+            .bind(vec![uuid::Uuid::new_v4()])
+            .bind(vec![uuid::Uuid::new_v4()])
+            .bind(vec![None::<uuid::Uuid>])
+            .bind(vec![chrono::Utc::now()])
+            .bind(vec![Some(r#"{"user": "alice"}"#)])
+            .fetch_all(pg.pool())
+            .await
+            .expect("the old call");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1, Some(1));
+    assert_eq!(rows[0].2, None);
+    let store = pg.event_store();
+    let events = store.read_stream("old-1", 0).await.expect("read");
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&events[0].payload).unwrap()["n"],
+        1
+    );
+    assert_eq!(
+        events[0].metadata.user.get("user").map(String::as_str),
+        Some("alice")
+    );
+    // And the version check still holds for it.
+    let conflict = store
+        .append("old", "old-1", ExpectedVersion::NEW, vec![event(0, 0)])
+        .await;
+    assert!(matches!(conflict, Err(Error::Conflict { actual: 1, .. })));
+    pg.drop_schema().await.expect("drop");
+}
