@@ -9,7 +9,9 @@ use cqrs_core::view::DeadLetter;
 use cqrs_core::{Error, Result};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::task::JoinHandle;
 
 use crate::codec::{self, Record};
 use crate::{backend, KafkaBus};
@@ -25,6 +27,8 @@ pub(crate) struct KafkaSubscription {
     idle: Duration,
     /// Next offset to commit, per topic and partition delivered since the last ack.
     delivered: Vec<(String, i32, i64)>,
+    /// The commit of the last ack, still under way while the next batch is applied.
+    committing: Option<JoinHandle<KafkaResult<()>>>,
 }
 
 impl KafkaSubscription {
@@ -57,7 +61,23 @@ impl KafkaSubscription {
             consumer: Arc::new(consumer),
             idle,
             delivered: Vec::new(),
+            committing: None,
         })
+    }
+
+    /// Waits for the last ack's commit and reports its failure.
+    async fn settle(&mut self) -> Result<()> {
+        let Some(commit) = self.committing.take() else {
+            return Ok(());
+        };
+        commit
+            .await
+            .map_err(|e| Error::Backend {
+                backend: "kafka",
+                message: "committing offsets".into(),
+                source: Some(Box::new(e)),
+            })?
+            .map_err(|e| backend("committing offsets", e))
     }
 
     fn assigned(&self) -> Vec<(String, i32)> {
@@ -130,7 +150,14 @@ impl EventSource for KafkaSubscription {
         Ok(Batch::from_bus(events))
     }
 
+    /// Commits the offsets delivered since the last ack. The commit is synchronous (it lands
+    /// or fails, never queued for later) but overlaps the next batch: `ack` returns once it
+    /// has started, and the next `ack` first waits for it and reports its failure. So one
+    /// commit at most is under way, commits land in order, and none goes out before its
+    /// batch's unit of work committed. A source dropped meanwhile keeps the consumer (and its
+    /// group membership) until the commit has landed.
     async fn ack(&mut self, _batch: &Batch) -> Result<()> {
+        self.settle().await?;
         if self.delivered.is_empty() {
             return Ok(());
         }
@@ -146,14 +173,10 @@ impl EventSource for KafkaSubscription {
             return Ok(());
         }
         let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|e| Error::Backend {
-                backend: "kafka",
-                message: "committing offsets".into(),
-                source: Some(Box::new(e)),
-            })?
-            .map_err(|e| backend("committing offsets", e))
+        self.committing = Some(tokio::task::spawn_blocking(move || {
+            consumer.commit(&list, CommitMode::Sync)
+        }));
+        Ok(())
     }
 
     async fn dead_letter(&mut self, letters: &[DeadLetter]) -> Result<()> {
