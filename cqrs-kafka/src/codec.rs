@@ -23,6 +23,7 @@ pub(crate) const META: &str = "cqrs.meta";
 pub(crate) const DLQ_REASON: &str = "cqrs.dlq.reason";
 
 /// A record ready to send.
+#[derive(Clone)]
 pub(crate) struct Record {
     pub(crate) topic: String,
     pub(crate) key: Vec<u8>,

@@ -1,16 +1,18 @@
 //! A consumer-group member as a tracking processor's source.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cqrs_core::processor::{Batch, EventSource};
 use cqrs_core::view::DeadLetter;
-use cqrs_core::{Error, Result};
+use cqrs_core::{Envelope, Error, Result};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::codec::{self, Record};
@@ -21,6 +23,10 @@ use crate::{backend, KafkaBus};
 /// record of applied versions makes the effect exactly once. Records of partitions revoked by
 /// a rebalance while a batch was being fetched are dropped: the partition's new owner reads
 /// them from the committed offsets.
+///
+/// A fetcher task receives and decodes the next batch while the processor applies the
+/// current one (on another core, where there is one). The batch is checked against the
+/// assignment when it is handed over, not when it was fetched.
 pub(crate) struct KafkaSubscription {
     bus: KafkaBus,
     consumer: Arc<StreamConsumer>,
@@ -29,6 +35,23 @@ pub(crate) struct KafkaSubscription {
     delivered: Vec<(String, i32, i64)>,
     /// The commit of the last ack, still under way while the next batch is applied.
     committing: Option<JoinHandle<KafkaResult<()>>>,
+    /// Batches decoded ahead, in the order they were received.
+    fetched: mpsc::Receiver<Result<Fetched>>,
+    /// A batch whose dead letters could not be published yet: handed over again first.
+    pending: Option<Fetched>,
+    /// The batch size the processor last asked for, for the fetcher.
+    batch_size: Arc<AtomicUsize>,
+}
+
+/// Records received and decoded together.
+struct Fetched {
+    events: Vec<Envelope>,
+    /// Each event's partition: an index into `partitions`.
+    from: Vec<usize>,
+    /// The partitions the records came from, with the offset after the last record of each.
+    partitions: Vec<(String, i32, i64)>,
+    /// Undecodable records, bound for their dead-letter topic, with their partition.
+    poison: Vec<(usize, Record)>,
 }
 
 impl KafkaSubscription {
@@ -56,13 +79,50 @@ impl KafkaSubscription {
         consumer
             .subscribe(&names)
             .map_err(|e| backend("subscribing", e))?;
+        let consumer = Arc::new(consumer);
+        let batch_size = Arc::new(AtomicUsize::new(1_000));
+        // One batch decoded ahead: enough to overlap, little held in memory.
+        let (tx, fetched) = mpsc::channel(1);
+        // A thread of its own: a task could be scheduled on the processor's worker thread
+        // and take turns with it instead of running alongside. It ends when the
+        // subscription is dropped (the channel closes).
+        let (fetcher_consumer, fetcher_size) = (consumer.clone(), batch_size.clone());
+        std::thread::Builder::new()
+            .name("cqrs-kafka-fetch".into())
+            .spawn(move || {
+                futures::executor::block_on(fetch(fetcher_consumer, fetcher_size, tx));
+            })
+            .map_err(|e| Error::Backend {
+                backend: "kafka",
+                message: "starting the subscription's fetcher thread".into(),
+                source: Some(Box::new(e)),
+            })?;
         Ok(KafkaSubscription {
             bus,
-            consumer: Arc::new(consumer),
+            consumer,
             idle,
             delivered: Vec::new(),
             committing: None,
+            fetched,
+            pending: None,
+            batch_size,
         })
+    }
+
+    fn assigned(&self) -> Vec<(String, i32)> {
+        self.consumer
+            .assignment()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn dlq_topic(&self, topic: &str) -> String {
+        dlq_topic(topic)
     }
 
     /// Waits for the last ack's commit and reports its failure.
@@ -79,74 +139,157 @@ impl KafkaSubscription {
             })?
             .map_err(|e| backend("committing offsets", e))
     }
+}
 
-    fn assigned(&self) -> Vec<(String, i32)> {
-        self.consumer
-            .assignment()
-            .map(|list| {
-                list.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
+fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
 
-    fn dlq_topic(&self, topic: &str) -> String {
-        format!("{topic}.dlq")
+/// The fetcher: receives up to a batch of records (what is there, after the first), decodes
+/// them while still borrowed from librdkafka, and queues the batch. A consumer error is queued
+/// after the records received before it, so none is lost.
+async fn fetch(
+    consumer: Arc<StreamConsumer>,
+    batch_size: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Result<Fetched>>,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = tx.closed() => return,
+            first = consumer.recv() => first,
+        };
+        let mut messages = match first {
+            Ok(message) => vec![message],
+            Err(e) => {
+                if tx.send(Err(backend("consuming", e))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let max = batch_size.load(Ordering::Relaxed).max(1);
+        let mut failure = None;
+        while messages.len() < max {
+            match consumer.recv().now_or_never() {
+                Some(Ok(message)) => messages.push(message),
+                Some(Err(e)) => {
+                    failure = Some(backend("consuming", e));
+                    break;
+                }
+                None => break,
+            }
+        }
+        let fetched = decode_all(&messages);
+        drop(messages);
+        if tx.send(Ok(fetched)).await.is_err() {
+            return;
+        }
+        if let Some(e) = failure {
+            if tx.send(Err(e)).await.is_err() {
+                return;
+            }
+        }
     }
+}
+
+/// Decodes received records; undecodable ones become dead letters.
+fn decode_all<M: Message>(messages: &[M]) -> Fetched {
+    let mut fetched = Fetched {
+        events: Vec::with_capacity(messages.len()),
+        from: Vec::with_capacity(messages.len()),
+        partitions: Vec::new(),
+        poison: Vec::new(),
+    };
+    for message in messages {
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        let index = match fetched
+            .partitions
+            .iter()
+            .position(|(t, p, _)| t == topic && *p == partition)
+        {
+            Some(i) => i,
+            None => {
+                fetched.partitions.push((topic.to_owned(), partition, 0));
+                fetched.partitions.len() - 1
+            }
+        };
+        let next = &mut fetched.partitions[index].2;
+        *next = (*next).max(offset + 1);
+        match codec::decode(message) {
+            Ok(envelope) => {
+                fetched.events.push(envelope);
+                fetched.from.push(index);
+            }
+            Err(reason) => {
+                tracing::error!(topic, partition, offset, %reason, "undecodable record dead-lettered");
+                fetched.poison.push((
+                    index,
+                    codec::dead_letter(message, dlq_topic(topic), &reason),
+                ));
+            }
+        }
+    }
+    fetched
 }
 
 #[async_trait]
 impl EventSource for KafkaSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Batch> {
-        let consumer = self.consumer.clone();
-        // Borrowed records, decoded in place: nothing is copied but the envelope's fields.
-        let first = match tokio::time::timeout(self.idle, consumer.recv()).await {
-            Err(_) => return Ok(Batch::from_bus(Vec::new())),
-            Ok(Err(e)) => return Err(backend("consuming", e)),
-            Ok(Ok(message)) => message,
+        self.batch_size.store(max.max(1), Ordering::Relaxed);
+        let fetched = match self.pending.take() {
+            Some(fetched) => fetched,
+            None => match tokio::time::timeout(self.idle, self.fetched.recv()).await {
+                Err(_) => return Ok(Batch::from_bus(Vec::new())),
+                Ok(None) => {
+                    return Err(Error::Backend {
+                        backend: "kafka",
+                        message: "the subscription's fetcher stopped".into(),
+                        source: None,
+                    })
+                }
+                Ok(Some(fetched)) => fetched?,
+            },
         };
-        let mut messages = vec![first];
-        while messages.len() < max.max(1) {
-            match consumer.recv().now_or_never() {
-                Some(Ok(message)) => messages.push(message),
-                Some(Err(e)) => return Err(backend("consuming", e)),
-                None => break,
+        // A rebalance may have revoked partitions since: drop their records.
+        let assigned = self.assigned();
+        let owned: Vec<bool> = fetched
+            .partitions
+            .iter()
+            .map(|(t, p, _)| assigned.iter().any(|(at, ap)| at == t && ap == p))
+            .collect();
+        let poison: Vec<Record> = fetched
+            .poison
+            .iter()
+            .filter(|(i, _)| owned[*i])
+            .map(|(_, record)| record.clone())
+            .collect();
+        if !poison.is_empty() {
+            if let Err(e) = self.bus.send_all(poison).await {
+                // Handed over again on the next call: nothing is skipped.
+                self.pending = Some(fetched);
+                return Err(e);
             }
         }
-        // A rebalance may have revoked partitions while we fetched: drop their records.
-        let assigned = self.assigned();
-        let mut events = Vec::with_capacity(messages.len());
-        let mut poison = Vec::new();
-        for message in &messages {
-            let (topic, partition, offset) =
-                (message.topic(), message.partition(), message.offset());
-            if !assigned.iter().any(|(t, p)| t == topic && *p == partition) {
+        for (i, (topic, partition, next)) in fetched.partitions.iter().enumerate() {
+            if !owned[i] {
                 continue;
-            }
-            match codec::decode(message) {
-                Ok(envelope) => events.push(envelope),
-                Err(reason) => {
-                    tracing::error!(topic, partition, offset, %reason, "undecodable record dead-lettered");
-                    poison.push(codec::dead_letter(message, self.dlq_topic(topic), &reason));
-                }
             }
             match self
                 .delivered
                 .iter_mut()
-                .find(|(t, p, _)| t == topic && *p == partition)
+                .find(|(t, p, _)| t == topic && p == partition)
             {
-                Some((_, _, next)) => *next = (*next).max(offset + 1),
-                None => self
-                    .delivered
-                    .push((topic.to_owned(), partition, offset + 1)),
+                Some((_, _, offset)) => *offset = (*offset).max(*next),
+                None => self.delivered.push((topic.clone(), *partition, *next)),
             }
         }
-        drop(messages);
-        if !poison.is_empty() {
-            self.bus.send_all(poison).await?;
-        }
+        let events = fetched
+            .events
+            .into_iter()
+            .zip(fetched.from)
+            .filter(|(_, i)| owned[*i])
+            .map(|(event, _)| event)
+            .collect();
         Ok(Batch::from_bus(events))
     }
 
