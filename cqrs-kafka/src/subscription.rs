@@ -10,10 +10,8 @@ use cqrs_core::view::DeadLetter;
 use cqrs_core::{Envelope, Error, Result};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaResult;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::codec::{self, Record};
 use crate::{backend, KafkaBus};
@@ -33,8 +31,6 @@ pub(crate) struct KafkaSubscription {
     idle: Duration,
     /// Next offset to commit, per topic and partition delivered since the last ack.
     delivered: Vec<(String, i32, i64)>,
-    /// The commit of the last ack, still under way while the next batch is applied.
-    committing: Option<JoinHandle<KafkaResult<()>>>,
     /// Batches decoded ahead, in the order they were received.
     fetched: mpsc::Receiver<Result<Fetched>>,
     /// A batch whose dead letters could not be published yet: handed over again first.
@@ -102,7 +98,6 @@ impl KafkaSubscription {
             consumer,
             idle,
             delivered: Vec::new(),
-            committing: None,
             fetched,
             pending: None,
             batch_size,
@@ -123,21 +118,6 @@ impl KafkaSubscription {
 
     fn dlq_topic(&self, topic: &str) -> String {
         dlq_topic(topic)
-    }
-
-    /// Waits for the last ack's commit and reports its failure.
-    async fn settle(&mut self) -> Result<()> {
-        let Some(commit) = self.committing.take() else {
-            return Ok(());
-        };
-        commit
-            .await
-            .map_err(|e| Error::Backend {
-                backend: "kafka",
-                message: "committing offsets".into(),
-                source: Some(Box::new(e)),
-            })?
-            .map_err(|e| backend("committing offsets", e))
     }
 }
 
@@ -293,14 +273,9 @@ impl EventSource for KafkaSubscription {
         Ok(Batch::from_bus(events))
     }
 
-    /// Commits the offsets delivered since the last ack. The commit is synchronous (it lands
-    /// or fails, never queued for later) but overlaps the next batch: `ack` returns once it
-    /// has started, and the next `ack` first waits for it and reports its failure. So one
-    /// commit at most is under way, commits land in order, and none goes out before its
-    /// batch's unit of work committed. A source dropped meanwhile keeps the consumer (and its
-    /// group membership) until the commit has landed.
+    /// Commits the offsets delivered since the last ack, synchronously: the commit has
+    /// landed (or failed) when this returns, never queued for later.
     async fn ack(&mut self, _batch: &Batch) -> Result<()> {
-        self.settle().await?;
         if self.delivered.is_empty() {
             return Ok(());
         }
@@ -316,10 +291,14 @@ impl EventSource for KafkaSubscription {
             return Ok(());
         }
         let consumer = self.consumer.clone();
-        self.committing = Some(tokio::task::spawn_blocking(move || {
-            consumer.commit(&list, CommitMode::Sync)
-        }));
-        Ok(())
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|e| Error::Backend {
+                backend: "kafka",
+                message: "committing offsets".into(),
+                source: Some(Box::new(e)),
+            })?
+            .map_err(|e| backend("committing offsets", e))
     }
 
     async fn dead_letter(&mut self, letters: &[DeadLetter]) -> Result<()> {

@@ -219,9 +219,8 @@ async fn a_round_trip_keeps_keys_headers_and_per_key_order_over_partitions() {
     }
 }
 
-/// The member is dropped right after its last ack, whose commit is then still under way (it
-/// overlaps the next batch): the commit must land before the member leaves the group, so its
-/// successor gets nothing of what was acknowledged.
+/// The member is dropped right after its last ack: its successor in the group gets nothing of
+/// what was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_member_resumes_from_the_committed_offsets() {
     let bus = bus().await;
