@@ -241,6 +241,34 @@ async fn an_unknown_event_name_stops_with_a_typed_error_naming_it() {
     );
 }
 
+/// A spawned processor tells whoever watches it (a health endpoint) that it ended and why:
+/// nothing while it runs, the error after a failure, `stopped` after a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_processor_reports_why_it_ended() {
+    let failing = TrackingProcessor::new(Tally::default(), Arc::new(MemoryViewStore::new()))
+        .error_policy(ErrorPolicy::stop())
+        .spawn(Arc::new(StoreFeed::new(seeded_with_poison())));
+    let ended = failing.watch_ended();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !failing.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the processor kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let why = ended.why().expect("ended");
+    assert!(why.contains("test.Mystery"), "{why}");
+
+    let running = TrackingProcessor::new(Tally::default(), Arc::new(MemoryViewStore::new()))
+        .spawn(Arc::new(StoreFeed::new(Arc::new(MemoryEventStore::new()))));
+    let ended = running.watch_ended();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(ended.why(), None);
+    running.stop().await.expect("stop");
+    assert_eq!(ended.why().as_deref(), Some("stopped"));
+}
+
 #[tokio::test]
 async fn an_undecodable_payload_stops_with_a_typed_error_naming_it() {
     let store = Arc::new(MemoryEventStore::new());

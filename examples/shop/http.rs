@@ -245,7 +245,7 @@ impl Accepted {
 /// `GET /health`'s answer.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Health {
-    /// Always `ok` while the service answers.
+    /// `ok`; `degraded` (with status 503) once one of its processors has stopped.
     pub status: String,
     /// Which service this is.
     pub service: String,
@@ -274,6 +274,9 @@ pub struct ProcessorHealth {
     pub name: String,
     /// The largest global position it has committed.
     pub position: u64,
+    /// Why it stopped, once it has: its read model no longer follows the events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// The answer for a route that does not exist.

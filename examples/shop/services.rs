@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::Router;
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
-use cqrs_core::processor::ProcessorHandle;
+use cqrs_core::processor::{EndWatch, ProcessorHandle};
 use cqrs_core::relay::RelayHandle;
 use cqrs_core::{
     registry, Backoff, BoxError, Breaker, BusFeed, CatchUpProgress, CheckpointStore,
@@ -301,7 +301,7 @@ async fn shutdown_signal() {
 #[derive(Clone, Default)]
 struct Watched {
     relay: Option<(watch::Receiver<Breaker>, watch::Receiver<u64>)>,
-    processors: Vec<(String, watch::Receiver<u64>)>,
+    processors: Vec<(String, watch::Receiver<u64>, EndWatch)>,
 }
 
 impl Watched {
@@ -311,28 +311,42 @@ impl Watched {
     }
 
     fn processor(mut self, processor: &ProcessorHandle) -> Self {
-        self.processors
-            .push((processor.name().to_owned(), processor.watch_position()));
+        self.processors.push((
+            processor.name().to_owned(),
+            processor.watch_position(),
+            processor.watch_ended(),
+        ));
         self
     }
 
-    fn health(&self, service: &str) -> Health {
-        Health {
-            status: "ok".into(),
+    /// The service's health: `ok`, or `degraded` (answered with 503) once a processor has
+    /// stopped: its read model no longer follows the events.
+    fn health(&self, service: &str) -> (StatusCode, Health) {
+        let processors: Vec<ProcessorHealth> = self
+            .processors
+            .iter()
+            .map(|(name, position, ended)| ProcessorHealth {
+                name: name.clone(),
+                position: *position.borrow(),
+                stopped: ended.why(),
+            })
+            .collect();
+        let degraded = processors.iter().any(|p| p.stopped.is_some());
+        let health = Health {
+            status: if degraded { "degraded" } else { "ok" }.into(),
             service: service.into(),
             relay: self.relay.as_ref().map(|(breaker, position)| RelayHealth {
                 breaker: *breaker.borrow(),
                 position: *position.borrow(),
             }),
-            processors: self
-                .processors
-                .iter()
-                .map(|(name, position)| ProcessorHealth {
-                    name: name.clone(),
-                    position: *position.borrow(),
-                })
-                .collect(),
-        }
+            processors,
+        };
+        let code = if degraded {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        (code, health)
     }
 }
 
@@ -341,8 +355,8 @@ fn with_common_layers(router: Router, service: &'static str, watched: Watched) -
         .route(
             "/health",
             get(move || {
-                let health = watched.health(service);
-                async move { Json(health) }
+                let (code, health) = watched.health(service);
+                async move { (code, Json(health)) }
             }),
         )
         .fallback(no_route)
@@ -931,4 +945,50 @@ pub async fn replay_catalog(
     Ok(replay
         .catch_up_with_progress(store as Arc<dyn EventReader>, progress)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_core::testing::raw_envelope;
+    use cqrs_core::StoreFeed;
+
+    /// A processor that stops (here on an event no type is registered for) turns the
+    /// service's health from `ok` to `degraded`, answered with 503 and the reason.
+    #[tokio::test]
+    async fn health_reports_a_stopped_processor() {
+        let store = Arc::new(MemoryEventStore::new());
+        let processor = TrackingProcessor::new(Catalog, Arc::new(MemoryViewStore::new()))
+            .idle_wait(Duration::from_millis(20));
+        let handle = processor.spawn(Arc::new(StoreFeed::new(store.clone())));
+        let watched = Watched::default().processor(&handle);
+        let (code, health) = watched.health("catalog");
+        assert_eq!((code, health.status.as_str()), (StatusCode::OK, "ok"));
+        assert_eq!(health.processors[0].stopped, None);
+
+        store.insert_raw(vec![raw_envelope(
+            PRODUCT,
+            "p-1",
+            1,
+            1,
+            "shop.NoSuchEvent",
+            1,
+            "{}",
+        )]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !handle.is_finished() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the processor kept running"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (code, health) = watched.health("catalog");
+        assert_eq!(
+            (code, health.status.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+        );
+        let why = health.processors[0].stopped.clone().unwrap_or_default();
+        assert!(why.contains("shop.NoSuchEvent"), "{why}");
+    }
 }

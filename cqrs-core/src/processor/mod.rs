@@ -655,11 +655,17 @@ impl<P: Projection> TrackingProcessor<P> {
         let position = self.watch_position();
         let token = stop.clone();
         let name = self.name.clone();
+        let (ended_tx, ended) = watch::channel(None);
         let task = tokio::spawn(async move {
             let outcome = self.run(feed.as_ref(), token).await;
-            if let Err(e) = &outcome {
-                tracing::error!(projection = %self.name, error = %e, "processor stopped");
-            }
+            let why = match &outcome {
+                Ok(()) => "stopped".to_owned(),
+                Err(e) => {
+                    tracing::error!(projection = %self.name, error = %e, "processor stopped");
+                    e.to_string()
+                }
+            };
+            ended_tx.send_replace(Some(why));
             outcome
         });
         ProcessorHandle {
@@ -667,6 +673,25 @@ impl<P: Projection> TrackingProcessor<P> {
             stop,
             task,
             position,
+            ended,
+        }
+    }
+}
+
+/// Tells, from elsewhere (a health endpoint), whether and why a spawned processor ended.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EndWatch(watch::Receiver<Option<String>>);
+
+impl EndWatch {
+    /// `None` while the processor runs; then `"stopped"` after a stop, the error that stopped
+    /// it, or a note that its task ended abnormally (a panic, an abort).
+    pub fn why(&self) -> Option<String> {
+        let why = self.0.borrow().clone();
+        match why {
+            Some(why) => Some(why),
+            None if self.0.has_changed().is_err() => Some("its task ended abnormally".to_owned()),
+            None => None,
         }
     }
 }
@@ -678,6 +703,7 @@ pub struct ProcessorHandle {
     stop: CancellationToken,
     task: JoinHandle<Result<()>>,
     position: watch::Receiver<u64>,
+    ended: watch::Receiver<Option<String>>,
 }
 
 impl ProcessorHandle {
@@ -718,6 +744,11 @@ impl ProcessorHandle {
                 source: None,
             }),
         }
+    }
+
+    /// Whether and why the processor ended, to check from elsewhere (a health endpoint).
+    pub fn watch_ended(&self) -> EndWatch {
+        EndWatch(self.ended.clone())
     }
 
     /// Whether the processor's task has ended (stopped, or failed).
