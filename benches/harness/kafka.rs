@@ -7,9 +7,6 @@ use cqrs_benches::{catalog_envelopes, ProductStats};
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
 use cqrs_core::{EventBus, Relay, TrackingProcessor};
 use cqrs_kafka::{KafkaBus, KafkaConfig};
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
 
 use crate::{report, wanted};
 
@@ -17,39 +14,13 @@ fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-fn bus(partitions: i32) -> (KafkaBus, String) {
+fn bus(partitions: i32) -> KafkaBus {
     let prefix = format!("bench{}.", uuid_like());
-    let config = KafkaConfig::new(brokers(), prefix.clone())
+    let config = KafkaConfig::new(brokers(), prefix)
         .unwrap_or_else(|e| panic!("{e}"))
         .partitions(partitions)
         .session_timeout(Duration::from_secs(6));
-    (
-        KafkaBus::new(config).unwrap_or_else(|e| panic!("{e}")),
-        prefix,
-    )
-}
-
-/// Deletes a run's topics: a broker that keeps every record in memory (the test broker) gets
-/// slower as it fills, and would make later runs measure its size.
-async fn delete_topics(prefix: &str) {
-    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-    {
-        Ok(admin) => admin,
-        Err(e) => {
-            eprintln!("note: cannot delete the run's topics: {e}");
-            return;
-        }
-    };
-    let names: Vec<String> = ["product", "comment"]
-        .iter()
-        .map(|t| format!("{prefix}{t}"))
-        .collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    if let Err(e) = admin.delete_topics(&names, &AdminOptions::new()).await {
-        eprintln!("note: deleting the run's topics failed: {e}");
-    }
+    KafkaBus::new(config).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn uuid_like() -> String {
@@ -71,7 +42,7 @@ pub async fn run(events: u64, runs: u64, products: u64) {
             continue;
         }
         for _ in 0..runs {
-            let (bus, prefix) = bus(partitions);
+            let bus = bus(partitions);
             for chunk in envelopes.chunks(50_000) {
                 bus.publish(chunk).await.unwrap_or_else(|e| panic!("{e}"));
             }
@@ -100,19 +71,16 @@ pub async fn run(events: u64, runs: u64, products: u64) {
             }
             let seconds = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
             report(&scenario, seen, seconds);
-            drop(source);
-            delete_topics(&prefix).await;
         }
     }
     if wanted("relay_to_kafka") {
         for _ in 0..runs {
             let store = Arc::new(MemoryEventStore::new());
             store.insert_raw(envelopes.clone());
-            let (bus, prefix) = bus(3);
             let relay = Relay::new(
                 "bench-relay",
                 store,
-                Arc::new(bus),
+                Arc::new(bus(3)),
                 Arc::new(MemoryCheckpointStore::new()),
             )
             .batch_size(20_000);
@@ -122,8 +90,6 @@ pub async fn run(events: u64, runs: u64, products: u64) {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             report("relay_to_kafka", published, start.elapsed().as_secs_f64());
-            drop(relay);
-            delete_topics(&prefix).await;
         }
     }
 }
