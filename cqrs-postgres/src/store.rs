@@ -361,10 +361,17 @@ impl PgEventStore {
     /// # Errors
     /// A backend error.
     pub async fn begin(&self) -> Result<PgAppendTx> {
-        let tx = self
-            .pool
-            .begin()
+        // On a task of its own: sqlx's `begin`, cancelled while `BEGIN` is under way, returns
+        // the connection to the pool inside a transaction nothing ends. A finished task's
+        // transaction that nobody takes is dropped, and so rolled back.
+        let pool = self.pool.clone();
+        let tx = tokio::spawn(async move { pool.begin().await })
             .await
+            .map_err(|e| Error::Backend {
+                backend: "postgres",
+                message: "starting a transaction: the task ended abnormally".into(),
+                source: Some(Box::new(e)),
+            })?
             .map_err(|e| db("starting a transaction", e))?;
         Ok(PgAppendTx {
             tx,

@@ -37,58 +37,7 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str, what: impl FnOnce() -> Stri
 }
 
 impl PgViewStore {
-    pub(crate) fn new(pool: PgPool, schema: Arc<Schema>) -> Self {
-        PgViewStore { pool, schema }
-    }
-
-    /// Tells which of `ids` changed under the writer, for the conflict error.
-    fn conflict(projection: &str, expected: &[(String, u64)], written: &HashSet<String>) -> Error {
-        let (id, revision) = expected
-            .iter()
-            .find(|(id, _)| !written.contains(id))
-            .cloned()
-            .unwrap_or_default();
-        Error::ViewConflict {
-            projection: projection.to_owned(),
-            id,
-            expected: revision,
-            actual: revision + 1,
-        }
-    }
-}
-
-#[async_trait]
-impl ViewStore for PgViewStore {
-    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
-        let rows = sqlx::query(self.schema.sql(
-            "SELECT id, view::text, applied::text, position, revision FROM {schema}.views
-              WHERE projection = $1 AND id = ANY($2)",
-        ))
-        .bind(projection)
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db("loading views", e))?;
-        rows.iter()
-            .map(|row| {
-                let id: String = row.try_get(0).map_err(|e| db("loading views", e))?;
-                let what = || format!("view `{id}` of projection `{projection}`");
-                let view: Option<String> = row.try_get(1).map_err(|e| db("loading views", e))?;
-                let applied: String = row.try_get(2).map_err(|e| db("loading views", e))?;
-                let position: i64 = row.try_get(3).map_err(|e| db("loading views", e))?;
-                let revision: i64 = row.try_get(4).map_err(|e| db("loading views", e))?;
-                Ok(StoredDoc {
-                    view: view.map(|v| parse::<Value>(&v, what)).transpose()?,
-                    applied: parse::<BTreeMap<String, u64>>(&applied, what)?,
-                    position: position as u64,
-                    revision: revision as u64,
-                    id,
-                })
-            })
-            .collect()
-    }
-
-    async fn commit(&self, work: UnitOfWork) -> Result<()> {
+    async fn commit_now(&self, work: UnitOfWork) -> Result<()> {
         let projection = work.projection.as_str();
         let mut tx = self
             .pool
@@ -237,6 +186,73 @@ impl ViewStore for PgViewStore {
         tx.commit()
             .await
             .map_err(|e| db("committing a unit of work", e))
+    }
+
+    pub(crate) fn new(pool: PgPool, schema: Arc<Schema>) -> Self {
+        PgViewStore { pool, schema }
+    }
+
+    /// Tells which of `ids` changed under the writer, for the conflict error.
+    fn conflict(projection: &str, expected: &[(String, u64)], written: &HashSet<String>) -> Error {
+        let (id, revision) = expected
+            .iter()
+            .find(|(id, _)| !written.contains(id))
+            .cloned()
+            .unwrap_or_default();
+        Error::ViewConflict {
+            projection: projection.to_owned(),
+            id,
+            expected: revision,
+            actual: revision + 1,
+        }
+    }
+}
+
+#[async_trait]
+impl ViewStore for PgViewStore {
+    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
+        let rows = sqlx::query(self.schema.sql(
+            "SELECT id, view::text, applied::text, position, revision FROM {schema}.views
+              WHERE projection = $1 AND id = ANY($2)",
+        ))
+        .bind(projection)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db("loading views", e))?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(|e| db("loading views", e))?;
+                let what = || format!("view `{id}` of projection `{projection}`");
+                let view: Option<String> = row.try_get(1).map_err(|e| db("loading views", e))?;
+                let applied: String = row.try_get(2).map_err(|e| db("loading views", e))?;
+                let position: i64 = row.try_get(3).map_err(|e| db("loading views", e))?;
+                let revision: i64 = row.try_get(4).map_err(|e| db("loading views", e))?;
+                Ok(StoredDoc {
+                    view: view.map(|v| parse::<Value>(&v, what)).transpose()?,
+                    applied: parse::<BTreeMap<String, u64>>(&applied, what)?,
+                    position: position as u64,
+                    revision: revision as u64,
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the transaction on a task of its own: a caller that is cancelled (an aborted
+    /// processor) cannot cut it short. sqlx's `begin` is not cancel-safe: cancelled while
+    /// `BEGIN` is under way, it returns the connection to the pool inside a transaction that
+    /// nothing will end, and the next user's statements (appends among them) would run in it
+    /// uncommitted while holding every reader of the log back.
+    async fn commit(&self, work: UnitOfWork) -> Result<()> {
+        let store = self.clone();
+        tokio::spawn(async move { store.commit_now(work).await })
+            .await
+            .map_err(|e| Error::Backend {
+                backend: "postgres",
+                message: "the unit of work's task ended abnormally".into(),
+                source: Some(Box::new(e)),
+            })?
     }
 
     async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
