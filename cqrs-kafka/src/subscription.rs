@@ -22,7 +22,7 @@ use crate::{backend, KafkaBus};
 /// a rebalance while a batch was being fetched are dropped: the partition's new owner reads
 /// them from the committed offsets.
 ///
-/// A fetcher task receives and decodes the next batch while the processor applies the
+/// A fetcher thread receives and decodes the next batch while the processor applies the
 /// current one (on another core, where there is one). The batch is checked against the
 /// assignment when it is handed over, not when it was fetched.
 pub(crate) struct KafkaSubscription {
@@ -114,10 +114,6 @@ impl KafkaSubscription {
                     .collect()
             })
             .unwrap_or_default()
-    }
-
-    fn dlq_topic(&self, topic: &str) -> String {
-        dlq_topic(topic)
     }
 }
 
@@ -306,7 +302,7 @@ impl EventSource for KafkaSubscription {
             .iter()
             .map(|letter| {
                 let topic = self.bus.topic(&letter.envelope.aggregate_type)?;
-                let mut record = Record::of(self.dlq_topic(&topic), &letter.envelope);
+                let mut record = Record::of(dlq_topic(&topic), &letter.envelope);
                 record
                     .headers
                     .push((codec::DLQ_REASON, letter.reason.as_bytes().to_vec()));

@@ -277,7 +277,7 @@ async fn write_group(store: &PgEventStore, stats: &Stats, mut group: Vec<Pending
         if accepted.is_empty() {
             Ok(Vec::new())
         } else {
-            sqlx::query(store.schema().sql(
+            let query = sqlx::query(store.schema().sql(
                 "SELECT out_request, out_position, out_version, out_actual
                    FROM {schema}.append_batch($1, $2, $3, $4, $5, $6, $7,
                         $8::text[]::json[], $9, $10, $11, $12, $13::text[]::json[])",
@@ -286,17 +286,8 @@ async fn write_group(store: &PgEventStore, stats: &Stats, mut group: Vec<Pending
             .bind(&types)
             .bind(&expected)
             .bind(&check)
-            .bind(&requests)
-            .bind(&columns.names)
-            .bind(&columns.versions)
-            .bind(&columns.payloads)
-            .bind(&columns.ids)
-            .bind(&columns.correlations)
-            .bind(&columns.causations)
-            .bind(&columns.created)
-            .bind(&columns.metas)
-            .fetch_all(store.pool())
-            .await
+            .bind(&requests);
+            columns.bind(query).fetch_all(store.pool()).await
         }
     };
     if accepted.len() > 1 {

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use cqrs_core::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
 use cqrs_core::registry::StoredType;
 use cqrs_core::{Error, EventAppender, EventReader, Result};
-use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::postgres::{PgArguments, PgConnection, PgRow};
+use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -161,6 +162,22 @@ impl<'a> Columns<'a> {
         Ok(())
     }
 
+    /// Binds the eight event columns, in the order both append functions take them.
+    pub(crate) fn bind<'q>(
+        &'q self,
+        query: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        query
+            .bind(&self.names)
+            .bind(&self.versions)
+            .bind(&self.payloads)
+            .bind(&self.ids)
+            .bind(&self.correlations)
+            .bind(&self.causations)
+            .bind(&self.created)
+            .bind(&self.metas)
+    }
+
     fn truncate(&mut self, len: usize) {
         self.names.truncate(len);
         self.versions.truncate(len);
@@ -232,24 +249,15 @@ pub(crate) async fn append_on(
     let (check, expected_version) = version_check(expected)?;
     let mut columns = Columns::with_capacity(events.len());
     columns.push(&events)?;
-    let rows = sqlx::query(schema.sql(
+    let query = sqlx::query(schema.sql(
         "SELECT out_position, out_version, out_actual FROM {schema}.append_events(
             $1, $2, $3, $4, $5, $6, $7::text[]::json[], $8, $9, $10, $11, $12::text[]::json[])",
     ))
     .bind(stream_id)
     .bind(aggregate_type)
     .bind(expected_version)
-    .bind(check)
-    .bind(&columns.names)
-    .bind(&columns.versions)
-    .bind(&columns.payloads)
-    .bind(&columns.ids)
-    .bind(&columns.correlations)
-    .bind(&columns.causations)
-    .bind(&columns.created)
-    .bind(&columns.metas)
-    .fetch_all(&mut *conn)
-    .await;
+    .bind(check);
+    let rows = columns.bind(query).fetch_all(&mut *conn).await;
     let rows = match rows {
         Ok(rows) => rows,
         // A concurrent append to the same stream took the versions first.
