@@ -185,3 +185,109 @@ async fn a_stale_view_write_is_refused_whole() {
 async fn the_memory_view_store_passes_the_view_conformance_suite() {
     cqrs_core::testing::view_conformance::run(|| async { MemoryViewStore::new() }).await;
 }
+
+fn new_event(n: u64) -> cqrs_core::NewEvent {
+    cqrs_core::NewEvent {
+        event_name: "counter.Added".into(),
+        event_version: 1,
+        payload: bytes::Bytes::from(format!("{{\"amount\":{n}}}")),
+        metadata: cqrs_core::Metadata::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_log_reads_the_same_across_its_segments() {
+    use cqrs_core::{EventAppender, EventReader, ExpectedVersion};
+    // More than two segments of 65 536 events, appended in batches of 1 to 7 over 50 streams.
+    let store = MemoryEventStore::new();
+    let mut versions = [0u64; 50];
+    let mut n = 0u64;
+    while n < 140_000 {
+        let stream = (n % 50) as usize;
+        let size = n % 7 + 1;
+        let batch = (0..size).map(|i| new_event(n + i)).collect();
+        let committed = store
+            .append(
+                "counter",
+                &format!("s-{stream}"),
+                ExpectedVersion::Exact(versions[stream]),
+                batch,
+            )
+            .await
+            .expect("append");
+        assert_eq!(committed[0].position, n + 1);
+        versions[stream] += size;
+        n += size;
+    }
+    assert_eq!(store.head().await.expect("head"), n);
+
+    // Pages of every size read the whole log in order, whatever boundary they cross.
+    for page in [1usize, 20, 9_999, 65_536, 200_000] {
+        let mut after = 0u64;
+        while after < n {
+            let read = store.read_all(after, page).await.expect("read");
+            assert!(!read.is_empty() && read.len() <= page);
+            for (i, e) in read.iter().enumerate() {
+                assert_eq!(e.position, after + 1 + i as u64, "page {page}");
+            }
+            after = read.last().expect("non-empty").position;
+        }
+        assert!(store.read_all(n, page).await.expect("read").is_empty());
+    }
+    let across = store.read_all(65_530, 20).await.expect("read");
+    let positions: Vec<u64> = across.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (65_531..=65_550).collect::<Vec<_>>());
+
+    // Each stream reads back its own events, versions 1..=n, from every segment.
+    let mut total = 0;
+    for (s, version) in versions.iter().enumerate() {
+        let stream = store
+            .read_stream(&format!("s-{s}"), 0)
+            .await
+            .expect("stream");
+        assert_eq!(stream.len() as u64, *version);
+        assert!(stream
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.version == i as u64 + 1 && e.stream_id == format!("s-{s}")));
+        assert!(stream.windows(2).all(|w| w[0].position < w[1].position));
+        total += stream.len() as u64;
+    }
+    assert_eq!(total, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_reader_is_woken_by_an_append_racing_its_wait() {
+    use cqrs_core::{EventAppender, EventReader, ExpectedVersion};
+    // Appends skip the wake-up while nobody waits; a waiter that starts at the same moment as
+    // an append must still return at once, never sleep out its timeout.
+    let store = std::sync::Arc::new(MemoryEventStore::new());
+    for round in 0..500u64 {
+        let waiter_store = store.clone();
+        let waiter = tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            waiter_store
+                .wait_for_events(round, Duration::from_secs(30))
+                .await
+                .expect("wait");
+            start.elapsed()
+        });
+        if round % 2 == 0 {
+            tokio::task::yield_now().await;
+        }
+        store
+            .append(
+                "counter",
+                "racing",
+                ExpectedVersion::Exact(round),
+                vec![new_event(round)],
+            )
+            .await
+            .expect("append");
+        let waited = waiter.await.expect("waiter");
+        assert!(
+            waited < Duration::from_secs(5),
+            "round {round}: the waiter slept {waited:?} after an append"
+        );
+    }
+}

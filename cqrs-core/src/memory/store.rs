@@ -1,22 +1,192 @@
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use crate::envelope::{Envelope, ExpectedVersion, NewEvent};
+use bytes::Bytes;
+use foldhash::fast::RandomState;
+
+use crate::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
 use crate::error::{Error, Result};
 use crate::registry::StoredType;
 use crate::store::{CheckpointStore, EventAppender, EventReader, Snapshot, SnapshotStore};
 
+/// Events per segment of the global log once the first segment is full.
+const SEGMENT: usize = 1 << 16;
+
+/// One event as the log keeps it: its stream and its type as indexes into the log's tables,
+/// so storing an event allocates nothing but its slot (the payload is shared, not copied).
+struct Stored {
+    stream: usize,
+    stored_type: usize,
+    version: u64,
+    payload: Bytes,
+    metadata: Metadata,
+}
+
+/// The global log in fixed-size segments: growing it never moves the events already stored
+/// (one `Vec` would copy the whole log each time it doubles).
+#[derive(Default)]
+struct Segments {
+    segments: Vec<Vec<Stored>>,
+    len: usize,
+}
+
+impl Segments {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, index: usize) -> Option<&Stored> {
+        self.segments.get(index / SEGMENT)?.get(index % SEGMENT)
+    }
+
+    fn push(&mut self, stored: Stored) {
+        match self.segments.last_mut() {
+            Some(last) if last.len() < SEGMENT => last.push(stored),
+            // The first segment grows as a `Vec` does, so a small store stays small.
+            None => self.segments.push(vec![stored]),
+            Some(_) => {
+                let mut segment = Vec::with_capacity(SEGMENT);
+                segment.push(stored);
+                self.segments.push(segment);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// The events at indexes `start..end` with their indexes, in order.
+    fn range(&self, start: usize, end: usize) -> impl Iterator<Item = (usize, &Stored)> {
+        let end = end.min(self.len);
+        (start..end).filter_map(move |i| self.get(i).map(|s| (i, s)))
+    }
+}
+
+/// A stream: its id and the positions of its events, in version order.
+struct Stream {
+    id: String,
+    positions: Vec<u64>,
+}
+
 #[derive(Default)]
 struct Log {
     /// The global log: the event at position `p` is at index `p - 1`.
-    events: Vec<Envelope>,
-    /// Stream id to the positions of its events, in version order.
-    streams: HashMap<String, Vec<u64>>,
-    types: BTreeSet<StoredType>,
+    events: Segments,
+    /// The streams, by the index their events record.
+    streams: Vec<Stream>,
+    /// Stream id to its index.
+    stream_index: HashMap<String, usize, RandomState>,
+    /// The stored types, by the index their events record.
+    types: Vec<StoredType>,
+    /// Event name to the indexes of the stored types of that name.
+    type_index: HashMap<String, Vec<usize>, RandomState>,
+}
+
+impl Log {
+    /// The index of a stored type, added when it is new (no allocation when it is known).
+    fn type_of(&mut self, aggregate_type: &str, name: &str, version: u32) -> usize {
+        if let Some(known) = self.type_index.get(name) {
+            let types = &self.types;
+            let found = known.iter().copied().find(|i| {
+                types
+                    .get(*i)
+                    .is_some_and(|t| t.version == version && t.aggregate_type == aggregate_type)
+            });
+            if let Some(index) = found {
+                return index;
+            }
+        }
+        let index = self.types.len();
+        self.types.push(StoredType {
+            aggregate_type: aggregate_type.to_owned(),
+            name: name.to_owned(),
+            version,
+        });
+        self.type_index
+            .entry(name.to_owned())
+            .or_default()
+            .push(index);
+        index
+    }
+
+    /// The index of a stream, added when it is new (no allocation when it is known).
+    fn stream_of(&mut self, stream_id: &str) -> usize {
+        if let Some(index) = self.stream_index.get(stream_id) {
+            return *index;
+        }
+        let index = self.streams.len();
+        self.streams.push(Stream {
+            id: stream_id.to_owned(),
+            positions: Vec::new(),
+        });
+        self.stream_index.insert(stream_id.to_owned(), index);
+        index
+    }
+
+    fn stream(&self, stream_id: &str) -> Option<&Stream> {
+        let index = self.stream_index.get(stream_id)?;
+        self.streams.get(*index)
+    }
+
+    fn stream_len(&self, stream_id: &str) -> u64 {
+        self.stream(stream_id)
+            .map_or(0, |s| s.positions.len() as u64)
+    }
+
+    fn head(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    /// Stores an event at the next position, in its stream at the next version.
+    fn push(
+        &mut self,
+        stream: usize,
+        stored_type: usize,
+        payload: Bytes,
+        metadata: Metadata,
+    ) -> u64 {
+        let position = self.head() + 1;
+        let mut version = 0;
+        if let Some(s) = self.streams.get_mut(stream) {
+            s.positions.push(position);
+            version = s.positions.len() as u64;
+        }
+        self.events.push(Stored {
+            stream,
+            stored_type,
+            version,
+            payload,
+            metadata,
+        });
+        position
+    }
+
+    /// The envelope of the event at `index` of the global log. Its stream and type indexes
+    /// were taken from this log's tables, which only grow, so both are always found.
+    fn envelope(&self, index: usize, stored: &Stored) -> Envelope {
+        let stream_id = self
+            .streams
+            .get(stored.stream)
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
+        let (aggregate_type, event_name, event_version) = self
+            .types
+            .get(stored.stored_type)
+            .map(|t| (t.aggregate_type.clone(), t.name.clone(), t.version))
+            .unwrap_or_default();
+        Envelope {
+            stream_id,
+            aggregate_type,
+            version: stored.version,
+            position: index as u64 + 1,
+            event_name,
+            event_version,
+            payload: stored.payload.clone(),
+            metadata: stored.metadata.clone(),
+        }
+    }
 }
 
 /// An event store in memory. Positions are assigned and made visible under one lock, so the
@@ -65,22 +235,34 @@ impl MemoryEventStore {
         let mut log = self.log.write();
         let mut out = Vec::with_capacity(envelopes.len());
         for mut envelope in envelopes {
-            envelope.position = log.events.len() as u64 + 1;
-            let positions = log.streams.entry(envelope.stream_id.clone()).or_default();
-            envelope.version = positions.len() as u64 + 1;
-            positions.push(envelope.position);
-            log.types.insert(StoredType {
-                aggregate_type: envelope.aggregate_type.clone(),
-                name: envelope.event_name.clone(),
-                version: envelope.event_version,
-            });
-            log.events.push(envelope.clone());
+            let stream = log.stream_of(&envelope.stream_id);
+            let stored_type = log.type_of(
+                &envelope.aggregate_type,
+                &envelope.event_name,
+                envelope.event_version,
+            );
+            envelope.version = log.stream_len(&envelope.stream_id) + 1;
+            envelope.position = log.push(
+                stream,
+                stored_type,
+                envelope.payload.clone(),
+                envelope.metadata.clone(),
+            );
             out.push(envelope);
         }
-        let head = log.events.len() as u64;
+        let head = log.head();
         drop(log);
-        self.head.send_replace(head);
+        self.published(head);
         out
+    }
+
+    /// Wakes the readers waiting for events. A watch send takes a lock per waiter shard, so
+    /// it is skipped while nobody waits: a waiter subscribes before it looks at the log (see
+    /// `wait_for_events`), and the log's lock orders that look against this append.
+    fn published(&self, head: u64) {
+        if self.head.receiver_count() > 0 {
+            self.head.send_replace(head);
+        }
     }
 }
 
@@ -88,14 +270,18 @@ impl MemoryEventStore {
 impl EventReader for MemoryEventStore {
     async fn read_stream(&self, stream_id: &str, after_version: u64) -> Result<Vec<Envelope>> {
         let log = self.log.read();
-        let Some(positions) = log.streams.get(stream_id) else {
+        let Some(stream) = log.stream(stream_id) else {
             return Ok(Vec::new());
         };
         let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
-        Ok(positions
+        Ok(stream
+            .positions
             .iter()
             .skip(skip)
-            .filter_map(|p| log.events.get((*p - 1) as usize).cloned())
+            .filter_map(|p| {
+                let index = (*p - 1) as usize;
+                log.events.get(index).map(|s| log.envelope(index, s))
+            })
             .collect())
     }
 
@@ -105,22 +291,34 @@ impl EventReader for MemoryEventStore {
             .unwrap_or(usize::MAX)
             .min(log.events.len());
         let end = start.saturating_add(limit).min(log.events.len());
-        Ok(log.events[start..end].to_vec())
+        Ok(log
+            .events
+            .range(start, end)
+            .map(|(index, s)| log.envelope(index, s))
+            .collect())
     }
 
     async fn head(&self) -> Result<u64> {
-        Ok(self.log.read().events.len() as u64)
+        Ok(self.log.read().head())
     }
 
     async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
+        // Subscribe first, then look: an append after the look sees the subscriber and sends.
         let mut rx = self.head.subscribe();
+        if self.log.read().head() > after {
+            return Ok(());
+        }
+        // The channel's value may be older than the log (appends skip the send while nobody
+        // waits): it only ever trails, so `> after` on it is never wrong.
         // Ok on change or timeout alike: the caller reads again either way.
         let _ = tokio::time::timeout(timeout, rx.wait_for(|head| *head > after)).await;
         Ok(())
     }
 
     async fn stored_types(&self) -> Result<Vec<StoredType>> {
-        Ok(self.log.read().types.iter().cloned().collect())
+        let mut types = self.log.read().types.clone();
+        types.sort();
+        Ok(types)
     }
 }
 
@@ -136,8 +334,23 @@ impl EventAppender for MemoryEventStore {
         if stream_id.is_empty() {
             return Err(Error::Config("stream id must not be empty".into()));
         }
+        // The envelopes are built before the lock is taken: under it, only the version
+        // check, the numbering and the log's slots.
+        let mut committed: Vec<Envelope> = events
+            .into_iter()
+            .map(|event| Envelope {
+                stream_id: stream_id.to_owned(),
+                aggregate_type: aggregate_type.to_owned(),
+                version: 0,
+                position: 0,
+                event_name: event.event_name,
+                event_version: event.event_version,
+                payload: event.payload,
+                metadata: event.metadata,
+            })
+            .collect();
         let mut log = self.log.write();
-        let actual = log.streams.get(stream_id).map_or(0, |s| s.len() as u64);
+        let actual = log.stream_len(stream_id);
         if let ExpectedVersion::Exact(expected) = expected {
             if expected != actual {
                 return Err(Error::Conflict {
@@ -147,40 +360,24 @@ impl EventAppender for MemoryEventStore {
                 });
             }
         }
-        if events.is_empty() {
-            return Ok(Vec::new());
+        if committed.is_empty() {
+            return Ok(committed);
         }
-        let first_position = log.events.len() as u64 + 1;
-        let mut committed = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            if !log.types.iter().any(|t| {
-                t.name == event.event_name
-                    && t.version == event.event_version
-                    && t.aggregate_type == aggregate_type
-            }) {
-                log.types.insert(StoredType {
-                    aggregate_type: aggregate_type.to_owned(),
-                    name: event.event_name.clone(),
-                    version: event.event_version,
-                });
-            }
-            committed.push(Envelope {
-                stream_id: stream_id.to_owned(),
-                aggregate_type: aggregate_type.to_owned(),
-                version: actual + i as u64 + 1,
-                position: first_position + i as u64,
-                event_name: event.event_name,
-                event_version: event.event_version,
-                payload: event.payload,
-                metadata: event.metadata,
-            });
+        let stream = log.stream_of(stream_id);
+        for (i, envelope) in committed.iter_mut().enumerate() {
+            let stored_type =
+                log.type_of(aggregate_type, &envelope.event_name, envelope.event_version);
+            envelope.version = actual + i as u64 + 1;
+            envelope.position = log.push(
+                stream,
+                stored_type,
+                envelope.payload.clone(),
+                envelope.metadata.clone(),
+            );
         }
-        let positions = log.streams.entry(stream_id.to_owned()).or_default();
-        positions.extend(committed.iter().map(|e| e.position));
-        log.events.extend(committed.iter().cloned());
-        let head = log.events.len() as u64;
+        let head = log.head();
         drop(log);
-        self.head.send_replace(head);
+        self.published(head);
         Ok(committed)
     }
 }
