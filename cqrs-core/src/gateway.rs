@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -107,54 +108,91 @@ impl<T: Middleware + ?Sized> Middleware for Box<T> {
     }
 }
 
-type CacheKey = (TypeId, String);
-type CacheEntry = (u64, Arc<dyn Any + Send + Sync>);
+type CacheEntry = (u64, Box<dyn Any + Send + Sync>);
+
+/// One shard of the state cache: states by aggregate type, then by stream id, so a lookup by
+/// `&str` allocates nothing.
+#[derive(Default)]
+struct Shard {
+    by_type: HashMap<TypeId, HashMap<String, CacheEntry, RandomState>, RandomState>,
+    len: usize,
+}
+
+/// A shard's lock on cache lines of its own, so threads working on different shards do not
+/// contend for one line.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
 
 /// A bounded, sharded cache of aggregate states by stream. A stale entry is harmless: the
 /// append's expected version catches it and the gateway reloads.
 struct StateCache {
-    shards: Vec<Mutex<HashMap<CacheKey, CacheEntry>>>,
+    shards: Vec<Padded>,
     per_shard: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: RandomState,
 }
 
 impl StateCache {
     fn new(capacity: usize) -> Self {
         let shards = 16;
         StateCache {
-            shards: (0..shards).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..shards)
+                .map(|_| Padded(Mutex::new(Shard::default())))
+                .collect(),
             per_shard: capacity.div_ceil(shards).max(1),
             hasher: Default::default(),
         }
     }
 
-    fn shard(&self, key: &CacheKey) -> &Mutex<HashMap<CacheKey, CacheEntry>> {
-        let hash = self.hasher.hash_one(key);
-        &self.shards[(hash as usize) % self.shards.len()]
+    fn shard<A: Aggregate>(&self, id: &str) -> &Mutex<Shard> {
+        let hash = self.hasher.hash_one((TypeId::of::<A>(), id));
+        &self.shards[(hash as usize) % self.shards.len()].0
     }
 
     fn get<A: Aggregate>(&self, id: &str) -> Option<(A, u64)> {
-        let key = (TypeId::of::<A>(), id.to_owned());
-        let shard = self.shard(&key).lock();
-        let (version, state) = shard.get(&key)?;
+        let shard = self.shard::<A>(id).lock();
+        let (version, state) = shard.by_type.get(&TypeId::of::<A>())?.get(id)?;
         state.downcast_ref::<A>().map(|a| (a.clone(), *version))
     }
 
     fn put<A: Aggregate>(&self, id: &str, state: A, version: u64) {
-        let key = (TypeId::of::<A>(), id.to_owned());
-        let mut shard = self.shard(&key).lock();
-        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
+        let mut shard = self.shard::<A>(id).lock();
+        let Shard { by_type, len } = &mut *shard;
+        let states = by_type.entry(TypeId::of::<A>()).or_default();
+        if let Some(entry) = states.get_mut(id) {
+            entry.0 = version;
+            match entry.1.downcast_mut::<A>() {
+                Some(slot) => *slot = state,
+                None => entry.1 = Box::new(state),
+            }
+            return;
+        }
+        if *len >= self.per_shard {
             // Evict an arbitrary entry: the cache only saves reads, never decides.
-            if let Some(victim) = shard.keys().next().cloned() {
-                shard.remove(&victim);
+            if let Some(victim) = states.keys().next().cloned() {
+                states.remove(&victim);
+                *len -= 1;
+            } else if let Some(other) = by_type.values_mut().find(|s| !s.is_empty()) {
+                if let Some(victim) = other.keys().next().cloned() {
+                    other.remove(&victim);
+                    *len -= 1;
+                }
             }
         }
-        shard.insert(key, (version, Arc::new(state)));
+        by_type
+            .entry(TypeId::of::<A>())
+            .or_default()
+            .insert(id.to_owned(), (version, Box::new(state)));
+        *len += 1;
     }
 
     fn evict<A: Aggregate>(&self, id: &str) {
-        let key = (TypeId::of::<A>(), id.to_owned());
-        self.shard(&key).lock().remove(&key);
+        let mut shard = self.shard::<A>(id).lock();
+        let Shard { by_type, len } = &mut *shard;
+        if let Some(states) = by_type.get_mut(&TypeId::of::<A>()) {
+            if states.remove(id).is_some() {
+                *len -= 1;
+            }
+        }
     }
 }
 
