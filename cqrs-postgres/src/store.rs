@@ -15,6 +15,7 @@ use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
+use crate::copy::{read_log, COPY_COLUMNS};
 use crate::error::db;
 use crate::group::{Committer, GroupCommit, GroupCommitStats};
 use crate::listen::Notifier;
@@ -425,17 +426,16 @@ impl EventReader for PgEventStore {
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
-        let rows = sqlx::query(self.schema.sql(&format!(
-            "SELECT {COLUMNS} FROM {{schema}}.events
-              WHERE position > $1 AND position < ({VISIBLE})
-              ORDER BY position LIMIT $2"
-        )))
-        .bind(to_i64(after, "position")?)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| db("reading the global log", e))?;
-        rows.iter().map(to_envelope).collect()
+        // A binary COPY (see `copy.rs`). COPY takes no parameters: both numbers are formatted
+        // into the statement, as integers.
+        let after = to_i64(after, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let statement = self.schema.sql(&format!(
+            "COPY (SELECT {COPY_COLUMNS} FROM {{schema}}.events
+                    WHERE position > {after} AND position < ({VISIBLE})
+                    ORDER BY position LIMIT {limit}) TO STDOUT (FORMAT binary)"
+        ));
+        read_log(&self.pool, statement.0).await
     }
 
     async fn head(&self) -> Result<u64> {
