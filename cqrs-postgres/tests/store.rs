@@ -360,6 +360,24 @@ async fn a_corrupted_row_gives_a_typed_error_naming_it() {
         matches!(&err, Error::Malformed { what, .. } if what.contains(&format!("position {position}"))),
         "{err}"
     );
+    // The failed read left no connection in the middle of its COPY: the pool goes on serving
+    // every kind of statement, more times than it has connections.
+    for _ in 0..24 {
+        assert!(matches!(
+            store.read_all(0, 10).await,
+            Err(Error::Malformed { .. })
+        ));
+        assert_eq!(store.head().await.expect("head"), position);
+        assert!(matches!(
+            store.read_stream("c", 0).await,
+            Err(Error::Malformed { .. })
+        ));
+    }
+    store
+        .append("counter", "d", ExpectedVersion::NEW, vec![event(1, 1)])
+        .await
+        .expect("append after the failed reads");
+    assert_eq!(store.read_stream("d", 0).await.expect("read").len(), 1);
     // Not migrated: a clear configuration error, not a retry loop.
     let bare = Postgres::connect(&common::database_url(), "t_never_migrated")
         .await
