@@ -36,7 +36,7 @@ impl fmt::Display for EventRef {
 /// Everything that can go wrong inside the framework and its backends.
 ///
 /// Domain rejections are not here: they are the aggregate's own error type, returned
-/// by the gateway as [`CommandError::Rejected`](crate::CommandError::Rejected).
+/// by the gateway as [`CommandError::Rejected`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

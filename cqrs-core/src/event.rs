@@ -13,7 +13,7 @@ use crate::registry::registry;
 
 /// A fact that happened: a plain serde struct with a stable name and a schema version.
 ///
-/// Implement it with one line, [`event!`](crate::event): the name is an explicit string,
+/// Implement it with one line, [`event!`](macro@crate::event): the name is an explicit string,
 /// never the Rust type name, so renaming the struct does not orphan stored events.
 ///
 /// ```

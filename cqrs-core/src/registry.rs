@@ -1,6 +1,6 @@
 //! The event registry: stable names to types, upcasters between schema versions, start-up checks.
 //!
-//! Every [`event!`](crate::event) registers itself here through `inventory`; every
+//! Every [`event!`](macro@crate::event) registers itself here through `inventory`; every
 //! [`upcaster!`](crate::upcaster) registers one step `vN -> vN+1` of a payload. The registry is
 //! built once, on first use, from what the linker kept.
 
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::event::DynEvent;
 use crate::store::EventReader;
 
-/// One event type, as registered by [`event!`](crate::event).
+/// One event type, as registered by [`event!`](macro@crate::event).
 #[derive(Debug)]
 pub struct EventRegistration {
     /// The stable name.

@@ -2,7 +2,7 @@
 //!
 //! # The contract every backend meets
 //! - **Streams.** Versions in a stream start at 1 and have no holes. `append` with
-//!   [`ExpectedVersion::Exact`] fails with [`Error::Conflict`] (carrying the expected and actual
+//!   [`ExpectedVersion::Exact`] fails with [`Error::Conflict`](crate::Error::Conflict) (carrying the expected and actual
 //!   versions) when the stream is elsewhere, and then writes nothing: an append is all or nothing.
 //! - **Global log.** Every event gets a position, strictly increasing in commit order as seen by
 //!   readers. [`EventReader::read_all`] is *gap-safe*: it never returns an event at position `p`

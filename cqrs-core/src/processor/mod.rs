@@ -2,7 +2,7 @@
 //!
 //! Per batch it decodes the events the projection wants, loads the views they touch, applies
 //! the events in memory, and commits the changed views, the dead letters and the checkpoint as
-//! one [`UnitOfWork`]. Only then does it acknowledge the batch to its source. A crash anywhere
+//! one [`UnitOfWork`](crate::view::UnitOfWork). Only then does it acknowledge the batch to its source. A crash anywhere
 //! loses nothing: the batch is delivered again, and the per-stream versions kept in every view
 //! make the repeat a no-op.
 
