@@ -155,6 +155,43 @@ async fn a_tailing_reader_never_skips_an_event_committed_late() {
     pg.drop_schema().await.expect("drop");
 }
 
+/// Reads of the log abandoned at every stage (waiting for a connection, mid-`COPY`, decoding)
+/// leave no connection in the middle of a `COPY` in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_abandoned_midway_leave_the_pool_serving() {
+    let pg = fresh().await;
+    let store = pg.event_store();
+    for batch in 0..20u64 {
+        let events = (0..500).map(|n| event(batch, n)).collect();
+        store
+            .append("gap", &format!("s-{batch}"), ExpectedVersion::NEW, events)
+            .await
+            .expect("append");
+    }
+    let mut cut_short = 0;
+    for i in 0..40u64 {
+        let read =
+            tokio::time::timeout(Duration::from_micros(250 * i), store.read_all(0, 100_000)).await;
+        if read.is_err() {
+            cut_short += 1;
+        }
+    }
+    assert!(
+        cut_short > 0,
+        "no read was abandoned: the test proves nothing"
+    );
+    for _ in 0..24 {
+        let all = store.read_all(0, 100_000).await.expect("read_all");
+        assert_eq!(all.len(), 10_000);
+        assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+        assert_eq!(
+            store.read_stream("s-3", 0).await.expect("stream").len(),
+            500
+        );
+    }
+    pg.drop_schema().await.expect("drop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_writers_on_one_aggregate_lose_no_update() {
     let pg = fresh().await;

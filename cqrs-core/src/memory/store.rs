@@ -261,7 +261,15 @@ impl MemoryEventStore {
     /// `wait_for_events`), and the log's lock orders that look against this append.
     fn published(&self, head: u64) {
         if self.head.receiver_count() > 0 {
-            self.head.send_replace(head);
+            // Two appends may publish out of order (each after releasing the lock): the value
+            // only ever moves forward, so a later head is never overwritten by an earlier one.
+            self.head.send_if_modified(|published| {
+                let newer = head > *published;
+                if newer {
+                    *published = head;
+                }
+                newer
+            });
         }
     }
 }
@@ -309,7 +317,8 @@ impl EventReader for MemoryEventStore {
             return Ok(());
         }
         // The channel's value may be older than the log (appends skip the send while nobody
-        // waits): it only ever trails, so `> after` on it is never wrong.
+        // waits) but never goes back: `> after` on it is never wrong, and every append that
+        // this waiter has not seen in the log publishes a head past `after`.
         // Ok on change or timeout alike: the caller reads again either way.
         let _ = tokio::time::timeout(timeout, rx.wait_for(|head| *head > after)).await;
         Ok(())
