@@ -767,3 +767,45 @@ async fn dead_letters_are_retried_once_the_handler_is_fixed_and_resolved_with_th
          twice"
     );
 }
+
+#[tokio::test]
+async fn a_dead_letter_retried_into_a_new_view_of_a_bus_feed_is_not_applied_again() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    gateway.send(add("x", 1)).await.expect("send");
+    gateway.send(add("y", 13)).await.expect("send");
+    gateway.send(add("y", 2)).await.expect("send");
+    let delivered = store.read_all(0, 100).await.expect("read");
+    let views_store = Arc::new(MemoryViewStore::new());
+    // From a bus, whose batches carry no global order: views keep each stream's version.
+    let failing = TrackingProcessor::new(Tally { fail_on: Some(13) }, views_store.clone())
+        .error_policy(ErrorPolicy::dead_letter());
+    failing
+        .process(&cqrs_core::processor::Batch::from_bus(vec![
+            delivered[0].clone(),
+            delivered[1].clone(),
+        ]))
+        .await
+        .expect("first batch");
+    assert_eq!(
+        views_store.dead_letters("tally").await.expect("dead").len(),
+        1
+    );
+    // The retry creates `y`, which did not exist.
+    let fixed = TrackingProcessor::new(Tally::default(), views_store.clone());
+    let report = fixed
+        .retry_dead_letters(views_store.as_ref())
+        .await
+        .expect("retry");
+    assert_eq!(report.resolved.len(), 1);
+    // The bus delivers the first batch again (its acknowledgement was lost), then the next.
+    fixed
+        .process(&cqrs_core::processor::Batch::from_bus(delivered.clone()))
+        .await
+        .expect("redelivered");
+    let model = ReadModel::<Tally>::new(views_store.clone() as Arc<dyn ViewQuery>);
+    let y = model.get("y").await.expect("y").expect("y exists");
+    assert_eq!(y.total, 13 + 2, "the retried event was applied again");
+    assert_eq!(y.versions, vec![1, 2]);
+    assert_eq!(model.get("x").await.expect("x").expect("x").total, 1);
+}

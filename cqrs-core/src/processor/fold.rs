@@ -345,10 +345,15 @@ pub(super) async fn refold_dead_letter<P: Projection>(
         return Ok(Err(reason.to_string()));
     }
     // Record it, so that a late duplicate of the event is skipped. A view kept by position
-    // alone stays so.
+    // alone stays so (switching it to versions would forget what its position covers). A view
+    // this retry creates records the stream's version: the dead letter does not say whether
+    // its feed had one order (a position would do) or was a bus (where only stream versions
+    // catch a redelivery), and versions are right for both, as nothing was applied to the
+    // view before.
+    let is_new = state.revision == 0 && state.position == 0 && state.applied.is_empty();
     if let Some(version) = state.applied.get_mut(envelope.stream_id.as_str()) {
         *version = (*version).max(envelope.version);
-    } else if !state.applied.is_empty() {
+    } else if !state.applied.is_empty() || is_new {
         state
             .applied
             .insert(envelope.stream_id.clone(), envelope.version);
