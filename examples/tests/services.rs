@@ -124,16 +124,11 @@ async fn three_services_converge_survive_a_killed_catalog_and_replay_the_same() 
          324 comments, 0 lost, 0 duplicated",
         restarted.elapsed().as_secs_f64()
     );
+    // Every comment once. The catalog applies a comment by its id (a second application
+    // would replace it, not add it), so that events are applied exactly once is asserted where
+    // it can be seen: the framework's kill tests (`cqrs-postgres/tests/views.rs`,
+    // `cqrs-kafka/tests/kafka.rs`), on views that list the versions they applied.
     assert_eq!(after_kill.iter().map(|e| e.rating_count).sum::<u64>(), 324);
-    for entry in &after_kill {
-        let mut ids: Vec<_> = entry.comments.iter().map(|c| &c.comment_id).collect();
-        ids.dedup();
-        assert_eq!(
-            ids.len(),
-            entry.comments.len(),
-            "a comment was applied twice"
-        );
-    }
 
     // The catalog answers while the product service is down; comments go on, since the
     // comment service knows the products from its own projection.
