@@ -84,7 +84,8 @@ impl Relay {
     }
 
     /// Publishes only the events of these aggregate types (default: every event). For a
-    /// store shared by several services, each of which publishes its own events.
+    /// store shared by several services, each of which publishes its own events. An empty
+    /// list is refused when the relay runs ([`Error::Config`]): it would skip every event.
     pub fn only(mut self, aggregate_types: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.only = Some(aggregate_types.into_iter().map(Into::into).collect());
         self
@@ -107,6 +108,13 @@ impl Relay {
     /// # Errors
     /// The first store, bus or checkpoint error (nothing is retried here).
     pub async fn publish_pending(&self) -> Result<u64> {
+        if self.only.as_ref().is_some_and(Vec::is_empty) {
+            // It would move its checkpoint past every event and publish none of them.
+            return Err(Error::Config(format!(
+                "relay `{}`: `only` names no aggregate type, so it would skip every event",
+                self.name
+            )));
+        }
         let mut after = self.checkpoints.load(&self.name).await?.unwrap_or(0);
         let mut total = 0;
         loop {

@@ -685,9 +685,31 @@ async fn a_relay_limited_to_some_aggregate_types_publishes_only_those() {
         Some(store.len() as u64)
     );
     assert_eq!(counters.publish_pending().await.expect("again"), 0);
-    let others = Relay::new("others", store.clone(), bus.clone(), checkpoints).only(["other"]);
+    let others =
+        Relay::new("others", store.clone(), bus.clone(), checkpoints.clone()).only(["other"]);
     assert_eq!(others.publish_pending().await.expect("publish"), 2);
     assert_eq!(bus.topic_len("other"), 2);
+
+    // An empty list is a configuration error, not a relay that skips everything for good.
+    let nothing = Relay::new("nothing", store.clone(), bus.clone(), checkpoints.clone())
+        .only(Vec::<String>::new());
+    assert!(matches!(
+        nothing.publish_pending().await,
+        Err(cqrs_core::Error::Config(_))
+    ));
+    assert!(matches!(
+        nothing
+            .run(tokio_util::sync::CancellationToken::new())
+            .await,
+        Err(cqrs_core::Error::Config(_))
+    ));
+    assert_eq!(
+        cqrs_core::CheckpointStore::load(checkpoints.as_ref(), "nothing")
+            .await
+            .expect("load"),
+        None,
+        "its checkpoint did not move"
+    );
 }
 
 #[tokio::test]
