@@ -157,8 +157,8 @@ impl StateCache {
     fn put<A: Aggregate>(&self, id: &str, state: A, version: u64) {
         let mut shard = self.shard::<A>(id).lock();
         let Shard { by_type, len } = &mut *shard;
-        let states = by_type.entry(TypeId::of::<A>()).or_default();
-        if let Some(entry) = states.get_mut(id) {
+        let type_id = TypeId::of::<A>();
+        if let Some(entry) = by_type.get_mut(&type_id).and_then(|s| s.get_mut(id)) {
             entry.0 = version;
             match entry.1.downcast_mut::<A>() {
                 Some(slot) => *slot = state,
@@ -168,18 +168,15 @@ impl StateCache {
         }
         if *len >= self.per_shard {
             // Evict an arbitrary entry: the cache only saves reads, never decides.
-            if let Some(victim) = states.keys().next().cloned() {
-                states.remove(&victim);
-                *len -= 1;
-            } else if let Some(other) = by_type.values_mut().find(|s| !s.is_empty()) {
-                if let Some(victim) = other.keys().next().cloned() {
-                    other.remove(&victim);
+            if let Some(states) = by_type.values_mut().find(|s| !s.is_empty()) {
+                if let Some(victim) = states.keys().next().cloned() {
+                    states.remove(&victim);
                     *len -= 1;
                 }
             }
         }
         by_type
-            .entry(TypeId::of::<A>())
+            .entry(type_id)
             .or_default()
             .insert(id.to_owned(), (version, Box::new(state)));
         *len += 1;

@@ -21,7 +21,7 @@ use sqlx::PgPool;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::error::db;
+use crate::error::{db, to_the_end};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -54,7 +54,7 @@ pub(crate) async fn read_log(pool: &PgPool, statement: String) -> Result<Vec<Env
     let pool = pool.clone();
     // Dropped with this future: the task then stops.
     let (_caller, mut gone) = oneshot::channel::<()>();
-    tokio::spawn(async move {
+    to_the_end("reading the global log", async move {
         let mut conn = pool
             .acquire()
             .await
@@ -87,11 +87,6 @@ pub(crate) async fn read_log(pool: &PgPool, statement: String) -> Result<Vec<Env
         outcome
     })
     .await
-    .map_err(|e| Error::Backend {
-        backend: "postgres",
-        message: "the task reading the global log ended abnormally".into(),
-        source: Some(Box::new(e)),
-    })?
 }
 
 /// Decodes a binary COPY of the log's columns, fed in chunks of any size.

@@ -26,3 +26,18 @@ pub(crate) fn db(what: &str, e: sqlx::Error) -> Error {
     }
     Error::backend("postgres", what, e)
 }
+
+/// Runs `work` on a task of its own and waits for it. The task runs to its end even when the
+/// caller stops waiting, so a cancelled caller (an aborted processor) cannot cut a statement
+/// or a transaction short: sqlx's `begin` and a `COPY` are not cancel-safe, and a connection
+/// cut short inside either goes back to the pool in a state nothing ends.
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    what: &str,
+    work: impl std::future::Future<Output = cqrs_core::Result<T>> + Send + 'static,
+) -> cqrs_core::Result<T> {
+    tokio::spawn(work).await.map_err(|e| Error::Backend {
+        backend: "postgres",
+        message: format!("{what}: the task ended abnormally"),
+        source: Some(Box::new(e)),
+    })?
+}

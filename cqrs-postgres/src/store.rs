@@ -16,7 +16,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::copy::{read_log, COPY_COLUMNS};
-use crate::error::db;
+use crate::error::{db, to_the_end};
 use crate::group::{Committer, GroupCommit, GroupCommitStats};
 use crate::listen::Notifier;
 use crate::schema::Schema;
@@ -374,14 +374,12 @@ impl PgEventStore {
         // the connection to the pool inside a transaction nothing ends. A finished task's
         // transaction that nobody takes is dropped, and so rolled back.
         let pool = self.pool.clone();
-        let tx = tokio::spawn(async move { pool.begin().await })
-            .await
-            .map_err(|e| Error::Backend {
-                backend: "postgres",
-                message: "starting a transaction: the task ended abnormally".into(),
-                source: Some(Box::new(e)),
-            })?
-            .map_err(|e| db("starting a transaction", e))?;
+        let tx = to_the_end("starting a transaction", async move {
+            pool.begin()
+                .await
+                .map_err(|e| db("starting a transaction", e))
+        })
+        .await?;
         Ok(PgAppendTx {
             tx,
             store: self.clone(),

@@ -11,7 +11,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgPool, Row};
 use uuid::Uuid;
 
-use crate::error::db;
+use crate::error::{db, to_the_end};
 use crate::schema::Schema;
 
 /// Views, checkpoints and dead letters on PostgreSQL. A unit of work commits in one
@@ -246,13 +246,10 @@ impl ViewStore for PgViewStore {
     /// uncommitted while holding every reader of the log back.
     async fn commit(&self, work: UnitOfWork) -> Result<()> {
         let store = self.clone();
-        tokio::spawn(async move { store.commit_now(work).await })
-            .await
-            .map_err(|e| Error::Backend {
-                backend: "postgres",
-                message: "the unit of work's task ended abnormally".into(),
-                source: Some(Box::new(e)),
-            })?
+        to_the_end("committing a unit of work", async move {
+            store.commit_now(work).await
+        })
+        .await
     }
 
     async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {

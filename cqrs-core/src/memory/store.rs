@@ -130,23 +130,28 @@ impl Log {
         self.streams.get(*index)
     }
 
-    fn stream_len(&self, stream_id: &str) -> u64 {
-        self.stream(stream_id)
-            .map_or(0, |s| s.positions.len() as u64)
+    /// A stream's index, if it exists, and its version (0 when it does not).
+    fn stream_version(&self, stream_id: &str) -> (Option<usize>, u64) {
+        let index = self.stream_index.get(stream_id).copied();
+        let version = index
+            .and_then(|i| self.streams.get(i))
+            .map_or(0, |s| s.positions.len() as u64);
+        (index, version)
     }
 
     fn head(&self) -> u64 {
         self.events.len() as u64
     }
 
-    /// Stores an event at the next position, in its stream at the next version.
+    /// Stores an event at the next position, in its stream at the next version; returns the
+    /// two.
     fn push(
         &mut self,
         stream: usize,
         stored_type: usize,
         payload: Bytes,
         metadata: Metadata,
-    ) -> u64 {
+    ) -> (u64, u64) {
         let position = self.head() + 1;
         let mut version = 0;
         if let Some(s) = self.streams.get_mut(stream) {
@@ -160,7 +165,7 @@ impl Log {
             payload,
             metadata,
         });
-        position
+        (position, version)
     }
 
     /// The envelope of the event at `index` of the global log. Its stream and type indexes
@@ -241,8 +246,7 @@ impl MemoryEventStore {
                 &envelope.event_name,
                 envelope.event_version,
             );
-            envelope.version = log.stream_len(&envelope.stream_id) + 1;
-            envelope.position = log.push(
+            (envelope.position, envelope.version) = log.push(
                 stream,
                 stored_type,
                 envelope.payload.clone(),
@@ -359,7 +363,7 @@ impl EventAppender for MemoryEventStore {
             })
             .collect();
         let mut log = self.log.write();
-        let actual = log.stream_len(stream_id);
+        let (known, actual) = log.stream_version(stream_id);
         if let ExpectedVersion::Exact(expected) = expected {
             if expected != actual {
                 return Err(Error::Conflict {
@@ -372,12 +376,14 @@ impl EventAppender for MemoryEventStore {
         if committed.is_empty() {
             return Ok(committed);
         }
-        let stream = log.stream_of(stream_id);
-        for (i, envelope) in committed.iter_mut().enumerate() {
+        let stream = match known {
+            Some(index) => index,
+            None => log.stream_of(stream_id),
+        };
+        for envelope in &mut committed {
             let stored_type =
                 log.type_of(aggregate_type, &envelope.event_name, envelope.event_version);
-            envelope.version = actual + i as u64 + 1;
-            envelope.position = log.push(
+            (envelope.position, envelope.version) = log.push(
                 stream,
                 stored_type,
                 envelope.payload.clone(),
