@@ -116,6 +116,13 @@ impl Relay {
             )));
         }
         let mut after = self.checkpoints.load(&self.name).await?.unwrap_or(0);
+        // A relay restarted with nothing to publish must wait after its checkpoint, not after
+        // 0: from 0 `wait_for_events` returns at once and the relay would spin on the store.
+        self.position.send_if_modified(|p| {
+            let moved = after > *p;
+            *p = (*p).max(after);
+            moved
+        });
         let mut total = 0;
         loop {
             let events = self.reader.read_all(after, self.batch_size).await?;

@@ -1,0 +1,95 @@
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+//! The relay: what it costs while idle.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::add;
+use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore};
+use cqrs_core::registry::StoredType;
+use cqrs_core::{
+    CheckpointStore, CommandGateway, Envelope, EventReader, EventStore, Relay, Result,
+};
+
+/// A reader that counts the log reads it serves.
+struct Counting {
+    inner: Arc<MemoryEventStore>,
+    reads: AtomicU64,
+}
+
+#[async_trait]
+impl EventReader for Counting {
+    async fn read_stream(&self, stream_id: &str, after_version: u64) -> Result<Vec<Envelope>> {
+        self.inner.read_stream(stream_id, after_version).await
+    }
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.read_all(after, limit).await
+    }
+    async fn head(&self) -> Result<u64> {
+        self.inner.head().await
+    }
+    async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
+        self.inner.wait_for_events(after, timeout).await
+    }
+    async fn stored_types(&self) -> Result<Vec<StoredType>> {
+        self.inner.stored_types().await
+    }
+}
+
+/// A relay restarted with nothing to publish waits after its checkpoint: it does not read the
+/// log in a loop until the next event (before the fix it spun, thousands of reads a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_restarted_with_nothing_to_publish_stays_idle() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone() as Arc<dyn EventStore>).build();
+    for i in 0..5 {
+        gateway.send(add("c-1", i + 1)).await.expect("send");
+    }
+    let bus = Arc::new(MemoryEventBus::new(2));
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    // The first life publishes everything.
+    let reader = Arc::new(Counting {
+        inner: store.clone(),
+        reads: AtomicU64::new(0),
+    });
+    let relay = Relay::new("r", reader.clone(), bus.clone(), checkpoints.clone());
+    assert_eq!(relay.publish_pending().await.expect("publish"), 5);
+    let head = store.head().await.expect("head");
+    assert_eq!(checkpoints.load("r").await.expect("load"), Some(head));
+
+    // The second life starts with nothing pending.
+    let idle = Duration::from_millis(500);
+    let mut handle = Relay::new("r", reader.clone(), bus.clone(), checkpoints.clone()).spawn();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = reader.reads.load(Ordering::Relaxed);
+    tokio::time::sleep(idle * 2).await;
+    let idle_reads = reader.reads.load(Ordering::Relaxed) - before;
+    println!(
+        "[fault] idle relay after a restart: {idle_reads} log reads in {:?}",
+        idle * 2
+    );
+    assert_eq!(
+        handle.position(),
+        head,
+        "the position starts at the checkpoint"
+    );
+    // It wakes once per idle wait (500 ms) at most, and reads once each time.
+    assert!(
+        idle_reads <= 4,
+        "an idle relay read the log {idle_reads} times in 1 s"
+    );
+
+    // It still wakes for a new event at once.
+    gateway.send(add("c-1", 9)).await.expect("send");
+    let position = store.head().await.expect("head");
+    handle
+        .wait_for(position, Duration::from_secs(2))
+        .await
+        .expect("the new event published");
+    handle.stop().await.expect("stop");
+}
