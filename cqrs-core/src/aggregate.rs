@@ -80,7 +80,7 @@ pub trait Aggregate:
     message = "`{Self}` is not a command",
     label = "implement `cqrs_core::Command` for `{Self}`: name its aggregate type and target id"
 )]
-pub trait Command: Send + 'static {
+pub trait Command: Send + Sync + 'static {
     /// The aggregate that handles it.
     type Aggregate: Aggregate;
     /// The id of the aggregate instance it targets (the stream id).

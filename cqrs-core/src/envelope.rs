@@ -16,8 +16,16 @@ pub struct Metadata {
     pub event_id: Uuid,
     /// The id shared by everything one outside request set off.
     pub correlation_id: Uuid,
-    /// The id of the command or event that directly caused this one.
+    /// The id of the message that directly caused this one: the event that caused the
+    /// command, else the command.
     pub causation_id: Option<Uuid>,
+    /// The id of the command whose handling recorded this event (`None` for an event appended
+    /// without the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<Uuid>,
+    /// The idempotency key the command was sent with, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
     /// When the event was committed (as the writer's clock saw it).
     pub timestamp: DateTime<Utc>,
     /// Free key/values: user id, tenant, request path...
@@ -33,9 +41,55 @@ impl Metadata {
             event_id: id,
             correlation_id: id,
             causation_id: None,
+            command_id: None,
+            idempotency_key: None,
             timestamp: now(),
             user: BTreeMap::new(),
         }
+    }
+}
+
+/// The key under which a backend that keeps metadata as one map of strings (a `json` column,
+/// a message header) stores [`Metadata::command_id`]. Keys starting with `cqrs.` are reserved.
+pub const COMMAND_ID_KEY: &str = "cqrs.command_id";
+/// As [`COMMAND_ID_KEY`], for [`Metadata::idempotency_key`].
+pub const IDEMPOTENCY_KEY: &str = "cqrs.idempotency_key";
+
+impl Metadata {
+    /// The user key/values with the command id and idempotency key added under their reserved
+    /// keys: what a backend stores as one map of strings. Borrowed when there is nothing to add.
+    pub fn stored_map(&self) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
+        if self.command_id.is_none() && self.idempotency_key.is_none() {
+            return std::borrow::Cow::Borrowed(&self.user);
+        }
+        let mut map = self.user.clone();
+        if let Some(id) = self.command_id {
+            map.insert(COMMAND_ID_KEY.to_owned(), id.to_string());
+        }
+        if let Some(key) = &self.idempotency_key {
+            map.insert(IDEMPOTENCY_KEY.to_owned(), key.clone());
+        }
+        std::borrow::Cow::Owned(map)
+    }
+
+    /// Splits a stored map (see [`stored_map`](Self::stored_map)) into the user key/values,
+    /// the command id and the idempotency key.
+    ///
+    /// # Errors
+    /// The reason, when the stored command id is not a UUID.
+    #[allow(clippy::type_complexity)]
+    pub fn split_stored_map(
+        mut map: BTreeMap<String, String>,
+    ) -> std::result::Result<(BTreeMap<String, String>, Option<Uuid>, Option<String>), String> {
+        let command_id = match map.remove(COMMAND_ID_KEY) {
+            Some(text) => Some(
+                Uuid::parse_str(&text)
+                    .map_err(|e| format!("`{COMMAND_ID_KEY}` is not a UUID: {e}"))?,
+            ),
+            None => None,
+        };
+        let key = map.remove(IDEMPOTENCY_KEY);
+        Ok((map, command_id, key))
     }
 }
 

@@ -52,6 +52,17 @@ pub enum Error {
         /// The version the stream actually had.
         actual: u64,
     },
+    /// A stream id another aggregate type already uses. Streams are keyed by id alone, so an
+    /// id names one aggregate instance of one type (see `docs/adr/0007`).
+    #[error("stream `{stream_id}` belongs to aggregate type `{actual}`, not `{expected}`")]
+    WrongAggregateType {
+        /// The stream.
+        stream_id: String,
+        /// The aggregate type that asked for it.
+        expected: String,
+        /// The aggregate type that wrote it.
+        actual: String,
+    },
     /// A view document changed since it was loaded (another processor wrote it).
     #[error("view `{id}` of projection `{projection}` changed concurrently: expected revision {expected}, found {actual}")]
     ViewConflict {

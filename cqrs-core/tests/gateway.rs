@@ -148,19 +148,35 @@ async fn metadata_flows_from_command_to_events() {
         .expect("send");
     let meta = &first[0].metadata;
     assert_eq!(meta.user["user"], "ana");
-    assert!(
-        meta.causation_id.is_some(),
-        "events name the command that caused them"
+    let command = meta.command_id.expect("events record their command's id");
+    assert_eq!(
+        meta.causation_id,
+        Some(command),
+        "a command sent from outside is its events' cause"
     );
+    assert_eq!(meta.correlation_id, command, "the command starts the flow");
+    // A command reacting to an event: the event is the cause, the command is recorded.
     let caused = gateway
-        .send_with(add("m", 2), CommandMetadata::caused_by(&first[0]))
+        .send_with(add("m2", 2), CommandMetadata::caused_by(&first[0]))
         .await
         .expect("send");
+    let next = &caused[0].metadata;
     assert_eq!(
-        caused[0].metadata.correlation_id, meta.correlation_id,
+        next.correlation_id, meta.correlation_id,
         "one flow, one correlation id"
     );
-    assert_ne!(caused[0].metadata.event_id, meta.event_id);
+    assert_eq!(
+        next.causation_id,
+        Some(meta.event_id),
+        "an event caused by an event names that event as its cause"
+    );
+    let second_command = next.command_id.expect("the command's id is recorded");
+    assert_ne!(second_command, command);
+    assert_ne!(next.event_id, meta.event_id);
+    // ... and the store keeps both ids, so the chain can be followed from what is stored.
+    let stored = store.read_stream("m2", 0).await.expect("read");
+    assert_eq!(stored[0].metadata.causation_id, Some(meta.event_id));
+    assert_eq!(stored[0].metadata.command_id, Some(second_command));
 }
 
 #[derive(Default)]
@@ -172,15 +188,23 @@ struct Audit {
 
 #[async_trait]
 impl Middleware for Audit {
-    async fn before(&self, ctx: &mut CommandContext) -> std::result::Result<(), String> {
+    async fn before(&self, ctx: &mut CommandContext<'_>) -> std::result::Result<(), String> {
         self.before.fetch_add(1, Ordering::SeqCst);
         if ctx.aggregate_id == "forbidden" {
             return Err("no writes to `forbidden`".into());
         }
+        // Validation needs the command itself, typed.
+        if let Some(common::CounterCommand::Add { amount, .. }) =
+            ctx.command::<common::CounterCommand>()
+        {
+            if *amount > 1_000 {
+                return Err(format!("{amount} is more than one command may add"));
+            }
+        }
         ctx.metadata.user.insert("audited".into(), "yes".into());
         Ok(())
     }
-    async fn after(&self, _: &CommandContext, outcome: &Outcome<'_>) {
+    async fn after(&self, _: &CommandContext<'_>, outcome: &Outcome<'_>) {
         match outcome {
             Outcome::Committed(_) => self.committed.fetch_add(1, Ordering::SeqCst),
             _ => self.refused.fetch_add(1, Ordering::SeqCst),
@@ -202,14 +226,19 @@ async fn middleware_sees_refuses_and_enriches_commands() {
         .await
         .expect_err("refused");
     assert!(matches!(refused, CommandError::Refused(ref m) if m.contains("forbidden")));
+    let invalid = gateway.send(add("a", 5_000)).await.expect_err("invalid");
+    assert!(
+        matches!(invalid, CommandError::Refused(ref m) if m.contains("5000")),
+        "{invalid}"
+    );
     let _ = gateway.send(add("a", 0)).await.expect_err("rejected");
-    assert_eq!(audit.before.load(Ordering::SeqCst), 3);
+    assert_eq!(audit.before.load(Ordering::SeqCst), 4);
     assert_eq!(audit.committed.load(Ordering::SeqCst), 1);
-    assert_eq!(audit.refused.load(Ordering::SeqCst), 2);
+    assert_eq!(audit.refused.load(Ordering::SeqCst), 3);
     assert_eq!(
         store.len(),
         1,
-        "refused and rejected commands store nothing"
+        "refused, invalid and rejected commands store nothing"
     );
 }
 

@@ -50,8 +50,9 @@ impl Record {
         if let Some(causation) = m.causation_id {
             headers.push((CAUSATION, causation.to_string().into_bytes()));
         }
-        if !m.user.is_empty() {
-            if let Ok(meta) = serde_json::to_vec(&m.user) {
+        let stored = m.stored_map();
+        if !stored.is_empty() {
+            if let Ok(meta) = serde_json::to_vec(&*stored) {
                 headers.push((META, meta));
             }
         }
@@ -131,12 +132,14 @@ pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
         Some(_) => Some(uuid(CAUSATION, h[7])?),
         None => None,
     };
-    let user: BTreeMap<String, String> = match h[9] {
+    let stored: BTreeMap<String, String> = match h[9] {
         Some(bytes) => {
             serde_json::from_slice(bytes).map_err(|e| format!("header `{META}`: {e}"))?
         }
         None => BTreeMap::new(),
     };
+    let (user, command_id, idempotency_key) =
+        Metadata::split_stored_map(stored).map_err(|e| format!("header `{META}`: {e}"))?;
     Ok(Envelope {
         stream_id: stream_id.to_owned(),
         aggregate_type: text(AGGREGATE, h[2])?.to_owned(),
@@ -149,6 +152,8 @@ pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
             event_id: uuid(EVENT_ID, h[5])?,
             correlation_id: uuid(CORRELATION, h[6])?,
             causation_id,
+            command_id,
+            idempotency_key,
             timestamp,
             user,
         },

@@ -313,11 +313,13 @@ fn decode_tuple(mut tuple: &[u8]) -> Result<Option<Envelope>> {
         .checked_add(PG_EPOCH_MICROS)
         .and_then(DateTime::<Utc>::from_timestamp_micros)
         .ok_or_else(|| row.error(format!("created_at {micros} is out of range")))?;
-    let user: BTreeMap<String, String> = match row.next("meta")? {
+    let stored: BTreeMap<String, String> = match row.next("meta")? {
         Some(text) => serde_json::from_slice(text)
             .map_err(|e| row.error(format!("metadata is not a map of strings: {e}")))?,
         None => BTreeMap::new(),
     };
+    let (user, command_id, idempotency_key) =
+        Metadata::split_stored_map(stored).map_err(|e| row.error(format!("metadata: {e}")))?;
     if row.tuple.has_remaining() {
         return Err(row.error("a row has bytes after its last field".into()));
     }
@@ -335,6 +337,8 @@ fn decode_tuple(mut tuple: &[u8]) -> Result<Option<Envelope>> {
             event_id,
             correlation_id,
             causation_id,
+            command_id,
+            idempotency_key,
             timestamp,
             user,
         },

@@ -2,6 +2,10 @@
 
 use cqrs_core::Error;
 
+/// The SQLSTATE the append functions raise for an append to a stream another aggregate type
+/// owns (migration 0005).
+pub(crate) const FOREIGN_STREAM: &str = "CQ001";
+
 /// Maps a database error: a missing table or function means the schema was not migrated (a
 /// configuration problem, not retried); a data exception is a malformed value; everything else
 /// is a backend failure the caller may retry.

@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "append batch",
         include_str!("migrations/0004_append_batch.sql"),
     ),
+    (
+        5,
+        "stream owner",
+        include_str!("migrations/0005_stream_owner.sql"),
+    ),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or

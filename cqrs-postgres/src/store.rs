@@ -66,11 +66,13 @@ fn to_envelope(row: &PgRow) -> Result<Envelope> {
     let event_version: i32 = row.try_get(5).map_err(get)?;
     let payload: String = row.try_get(6).map_err(get)?;
     let meta: Option<String> = row.try_get(11).map_err(get)?;
-    let user: BTreeMap<String, String> = match meta {
+    let stored: BTreeMap<String, String> = match meta {
         Some(text) => serde_json::from_str(&text)
             .map_err(|e| malformed(format!("metadata is not a map of strings: {e}")))?,
         None => BTreeMap::new(),
     };
+    let (user, command_id, idempotency_key) =
+        Metadata::split_stored_map(stored).map_err(|e| malformed(format!("metadata: {e}")))?;
     Ok(Envelope {
         stream_id: row.try_get(1).map_err(get)?,
         aggregate_type: row.try_get(2).map_err(get)?,
@@ -85,6 +87,8 @@ fn to_envelope(row: &PgRow) -> Result<Envelope> {
             event_id: row.try_get(7).map_err(get)?,
             correlation_id: row.try_get(8).map_err(get)?,
             causation_id: row.try_get(9).map_err(get)?,
+            command_id,
+            idempotency_key,
             timestamp: row.try_get::<DateTime<Utc>, _>(10).map_err(get)?,
             user,
         },
@@ -141,15 +145,16 @@ impl<'a> Columns<'a> {
                 what: format!("payload of `{}`", e.event_name),
                 reason: format!("not UTF-8 JSON: {err}"),
             })?;
-            let meta = if e.metadata.user.is_empty() {
+            let stored = e.metadata.stored_map();
+            let meta = if stored.is_empty() {
                 None
             } else {
-                Some(serde_json::to_string(&e.metadata.user).map_err(|source| {
-                    Error::Serialize {
+                Some(
+                    serde_json::to_string(&*stored).map_err(|source| Error::Serialize {
                         what: "event metadata".into(),
                         source,
-                    }
-                })?)
+                    })?,
+                )
             };
             self.names.push(e.event_name.as_str());
             self.versions.push(version);
@@ -275,6 +280,19 @@ pub(crate) async fn append_on(
                 stream_id: stream_id.to_owned(),
                 expected: expected_version as u64,
                 actual: actual.unwrap_or(0) as u64,
+            });
+        }
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some(crate::error::FOREIGN_STREAM) =>
+        {
+            let owner = e
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|e| e.detail())
+                .unwrap_or_default();
+            return Err(Error::WrongAggregateType {
+                stream_id: stream_id.to_owned(),
+                expected: aggregate_type.to_owned(),
+                actual: owner.to_owned(),
             });
         }
         Err(e) => return Err(db(&format!("appending to stream `{stream_id}`"), e)),

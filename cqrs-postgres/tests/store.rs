@@ -13,8 +13,8 @@ use common::{add, fresh, Counter};
 use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
 use cqrs_core::store::Snapshot;
 use cqrs_core::{
-    CheckpointStore, CommandError, CommandGateway, Error, EventAppender, EventReader, EventStore,
-    SnapshotStore,
+    Backoff, CheckpointStore, CommandError, CommandGateway, Error, EventAppender, EventReader,
+    EventStore, SnapshotStore,
 };
 use cqrs_postgres::Postgres;
 
@@ -196,31 +196,60 @@ async fn reads_abandoned_midway_leave_the_pool_serving() {
 async fn thirty_two_writers_on_one_aggregate_lose_no_update() {
     let pg = fresh().await;
     let store: Arc<dyn EventStore> = Arc::new(pg.event_store());
-    let gateway = CommandGateway::builder(store.clone())
-        .max_retries(100)
-        .build();
-    let mut tasks = Vec::new();
-    for i in 0..32u64 {
-        let gateway = gateway.clone();
-        tasks.push(tokio::spawn(async move {
-            (i + 1, gateway.send(add("hot", i + 1)).await)
-        }));
-    }
-    let (mut sum, mut first_ok) = (0, 0);
-    for task in tasks {
-        let (amount, outcome) = task.await.expect("task");
-        match outcome {
-            Ok(_) => {
-                sum += amount;
-                first_ok += 1;
+    // 32 commands at once on one aggregate, all committed, with this conflict backoff (else
+    // the default):
+    // returns the retries they took and how long they took.
+    let hot = |stream: &'static str, backoff: Option<Backoff>| {
+        let store = store.clone();
+        async move {
+            let mut gateway = CommandGateway::builder(store).max_retries(1_000);
+            if let Some(backoff) = backoff {
+                gateway = gateway.conflict_backoff(backoff);
             }
-            Err(CommandError::Conflict { .. }) => {}
-            Err(other) => panic!("unexpected: {other}"),
+            let gateway = gateway.build();
+            let started = std::time::Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..32u64 {
+                let gateway = gateway.clone();
+                tasks.push(tokio::spawn(async move {
+                    (i + 1, gateway.send(add(stream, i + 1)).await)
+                }));
+            }
+            let (mut sum, mut ok) = (0, 0);
+            for task in tasks {
+                let (amount, outcome) = task.await.expect("task");
+                match outcome {
+                    Ok(_) => {
+                        sum += amount;
+                        ok += 1;
+                    }
+                    Err(other) => panic!("unexpected: {other}"),
+                }
+            }
+            let elapsed = started.elapsed();
+            let (counter, version) = gateway.load::<Counter>(stream).await.expect("load");
+            assert_eq!(counter.total, sum, "no lost update");
+            assert_eq!(
+                (version, ok),
+                (32, 32),
+                "with enough retries every command commits"
+            );
+            (gateway.conflict_retries(), elapsed, counter.total)
         }
-    }
-    let (counter, version) = gateway.load::<Counter>("hot").await.expect("load");
-    assert_eq!(counter.total, sum, "no lost update");
-    assert_eq!(version, 32, "with enough retries every command commits");
+    };
+    let at_once = Backoff::new(Duration::ZERO, Duration::ZERO);
+    let (lockstep, lockstep_time, _) = hot("hot-at-once", Some(at_once)).await;
+    let (spread, spread_time, first_total) = hot("hot", None).await;
+    println!(
+        "[fault] 32 writers on one aggregate (PostgreSQL): {lockstep} conflict retries in \
+         {lockstep_time:?} retrying at once, {spread} in {spread_time:?} with the default \
+         jittered backoff"
+    );
+    assert!(
+        spread < lockstep,
+        "the jittered backoff should retry less than lockstep ({spread} vs {lockstep})"
+    );
+    let first_ok = 32;
 
     // Without retries, conflicts come back typed, and the state is exactly what committed.
     let strict = CommandGateway::builder(store.clone())
@@ -256,9 +285,8 @@ async fn thirty_two_writers_on_one_aggregate_lose_no_update() {
     assert_eq!(ok + conflicts, 32);
     println!(
         "[fault] 32 writers on one aggregate (PostgreSQL): with retries {first_ok}/32 committed, \
-         0 lost updates (total {}); without retries {ok} committed + {conflicts} typed \
-         conflicts = 32, 0 lost updates",
-        gateway.load::<Counter>("hot").await.expect("load").0.total
+         0 lost updates (total {first_total}); without retries {ok} committed + {conflicts} \
+         typed conflicts = 32, 0 lost updates"
     );
     pg.drop_schema().await.expect("drop");
 }

@@ -1,42 +1,63 @@
 //! The command gateway: load, decide, append, retry on conflict.
 
-use std::any::{Any, TypeId};
-use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
+mod cache;
+mod middleware;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use foldhash::fast::RandomState;
-use parking_lot::Mutex;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use self::cache::StateCache;
 use crate::aggregate::{Aggregate, Command};
 use crate::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
 use crate::error::{CommandError, Error, Result};
 use crate::event::EventSet;
+use crate::processor::Backoff;
 use crate::store::{EventStore, Snapshot, SnapshotStore};
 
 /// Ids and key/values that travel with a command into the events it causes.
+///
+/// Every event a command records carries the command's id (`command_id`) and a causation id:
+/// the id of the event that caused the command when there is one ([`caused_by`](Self::caused_by)),
+/// else the command's own id. So a chain event -> command -> event can be followed both ways.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandMetadata {
-    /// The command's id; the events' causation id. A new one when `None`.
+    /// The command's id, stored in every event it records. A new one when `None`.
     pub command_id: Option<Uuid>,
     /// The correlation id of the flow the command belongs to; the command id when `None`.
     pub correlation_id: Option<Uuid>,
+    /// The id of the message (an event) that caused the command: its events' causation id.
+    /// When `None` the events name the command itself as their cause.
+    pub causation_id: Option<Uuid>,
+    /// Sent twice with the same key, a command is recorded once: the second send returns the
+    /// events of the first (see [`CommandGateway::send_with`]).
+    pub idempotency_key: Option<String>,
     /// Free key/values copied into every event's metadata.
     pub user: BTreeMap<String, String>,
 }
 
 impl CommandMetadata {
-    /// Continues the flow of an event: same correlation id.
+    /// A command that reacts to an event: same correlation id, the event as its cause, and the
+    /// event's key/values.
     pub fn caused_by(envelope: &Envelope) -> Self {
         CommandMetadata {
             command_id: None,
             correlation_id: Some(envelope.metadata.correlation_id),
+            causation_id: Some(envelope.metadata.event_id),
+            idempotency_key: None,
             user: envelope.metadata.user.clone(),
         }
+    }
+
+    /// Sets the idempotency key: a retried request (a client that timed out and sends again)
+    /// records its events once.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
     }
 
     /// Adds a key/value.
@@ -46,152 +67,7 @@ impl CommandMetadata {
     }
 }
 
-/// What a middleware sees of a command.
-#[derive(Debug, Clone)]
-pub struct CommandContext {
-    /// The command's Rust name.
-    pub command_name: &'static str,
-    /// The aggregate type it goes to.
-    pub aggregate_type: &'static str,
-    /// The aggregate instance it targets.
-    pub aggregate_id: String,
-    /// Its id, correlation id and key/values (a middleware may add some).
-    pub metadata: CommandMetadata,
-}
-
-/// How a command ended, as a middleware sees it.
-#[derive(Debug)]
-pub enum Outcome<'a> {
-    /// Committed these events (none when the aggregate decided nothing happens).
-    Committed(&'a [Envelope]),
-    /// Refused: by the aggregate, a middleware, or conflicts; the message says which.
-    Refused(String),
-    /// Failed in the framework or a backend.
-    Failed(&'a Error),
-}
-
-/// A hook around every command: validation, authorization, auditing, metrics.
-#[async_trait]
-pub trait Middleware: Send + Sync {
-    /// Runs before the aggregate is loaded; an `Err` refuses the command with that message.
-    ///
-    /// # Errors
-    /// The reason to refuse the command.
-    async fn before(&self, ctx: &mut CommandContext) -> std::result::Result<(), String> {
-        let _ = ctx;
-        Ok(())
-    }
-
-    /// Runs after the command ended.
-    async fn after(&self, ctx: &CommandContext, outcome: &Outcome<'_>) {
-        let _ = (ctx, outcome);
-    }
-}
-
-#[async_trait]
-impl<T: Middleware + ?Sized> Middleware for Arc<T> {
-    async fn before(&self, ctx: &mut CommandContext) -> std::result::Result<(), String> {
-        (**self).before(ctx).await
-    }
-    async fn after(&self, ctx: &CommandContext, outcome: &Outcome<'_>) {
-        (**self).after(ctx, outcome).await
-    }
-}
-
-#[async_trait]
-impl<T: Middleware + ?Sized> Middleware for Box<T> {
-    async fn before(&self, ctx: &mut CommandContext) -> std::result::Result<(), String> {
-        (**self).before(ctx).await
-    }
-    async fn after(&self, ctx: &CommandContext, outcome: &Outcome<'_>) {
-        (**self).after(ctx, outcome).await
-    }
-}
-
-type CacheEntry = (u64, Box<dyn Any + Send + Sync>);
-
-/// One shard of the state cache: states by aggregate type, then by stream id, so a lookup by
-/// `&str` allocates nothing.
-#[derive(Default)]
-struct Shard {
-    by_type: HashMap<TypeId, HashMap<String, CacheEntry, RandomState>, RandomState>,
-    len: usize,
-}
-
-/// A shard's lock on cache lines of its own, so threads working on different shards do not
-/// contend for one line.
-#[repr(align(128))]
-struct Padded(Mutex<Shard>);
-
-/// A bounded, sharded cache of aggregate states by stream. A stale entry is harmless: the
-/// append's expected version catches it and the gateway reloads.
-struct StateCache {
-    shards: Vec<Padded>,
-    per_shard: usize,
-    hasher: RandomState,
-}
-
-impl StateCache {
-    fn new(capacity: usize) -> Self {
-        let shards = 16;
-        StateCache {
-            shards: (0..shards)
-                .map(|_| Padded(Mutex::new(Shard::default())))
-                .collect(),
-            per_shard: capacity.div_ceil(shards).max(1),
-            hasher: Default::default(),
-        }
-    }
-
-    fn shard<A: Aggregate>(&self, id: &str) -> &Mutex<Shard> {
-        let hash = self.hasher.hash_one((TypeId::of::<A>(), id));
-        &self.shards[(hash as usize) % self.shards.len()].0
-    }
-
-    fn get<A: Aggregate>(&self, id: &str) -> Option<(A, u64)> {
-        let shard = self.shard::<A>(id).lock();
-        let (version, state) = shard.by_type.get(&TypeId::of::<A>())?.get(id)?;
-        state.downcast_ref::<A>().map(|a| (a.clone(), *version))
-    }
-
-    fn put<A: Aggregate>(&self, id: &str, state: A, version: u64) {
-        let mut shard = self.shard::<A>(id).lock();
-        let Shard { by_type, len } = &mut *shard;
-        let type_id = TypeId::of::<A>();
-        if let Some(entry) = by_type.get_mut(&type_id).and_then(|s| s.get_mut(id)) {
-            entry.0 = version;
-            match entry.1.downcast_mut::<A>() {
-                Some(slot) => *slot = state,
-                None => entry.1 = Box::new(state),
-            }
-            return;
-        }
-        if *len >= self.per_shard {
-            // Evict an arbitrary entry: the cache only saves reads, never decides.
-            if let Some(states) = by_type.values_mut().find(|s| !s.is_empty()) {
-                if let Some(victim) = states.keys().next().cloned() {
-                    states.remove(&victim);
-                    *len -= 1;
-                }
-            }
-        }
-        by_type
-            .entry(type_id)
-            .or_default()
-            .insert(id.to_owned(), (version, Box::new(state)));
-        *len += 1;
-    }
-
-    fn evict<A: Aggregate>(&self, id: &str) {
-        let mut shard = self.shard::<A>(id).lock();
-        let Shard { by_type, len } = &mut *shard;
-        if let Some(states) = by_type.get_mut(&TypeId::of::<A>()) {
-            if states.remove(id).is_some() {
-                *len -= 1;
-            }
-        }
-    }
-}
+pub use self::middleware::{CommandContext, Middleware, Outcome};
 
 /// Sends commands to aggregates. Cheap to clone; share it.
 ///
@@ -229,6 +105,8 @@ struct Inner {
     store: Arc<dyn EventStore>,
     snapshots: Option<(Arc<dyn SnapshotStore>, u64)>,
     max_retries: u32,
+    conflict_backoff: Backoff,
+    conflict_retries: AtomicU64,
     middleware: Vec<Arc<dyn Middleware>>,
     cache: Option<StateCache>,
 }
@@ -262,6 +140,15 @@ impl GatewayBuilder {
     /// Retries a command this many times after a concurrency conflict (default 5).
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.inner.max_retries = retries;
+        self
+    }
+
+    /// How long to wait before retrying after a conflict: exponential with jitter
+    /// ([`Backoff::spread`]), so writers that collided on a hot aggregate do not retry in
+    /// lockstep (default 1 ms doubling up to 50 ms). `Backoff::new(Duration::ZERO,
+    /// Duration::ZERO)` retries at once.
+    pub fn conflict_backoff(mut self, backoff: Backoff) -> Self {
+        self.inner.conflict_backoff = backoff;
         self
     }
 
@@ -302,10 +189,20 @@ impl CommandGateway {
                 store,
                 snapshots: None,
                 max_retries: 5,
+                conflict_backoff: Backoff::new(
+                    std::time::Duration::from_millis(1),
+                    std::time::Duration::from_millis(50),
+                ),
+                conflict_retries: AtomicU64::new(0),
                 middleware: Vec::new(),
                 cache: Some(StateCache::new(10_000)),
             },
         }
+    }
+
+    /// How many times commands were retried after a conflict, since the gateway was built.
+    pub fn conflict_retries(&self) -> u64 {
+        self.inner.conflict_retries.load(Ordering::Relaxed)
     }
 
     /// The event store behind the gateway.
@@ -340,26 +237,22 @@ impl CommandGateway {
         C: Command,
         C::Aggregate: Aggregate<Command = C>,
     {
-        let mut ctx = CommandContext {
-            command_name: command.command_name(),
-            aggregate_type: C::Aggregate::TYPE,
-            aggregate_id: command.aggregate_id().to_owned(),
-            metadata,
-        };
         let span = tracing::info_span!(
             "command",
-            command = ctx.command_name,
-            aggregate = ctx.aggregate_type,
-            id = %ctx.aggregate_id,
+            command = command.command_name(),
+            aggregate = C::Aggregate::TYPE,
+            id = %command.aggregate_id(),
         );
         async move {
+            let command = &command;
+            let mut ctx = CommandContext::new(command, metadata);
             for mw in &self.inner.middleware {
                 if let Err(reason) = mw.before(&mut ctx).await {
                     self.after(&ctx, &Outcome::Refused(reason.clone())).await;
                     return Err(CommandError::Refused(reason));
                 }
             }
-            let outcome = self.dispatch::<C::Aggregate>(&command, &ctx).await;
+            let outcome = self.dispatch::<C::Aggregate>(command, &ctx).await;
             if !self.inner.middleware.is_empty() {
                 match &outcome {
                     Ok(events) => self.after(&ctx, &Outcome::Committed(events)).await,
@@ -376,7 +269,7 @@ impl CommandGateway {
         .await
     }
 
-    async fn after(&self, ctx: &CommandContext, outcome: &Outcome<'_>) {
+    async fn after(&self, ctx: &CommandContext<'_>, outcome: &Outcome<'_>) {
         for mw in &self.inner.middleware {
             mw.after(ctx, outcome).await;
         }
@@ -385,14 +278,24 @@ impl CommandGateway {
     async fn dispatch<A: Aggregate>(
         &self,
         command: &A::Command,
-        ctx: &CommandContext,
+        ctx: &CommandContext<'_>,
     ) -> Result<Vec<Envelope>, CommandError<A::Error>> {
         let id = ctx.aggregate_id.as_str();
         let command_id = ctx.metadata.command_id.unwrap_or_else(Uuid::new_v4);
         let correlation_id = ctx.metadata.correlation_id.unwrap_or(command_id);
+        let causation_id = ctx.metadata.causation_id.unwrap_or(command_id);
+        let key = ctx.metadata.idempotency_key.as_deref();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            if let Some(key) = key {
+                // Checked again after every conflict: the concurrent append that won may be
+                // the same command, sent twice at once.
+                if let Some(first) = self.recorded_with_key::<A>(id, key).await? {
+                    tracing::debug!(key, "command already recorded under its idempotency key");
+                    return Ok(first);
+                }
+            }
             let (mut state, version) = self.load_state::<A>(id, attempt == 1).await?;
             let events = state.handle(command).map_err(CommandError::Rejected)?;
             if events.is_empty() {
@@ -408,7 +311,9 @@ impl CommandGateway {
                     metadata: Metadata {
                         event_id: Uuid::new_v4(),
                         correlation_id,
-                        causation_id: Some(command_id),
+                        causation_id: Some(causation_id),
+                        command_id: Some(command_id),
+                        idempotency_key: ctx.metadata.idempotency_key.clone(),
                         timestamp: now,
                         user: ctx.metadata.user.clone(),
                     },
@@ -438,8 +343,14 @@ impl CommandGateway {
                             source: e,
                         });
                     }
-                    tracing::debug!(attempt, "conflict; retrying");
-                    tokio::task::yield_now().await;
+                    self.inner.conflict_retries.fetch_add(1, Ordering::Relaxed);
+                    let delay = self.inner.conflict_backoff.spread(attempt - 1);
+                    tracing::debug!(attempt, ?delay, "conflict; retrying");
+                    if delay.is_zero() {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(delay).await;
+                    }
                 }
                 Err(e) => return Err(CommandError::Failed(e)),
             }
@@ -471,6 +382,20 @@ impl CommandGateway {
         if let Some(cache) = &self.inner.cache {
             cache.put(id, state, new);
         }
+    }
+
+    /// The events a command sent with this idempotency key recorded in the stream, if one was.
+    async fn recorded_with_key<A: Aggregate>(
+        &self,
+        id: &str,
+        key: &str,
+    ) -> Result<Option<Vec<Envelope>>> {
+        let mut stream = self.inner.store.read_stream(id, 0).await?;
+        if let Some(first) = stream.first() {
+            check_type::<A>(first)?;
+        }
+        stream.retain(|e| e.metadata.idempotency_key.as_deref() == Some(key));
+        Ok((!stream.is_empty()).then_some(stream))
     }
 
     async fn load_state<A: Aggregate>(&self, id: &str, use_cache: bool) -> Result<(A, u64)> {
@@ -505,6 +430,7 @@ impl CommandGateway {
             }
         }
         for envelope in self.inner.store.read_stream(id, version).await? {
+            check_type::<A>(&envelope)?;
             let Some(event) = A::Event::decode(&envelope)? else {
                 return Err(Error::UnknownEvent {
                     event: envelope.event_ref(),
@@ -515,4 +441,16 @@ impl CommandGateway {
         }
         Ok((state, version))
     }
+}
+
+/// Streams are keyed by id alone: a stream another aggregate type wrote is not this one's.
+fn check_type<A: Aggregate>(envelope: &Envelope) -> Result<()> {
+    if envelope.aggregate_type == A::TYPE {
+        return Ok(());
+    }
+    Err(Error::WrongAggregateType {
+        stream_id: envelope.stream_id.clone(),
+        expected: A::TYPE.to_owned(),
+        actual: envelope.aggregate_type.clone(),
+    })
 }

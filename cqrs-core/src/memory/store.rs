@@ -130,6 +130,17 @@ impl Log {
         self.streams.get(*index)
     }
 
+    /// The aggregate type that wrote a stream (its first event's).
+    fn stream_type(&self, stream: usize) -> Option<&str> {
+        let first = *self.streams.get(stream)?.positions.first()?;
+        let stored = self
+            .events
+            .get(usize::try_from(first).ok()?.checked_sub(1)?)?;
+        self.types
+            .get(stored.stored_type)
+            .map(|t| t.aggregate_type.as_str())
+    }
+
     /// A stream's index, if it exists, and its version (0 when it does not).
     fn stream_version(&self, stream_id: &str) -> (Option<usize>, u64) {
         let index = self.stream_index.get(stream_id).copied();
@@ -364,6 +375,15 @@ impl EventAppender for MemoryEventStore {
             .collect();
         let mut log = self.log.write();
         let (known, actual) = log.stream_version(stream_id);
+        if let Some(owner) = known.and_then(|i| log.stream_type(i)) {
+            if owner != aggregate_type {
+                return Err(Error::WrongAggregateType {
+                    stream_id: stream_id.to_owned(),
+                    expected: aggregate_type.to_owned(),
+                    actual: owner.to_owned(),
+                });
+            }
+        }
         if let ExpectedVersion::Exact(expected) = expected {
             if expected != actual {
                 return Err(Error::Conflict {

@@ -56,6 +56,25 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// The delay before retry number `attempt` (0-based) with "equal jitter": half of the
+    /// exponential delay, plus a random share of the other half. Writers that collided retry
+    /// at spread-out moments instead of colliding again in lockstep.
+    pub fn spread(&self, attempt: u32) -> Duration {
+        let base = self
+            .min
+            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+            .min(self.max);
+        let half = base / 2;
+        let span = (base - half).as_nanos() as u64;
+        half + Duration::from_nanos(if span == 0 {
+            0
+        } else {
+            fastrand::u64(0..=span)
+        })
+    }
+}
+
 impl Default for Backoff {
     fn default() -> Self {
         Backoff::new(Duration::from_millis(50), Duration::from_secs(5))

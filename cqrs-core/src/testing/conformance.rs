@@ -77,6 +77,73 @@ where
     tailing_reader_sees_everything_once(Arc::new(make().await)).await;
     waiting_reader_wakes(Arc::new(make().await)).await;
     stored_types_are_listed(Arc::new(make().await)).await;
+    streams_belong_to_one_aggregate_type(Arc::new(make().await)).await;
+    command_ids_and_idempotency_keys_round_trip(Arc::new(make().await)).await;
+}
+
+/// A stream belongs to the aggregate type that wrote its first event: an append of another
+/// type is refused with [`Error::WrongAggregateType`] naming both, whatever the expected
+/// version, and writes nothing; the owner goes on appending.
+pub async fn streams_belong_to_one_aggregate_type<S: EventStore>(store: Arc<S>) {
+    store
+        .append("product", "p-1", ExpectedVersion::Exact(0), vec![event(1)])
+        .await
+        .expect("first append");
+    for expected in [ExpectedVersion::Exact(1), ExpectedVersion::Any] {
+        match store
+            .append("comment", "p-1", expected, vec![event(2)])
+            .await
+        {
+            Err(Error::WrongAggregateType {
+                stream_id,
+                expected,
+                actual,
+            }) => assert_eq!(
+                (stream_id.as_str(), expected.as_str(), actual.as_str()),
+                ("p-1", "comment", "product"),
+                "the error names the stream, the type asked for and the owner"
+            ),
+            other => panic!("an append of another aggregate type must be refused: {other:?}"),
+        }
+    }
+    let stream = store.read_stream("p-1", 0).await.expect("read");
+    assert_eq!(stream.len(), 1, "the refused appends wrote nothing");
+    store
+        .append("product", "p-1", ExpectedVersion::Exact(1), vec![event(3)])
+        .await
+        .expect("the owner appends on");
+}
+
+/// The command id and the idempotency key an event was recorded with come back from both
+/// read paths, apart from the user key/values.
+pub async fn command_ids_and_idempotency_keys_round_trip<S: EventStore>(store: Arc<S>) {
+    let mut keyed = event(1);
+    let command = uuid::Uuid::new_v4();
+    keyed.metadata.command_id = Some(command);
+    keyed.metadata.idempotency_key = Some("request-7".into());
+    keyed.metadata.causation_id = Some(uuid::Uuid::new_v4());
+    let plain = event(2);
+    store
+        .append(
+            "thing",
+            "t-1",
+            ExpectedVersion::Exact(0),
+            vec![keyed.clone(), plain],
+        )
+        .await
+        .expect("append");
+    let stream = store.read_stream("t-1", 0).await.expect("read");
+    let log = read_settled(store.as_ref()).await;
+    for (what, events) in [("read_stream", &stream), ("read_all", &log)] {
+        assert_eq!(events.len(), 2, "{what}");
+        assert_eq!(
+            events[0].metadata, keyed.metadata,
+            "{what}: every id comes back"
+        );
+        assert_eq!(events[1].metadata.command_id, None, "{what}");
+        assert_eq!(events[1].metadata.idempotency_key, None, "{what}");
+        assert_eq!(events[1].metadata.user["n"], "2", "{what}");
+    }
 }
 
 /// Versions start at 1 with no holes; everything written is read back as written.
