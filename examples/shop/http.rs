@@ -11,6 +11,43 @@ use serde::Serialize;
 /// The largest request body the services accept (bytes).
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// The most a service reads of a body that is too large before it answers 413: reading it
+/// to its end lets the client finish sending, so it gets its 413 instead of a connection
+/// closed under it. A larger body is cut off (the connection is closed).
+pub const MAX_DRAINED: usize = 1024 * 1024;
+
+/// Answers a request whose body is larger than [`MAX_BODY`] with `413 body_too_large`, after
+/// reading the body (up to [`MAX_DRAINED`]); passes the others on with their body.
+pub async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
+        .into_response()
+    };
+    let bytes = match axum::body::to_bytes(body, MAX_DRAINED).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::debug!(error = %e, "a request body could not be read whole");
+            return too_large();
+        }
+    };
+    if bytes.len() > MAX_BODY {
+        return too_large();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 /// The longest id the services accept.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -55,6 +92,16 @@ impl ApiError {
     /// A framework or backend failure: 503 when it is transient (a server is down), else 500.
     /// The details go to the log, not to the client.
     pub fn from_framework(error: &Error) -> Self {
+        if let Error::WrongAggregateType {
+            stream_id, actual, ..
+        } = error
+        {
+            return Self::new(
+                StatusCode::CONFLICT,
+                "id_taken",
+                format!("the id `{stream_id}` is already used by a {actual}; choose another"),
+            );
+        }
         if error.is_transient() {
             tracing::warn!(error = %error, "a backend is unavailable");
             Self::new(

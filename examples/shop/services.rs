@@ -361,6 +361,7 @@ fn with_common_layers(router: Router, service: &'static str, watched: Watched) -
         )
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(crate::http::refuse_large_bodies))
 }
 
 // ---------------------------------------------------------------------------------------------

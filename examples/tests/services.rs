@@ -473,8 +473,33 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
             404,
             "not_found",
         ),
+        (
+            // Streams are keyed by id alone: a comment cannot take a product's id.
+            "a comment with a product's id",
+            post(
+                &http,
+                &comments.url("/comments"),
+                comment(json!({"comment_id": "p-1"})),
+            )
+            .await,
+            409,
+            "id_taken",
+        ),
     ];
     let hostile = cases.len();
+    // An oversized body is read to its end before the 413, so the client always gets the
+    // answer instead of a connection closed while it was still sending.
+    // 512 KiB: more than the sockets buffer, so the client is still sending when the service
+    // has its answer (a 64 KiB body, buffered whole, hid the race on a quiet machine).
+    let oversized = comment(json!({"text": "x".repeat(512 * 1024)}));
+    for attempt in 0..50 {
+        let answer = post(&http, &comments.url("/comments"), oversized.clone()).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (413, "body_too_large"),
+            "oversized body, try {attempt}"
+        );
+    }
     for (case, answer, status, code) in cases {
         assert_eq!(
             (answer.status, answer.code()),
@@ -511,8 +536,9 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
     let payload: serde_json::Value = serde_json::from_slice(&last[2].payload).expect("json");
     assert_eq!(payload["text"], text);
     println!(
-        "[fault] hostile HTTP input: {hostile} bad requests, each a 4xx with a JSON error; 0 \
-         events stored by them; no panic (the services kept answering)"
+        "[fault] hostile HTTP input: {hostile} bad requests, each a 4xx with a JSON error, and \
+         50 more 512 KiB bodies each answered 413; 0 events stored by them; no panic (the \
+         services kept answering)"
     );
 
     drop((products, comments));
