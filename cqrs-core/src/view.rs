@@ -70,8 +70,9 @@ pub struct UnitOfWork {
 /// Where a projection keeps its documents, checkpoint and dead letters.
 ///
 /// [`commit`](ViewStore::commit) is the unit of work: a transactional store writes everything
-/// in one transaction. A store that cannot must write the documents before the checkpoint; the
-/// `applied` versions in each document then make a repeated batch a no-op.
+/// in one transaction. A store that cannot writes it step by step in [`COMMIT_ORDER`] (see
+/// [`StepwiseCommit`]); the `applied` versions in each document then make a repeated batch a
+/// no-op, and no crash between two steps loses a dead letter or an event.
 #[async_trait]
 pub trait ViewStore: Send + Sync {
     /// Loads the documents of a projection with these ids (missing ids are left out).
@@ -94,6 +95,79 @@ pub trait ViewStore: Send + Sync {
     /// # Errors
     /// A backend error.
     async fn reset(&self, projection: &str) -> Result<()>;
+
+    /// What the store guarantees of a unit of work (the conformance suite checks exactly
+    /// that). [`Atomicity::Atomic`] unless the store says otherwise.
+    fn atomicity(&self) -> Atomicity {
+        Atomicity::Atomic
+    }
+}
+
+/// How a view store commits a unit of work, as it declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomicity {
+    /// In one transaction: all of it or nothing. A unit of work resolving a dead letter that
+    /// is gone (a concurrent retry resolved it) is refused whole with
+    /// [`Error::ViewConflict`](crate::Error::ViewConflict): a dead letter is applied once.
+    Atomic,
+    /// Step by step in [`COMMIT_ORDER`], each step idempotent: events reach the views once and
+    /// no dead letter is lost, but resolving a dead letter that is gone still writes its view
+    /// (a retry crashed before removing it, or racing another, applies it again: at least
+    /// once).
+    Stepwise,
+}
+
+/// One step of a unit of work written without a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommitStep {
+    /// Save the batch's dead letters (upserts by event id: writing one twice keeps one).
+    DeadLetters,
+    /// Write the view documents (conditional on their revisions).
+    Views,
+    /// Remove the dead letters the unit of work resolves.
+    Resolved,
+    /// Move the checkpoint.
+    Checkpoint,
+}
+
+/// The order in which a store without transactions writes a unit of work.
+///
+/// Dead letters come first: once the views are written, a redelivered batch finds them past a
+/// failed event (a later event of the same view and stream was applied) and counts it as seen,
+/// so a dead letter written after the views would be lost by a crash between the two. Written
+/// before, a crash leaves the dead letter and the batch is folded and written again. The
+/// resolved dead letters go after the views (a crash between applies that retry again: at
+/// least once), the checkpoint last.
+pub const COMMIT_ORDER: [CommitStep; 4] = [
+    CommitStep::DeadLetters,
+    CommitStep::Views,
+    CommitStep::Resolved,
+    CommitStep::Checkpoint,
+];
+
+/// A view store that writes a unit of work step by step, without a transaction.
+#[async_trait]
+pub trait StepwiseCommit: Send + Sync {
+    /// Writes one step of a unit of work (nothing when the step has nothing to write).
+    ///
+    /// # Errors
+    /// A backend error, or [`Error::ViewConflict`](crate::Error::ViewConflict) from the
+    /// views step; the steps before it stay written.
+    async fn commit_step(&self, step: CommitStep, work: &UnitOfWork) -> Result<()>;
+}
+
+/// Commits a unit of work step by step, in [`COMMIT_ORDER`], stopping at the first error.
+///
+/// # Errors
+/// The first step's error.
+pub async fn commit_in_order<S: StepwiseCommit + ?Sized>(
+    store: &S,
+    work: &UnitOfWork,
+) -> Result<()> {
+    for step in COMMIT_ORDER {
+        store.commit_step(step, work).await?;
+    }
+    Ok(())
 }
 
 /// Sort direction.
@@ -226,6 +300,9 @@ macro_rules! forward_view {
             }
             async fn reset(&self, projection: &str) -> Result<()> {
                 (**self).reset(projection).await
+            }
+            fn atomicity(&self) -> Atomicity {
+                (**self).atomicity()
             }
         }
 

@@ -22,9 +22,11 @@ pub enum CommitMode {
     /// Views, dead letters and checkpoint in one multi-document transaction (replica sets and
     /// sharded clusters).
     Transaction,
-    /// Views first, then dead letters, then the checkpoint, each write idempotent: every view
-    /// records what it has applied, so a batch written twice changes nothing (standalone
-    /// servers).
+    /// Step by step without a transaction, in `cqrs_core::view::COMMIT_ORDER`: dead letters,
+    /// views, resolved dead letters, checkpoint, each write idempotent. Every view records
+    /// what it has applied, so a batch written twice changes nothing, and no crash between
+    /// two steps loses a dead letter; a retried dead letter is applied at least once
+    /// (standalone servers).
     Idempotent,
 }
 

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use cqrs_core::view::{DeadLetter, StoredDoc, UnitOfWork};
+use cqrs_core::view::{
+    commit_in_order, Atomicity, CommitStep, DeadLetter, StepwiseCommit, StoredDoc, UnitOfWork,
+};
 use cqrs_core::{DeadLetterStore, Error, Filter, Order, Query, Result, ViewQuery, ViewStore};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -18,9 +20,12 @@ use crate::{backend, CommitMode, Mongo};
 /// A batch's views go to the server as one `update` command of conditional upserts: each
 /// names the revision the view was loaded at, so a view another processor changed meanwhile
 /// is refused (a view conflict) rather than overwritten. On a replica set the views, dead
-/// letters and checkpoint commit in one transaction; on a standalone server they are written
-/// views first, checkpoint last, and every view records what it applied, so a batch written
-/// twice changes nothing. Either way the effect is exactly once.
+/// letters and checkpoint commit in one transaction. On a standalone server they are written
+/// dead letters first, then views, checkpoint last, and every view records what it applied, so
+/// a batch written twice changes nothing. Either way a batch's events reach the views exactly
+/// once. Without a transaction dead letters are at least once: a crash before the checkpoint
+/// repeats the batch, which records them again, and a retried dead letter whose view was
+/// written but whose removal was not (a crash in between) is applied again when retried.
 #[derive(Debug, Clone)]
 pub struct MongoViewStore {
     mongo: Mongo,
@@ -229,6 +234,99 @@ impl MongoViewStore {
         Ok(())
     }
 
+    /// The unit of work in one multi-document transaction.
+    async fn commit_in_transaction(&self, work: UnitOfWork) -> Result<()> {
+        let views = self.views(&work.projection)?;
+        let updates = self.view_updates(&work)?;
+        let command = doc! { "update": views.name(), "updates": updates, "ordered": false };
+        let letters = self.dead_letter_updates(&work)?;
+        let dead = self.mongo.collection("dead_letters");
+        let checkpoints = self.mongo.collection("view_checkpoints");
+        let resolved = (!work.resolved.is_empty()).then(|| {
+            let ids: Vec<String> = work
+                .resolved
+                .iter()
+                .map(|id| format!("{}/{id}", work.projection))
+                .collect();
+            doc! { "_id": { "$in": ids } }
+        });
+        let checkpoint = work.checkpoint.map(|c| {
+            (
+                doc! { "_id": &work.projection },
+                doc! { "$max": { "position": c as i64 } },
+            )
+        });
+        let mut session = self
+            .mongo
+            .inner
+            .client
+            .start_session()
+            .await
+            .map_err(|e| backend("starting a session", e))?;
+        session
+            .start_transaction()
+            .await
+            .map_err(|e| backend("starting a transaction", e))?;
+        let outcome: Result<()> = async {
+            if let Some((q, u)) = &checkpoint {
+                checkpoints
+                    .update_one(q.clone(), u.clone())
+                    .upsert(true)
+                    .session(&mut session)
+                    .await
+                    .map_err(|e| backend("saving the checkpoint", e))?;
+            }
+            if !work.writes.is_empty() {
+                let reply = self
+                    .mongo
+                    .inner
+                    .db
+                    .run_command(command)
+                    .session(&mut session)
+                    .await
+                    .map_err(|e| backend("writing views", e))?;
+                self.check_reply(&work, &reply)?;
+            }
+            if let Some(resolved) = &resolved {
+                let removed = dead
+                    .delete_many(resolved.clone())
+                    .session(&mut session)
+                    .await
+                    .map_err(|e| backend("removing resolved dead letters", e))?;
+                // Resolved meanwhile by a concurrent retry: refuse the unit of work.
+                if removed.deleted_count != work.resolved.len() as u64 {
+                    return Err(Error::ViewConflict {
+                        projection: work.projection.clone(),
+                        id: "a dead letter resolved concurrently".into(),
+                        expected: work.resolved.len() as u64,
+                        actual: removed.deleted_count,
+                    });
+                }
+            }
+            for (q, u) in letters {
+                dead.update_one(q, u)
+                    .upsert(true)
+                    .session(&mut session)
+                    .await
+                    .map_err(|e| backend("saving a dead letter", e))?;
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => session
+                .commit_transaction()
+                .await
+                .map_err(|e| backend("committing a unit of work", e)),
+            Err(e) => {
+                if let Err(abort) = session.abort_transaction().await {
+                    tracing::warn!(error = %abort, "aborting a transaction failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
     fn dead_letter_updates(&self, work: &UnitOfWork) -> Result<Vec<(Document, Document)>> {
         work.dead_letters
             .iter()
@@ -256,6 +354,70 @@ impl MongoViewStore {
 }
 
 #[async_trait]
+impl StepwiseCommit for MongoViewStore {
+    /// The steps of [`CommitMode::Idempotent`], in the order `commit` takes them
+    /// ([`COMMIT_ORDER`](cqrs_core::view::COMMIT_ORDER)): each is idempotent.
+    async fn commit_step(&self, step: CommitStep, work: &UnitOfWork) -> Result<()> {
+        match step {
+            CommitStep::DeadLetters => {
+                let dead = self.mongo.collection("dead_letters");
+                for (q, u) in self.dead_letter_updates(work)? {
+                    dead.update_one(q, u)
+                        .upsert(true)
+                        .await
+                        .map_err(|e| backend("saving a dead letter", e))?;
+                }
+            }
+            CommitStep::Views if !work.writes.is_empty() => {
+                let views = self.views(&work.projection)?;
+                let command = doc! {
+                    "update": views.name(),
+                    "updates": self.view_updates(work)?,
+                    "ordered": false,
+                };
+                let reply = self
+                    .mongo
+                    .inner
+                    .db
+                    .run_command(command)
+                    .await
+                    .map_err(|e| backend("writing views", e))?;
+                self.check_reply(work, &reply)?;
+            }
+            // Without a transaction a crash between the views and this removal leaves the
+            // dead letter in place: retrying it again applies it again (at least once).
+            CommitStep::Resolved if !work.resolved.is_empty() => {
+                let ids: Vec<String> = work
+                    .resolved
+                    .iter()
+                    .map(|id| format!("{}/{id}", work.projection))
+                    .collect();
+                self.mongo
+                    .collection("dead_letters")
+                    .delete_many(doc! { "_id": { "$in": ids } })
+                    .await
+                    .map_err(|e| backend("removing resolved dead letters", e))?;
+            }
+            CommitStep::Checkpoint => {
+                if let Some(c) = work.checkpoint {
+                    self.mongo
+                        .collection("view_checkpoints")
+                        .update_one(
+                            doc! { "_id": &work.projection },
+                            doc! { "$max": { "position": c as i64 } },
+                        )
+                        .upsert(true)
+                        .await
+                        .map_err(|e| backend("saving the checkpoint", e))?;
+                }
+            }
+            CommitStep::Views | CommitStep::Resolved => {}
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
 impl ViewStore for MongoViewStore {
     async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
         let cursor = self
@@ -273,131 +435,16 @@ impl ViewStore for MongoViewStore {
     }
 
     async fn commit(&self, work: UnitOfWork) -> Result<()> {
-        let views = self.views(&work.projection)?;
-        let updates = self.view_updates(&work)?;
-        let command = doc! { "update": views.name(), "updates": updates, "ordered": false };
-        let letters = self.dead_letter_updates(&work)?;
-        let dead = self.mongo.collection("dead_letters");
-        let checkpoints = self.mongo.collection("view_checkpoints");
-        let resolved = (!work.resolved.is_empty()).then(|| {
-            let ids: Vec<String> = work
-                .resolved
-                .iter()
-                .map(|id| format!("{}/{id}", work.projection))
-                .collect();
-            doc! { "_id": { "$in": ids } }
-        });
-        let checkpoint = work.checkpoint.map(|c| {
-            (
-                doc! { "_id": &work.projection },
-                doc! { "$max": { "position": c as i64 } },
-            )
-        });
         match self.mongo.inner.mode {
-            CommitMode::Transaction => {
-                let mut session = self
-                    .mongo
-                    .inner
-                    .client
-                    .start_session()
-                    .await
-                    .map_err(|e| backend("starting a session", e))?;
-                session
-                    .start_transaction()
-                    .await
-                    .map_err(|e| backend("starting a transaction", e))?;
-                let outcome: Result<()> = async {
-                    if let Some((q, u)) = &checkpoint {
-                        checkpoints
-                            .update_one(q.clone(), u.clone())
-                            .upsert(true)
-                            .session(&mut session)
-                            .await
-                            .map_err(|e| backend("saving the checkpoint", e))?;
-                    }
-                    if !work.writes.is_empty() {
-                        let reply = self
-                            .mongo
-                            .inner
-                            .db
-                            .run_command(command)
-                            .session(&mut session)
-                            .await
-                            .map_err(|e| backend("writing views", e))?;
-                        self.check_reply(&work, &reply)?;
-                    }
-                    if let Some(resolved) = &resolved {
-                        let removed = dead
-                            .delete_many(resolved.clone())
-                            .session(&mut session)
-                            .await
-                            .map_err(|e| backend("removing resolved dead letters", e))?;
-                        // Resolved meanwhile by a concurrent retry: refuse the unit of work.
-                        if removed.deleted_count != work.resolved.len() as u64 {
-                            return Err(Error::ViewConflict {
-                                projection: work.projection.clone(),
-                                id: "a dead letter resolved concurrently".into(),
-                                expected: work.resolved.len() as u64,
-                                actual: removed.deleted_count,
-                            });
-                        }
-                    }
-                    for (q, u) in letters {
-                        dead.update_one(q, u)
-                            .upsert(true)
-                            .session(&mut session)
-                            .await
-                            .map_err(|e| backend("saving a dead letter", e))?;
-                    }
-                    Ok(())
-                }
-                .await;
-                match outcome {
-                    Ok(()) => session
-                        .commit_transaction()
-                        .await
-                        .map_err(|e| backend("committing a unit of work", e)),
-                    Err(e) => {
-                        if let Err(abort) = session.abort_transaction().await {
-                            tracing::warn!(error = %abort, "aborting a transaction failed");
-                        }
-                        Err(e)
-                    }
-                }
-            }
-            CommitMode::Idempotent => {
-                if !work.writes.is_empty() {
-                    let reply = self
-                        .mongo
-                        .inner
-                        .db
-                        .run_command(command)
-                        .await
-                        .map_err(|e| backend("writing views", e))?;
-                    self.check_reply(&work, &reply)?;
-                }
-                // Without a transaction a crash between the views and this removal leaves the
-                // dead letter in place: retrying it again applies it again (at least once).
-                if let Some(resolved) = resolved {
-                    dead.delete_many(resolved)
-                        .await
-                        .map_err(|e| backend("removing resolved dead letters", e))?;
-                }
-                for (q, u) in letters {
-                    dead.update_one(q, u)
-                        .upsert(true)
-                        .await
-                        .map_err(|e| backend("saving a dead letter", e))?;
-                }
-                if let Some((q, u)) = checkpoint {
-                    checkpoints
-                        .update_one(q, u)
-                        .upsert(true)
-                        .await
-                        .map_err(|e| backend("saving the checkpoint", e))?;
-                }
-                Ok(())
-            }
+            CommitMode::Idempotent => commit_in_order(self, &work).await,
+            CommitMode::Transaction => self.commit_in_transaction(work).await,
+        }
+    }
+
+    fn atomicity(&self) -> Atomicity {
+        match self.mongo.inner.mode {
+            CommitMode::Transaction => Atomicity::Atomic,
+            CommitMode::Idempotent => Atomicity::Stepwise,
         }
     }
 

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::view::{StoredDoc, UnitOfWork, ViewStore};
+use crate::view::{
+    Atomicity, CommitStep, StepwiseCommit, StoredDoc, UnitOfWork, ViewStore, COMMIT_ORDER,
+};
 
 /// A view store that dies between the view writes and the checkpoint: the first `crashes`
 /// units of work that write views have their views written (without the checkpoint), then fail
@@ -63,5 +65,82 @@ impl<S: ViewStore> ViewStore for CrashBeforeCheckpoint<S> {
 
     async fn reset(&self, projection: &str) -> Result<()> {
         self.inner.reset(projection).await
+    }
+
+    fn atomicity(&self) -> Atomicity {
+        self.inner.atomicity()
+    }
+}
+
+/// A store without transactions that dies right after one step of its units of work: the
+/// first `crashes` units of work that write something in that step stop there (the steps
+/// before it written, in [`COMMIT_ORDER`], the rest not) and fail with a non-transient error,
+/// as a crash at that point would.
+#[derive(Debug)]
+pub struct CrashAfterStep<S> {
+    inner: S,
+    step: CommitStep,
+    crashes: Mutex<u32>,
+}
+
+impl<S: StepwiseCommit + ViewStore> CrashAfterStep<S> {
+    /// Wraps `inner`, crashing after `step` `crashes` times.
+    pub fn new(inner: S, step: CommitStep, crashes: u32) -> Self {
+        CrashAfterStep {
+            inner,
+            step,
+            crashes: Mutex::new(crashes),
+        }
+    }
+
+    /// The crashes still to come.
+    pub fn crashes_left(&self) -> u32 {
+        *self.crashes.lock()
+    }
+}
+
+fn writes_in(step: CommitStep, work: &UnitOfWork) -> bool {
+    match step {
+        CommitStep::DeadLetters => !work.dead_letters.is_empty(),
+        CommitStep::Views => !work.writes.is_empty(),
+        CommitStep::Resolved => !work.resolved.is_empty(),
+        CommitStep::Checkpoint => work.checkpoint.is_some(),
+    }
+}
+
+#[async_trait]
+impl<S: StepwiseCommit + ViewStore> ViewStore for CrashAfterStep<S> {
+    async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
+        self.inner.load(projection, ids).await
+    }
+
+    async fn commit(&self, work: UnitOfWork) -> Result<()> {
+        let crash = {
+            let mut left = self.crashes.lock();
+            let crash = *left > 0 && writes_in(self.step, &work);
+            *left -= u32::from(crash);
+            crash
+        };
+        for step in COMMIT_ORDER {
+            self.inner.commit_step(step, &work).await?;
+            if crash && step == self.step {
+                return Err(Error::Config(format!(
+                    "injected crash after the {step:?} step of a unit of work"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
+        self.inner.checkpoint(projection).await
+    }
+
+    async fn reset(&self, projection: &str) -> Result<()> {
+        self.inner.reset(projection).await
+    }
+
+    fn atomicity(&self) -> Atomicity {
+        Atomicity::Stepwise
     }
 }

@@ -12,7 +12,7 @@ mod projection;
 pub mod view_conformance;
 
 pub use self::aggregate::{AggregateFixture, Then};
-pub use self::faults::CrashBeforeCheckpoint;
+pub use self::faults::{CrashAfterStep, CrashBeforeCheckpoint};
 pub use self::projection::ProjectionFixture;
 
 use bytes::Bytes;
