@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use cqrs_core::processor::Rejected;
 use cqrs_core::{Envelope, Metadata};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::Message;
@@ -160,40 +161,57 @@ pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
     })
 }
 
-/// The same record, headed for a dead-letter topic with the reason.
-pub(crate) fn dead_letter<M: Message>(message: &M, topic: String, reason: &str) -> Record {
-    let mut headers: Vec<(&'static str, Vec<u8>)> = Vec::new();
-    for name in [
-        EVENT,
-        EVENT_VERSION,
-        AGGREGATE,
-        VERSION,
-        POSITION,
-        EVENT_ID,
-        CORRELATION,
-        CAUSATION,
-        TIMESTAMP,
-        META,
-    ] {
-        if let Some(v) = header(message, name) {
-            headers.push((name, v.to_vec()));
+/// Where a record came from, kept in the metadata of a record that could not be read.
+pub(crate) const DLQ_SOURCE: &str = "cqrs.dlq.source";
+
+/// What can be read of a record that is not an envelope, for the projection's dead letters:
+/// the key as the stream id, whatever headers parse, the raw payload. Its event id is the one
+/// its header gives, else one derived from where the record sits, so a redelivery is
+/// dead-lettered under the same id.
+pub(crate) fn rejected<M: Message>(message: &M, reason: String) -> Rejected {
+    let text_of = |name| header(message, name).and_then(|v| std::str::from_utf8(v).ok());
+    let number_of = |name| text_of(name).and_then(|t| t.parse::<u64>().ok());
+    let uuid_of = |name| header(message, name).and_then(|v| Uuid::try_parse_ascii(v).ok());
+    let source = format!(
+        "{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    let event_id = uuid_of(EVENT_ID).unwrap_or_else(|| {
+        // FNV-1a of the topic and partition, and the offset: stable, and unique per record.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in message
+            .topic()
+            .bytes()
+            .chain(message.partition().to_be_bytes())
+        {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
         }
-    }
-    headers.push((DLQ_REASON, reason.as_bytes().to_vec()));
-    headers.push((
-        "cqrs.dlq.source",
-        format!(
-            "{}/{}/{}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        )
-        .into_bytes(),
-    ));
-    Record {
-        topic,
-        key: message.key().unwrap_or_default().to_vec(),
-        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-        headers,
+        Uuid::from_u64_pair(h, message.offset() as u64)
+    });
+    let mut metadata = Metadata::new();
+    metadata.event_id = event_id;
+    metadata.correlation_id = uuid_of(CORRELATION).unwrap_or(event_id);
+    metadata.causation_id = uuid_of(CAUSATION);
+    metadata.user.insert(DLQ_SOURCE.to_owned(), source);
+    Rejected {
+        envelope: Envelope {
+            stream_id: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            aggregate_type: text_of(AGGREGATE).unwrap_or_default().to_owned(),
+            version: number_of(VERSION).unwrap_or(0),
+            position: number_of(POSITION).unwrap_or(0),
+            event_name: text_of(EVENT).unwrap_or_default().to_owned(),
+            event_version: number_of(EVENT_VERSION)
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(0),
+            payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            metadata,
+        },
+        reason,
     }
 }

@@ -27,7 +27,8 @@ pub(crate) fn backend(what: impl Into<String>, e: rdkafka::error::KafkaError) ->
 /// An event bus on Kafka: a topic per aggregate type (`<prefix><aggregate type>`), records
 /// keyed by stream id so a stream keeps its order, the envelope's fields in headers, an
 /// idempotent producer, consumer groups whose offsets are committed only after the
-/// projection's unit of work, and a dead-letter topic `<topic>.dlq` per topic.
+/// projection's unit of work, and a dead-letter topic `<topic>.dlq` per topic beside the
+/// projection's own dead letters.
 #[derive(Clone)]
 pub struct KafkaBus {
     inner: Arc<Inner>,

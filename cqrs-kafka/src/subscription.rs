@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cqrs_core::processor::{Batch, EventSource};
+use cqrs_core::processor::{Batch, EventSource, Rejected};
 use cqrs_core::view::DeadLetter;
 use cqrs_core::{Envelope, Error, Result};
 use futures::FutureExt;
@@ -33,8 +33,6 @@ pub(crate) struct KafkaSubscription {
     delivered: Vec<(String, i32, i64)>,
     /// Batches decoded ahead, in the order they were received.
     fetched: mpsc::Receiver<Result<Fetched>>,
-    /// A batch whose dead letters could not be published yet: handed over again first.
-    pending: Option<Fetched>,
     /// The batch size the processor last asked for, for the fetcher.
     batch_size: Arc<AtomicUsize>,
 }
@@ -46,8 +44,8 @@ struct Fetched {
     from: Vec<usize>,
     /// The partitions the records came from, with the offset after the last record of each.
     partitions: Vec<(String, i32, i64)>,
-    /// Undecodable records, bound for their dead-letter topic, with their partition.
-    poison: Vec<(usize, Record)>,
+    /// Undecodable records, for the projection's dead letters, with their partition.
+    poison: Vec<(usize, Rejected)>,
 }
 
 impl KafkaSubscription {
@@ -99,7 +97,6 @@ impl KafkaSubscription {
             idle,
             delivered: Vec::new(),
             fetched,
-            pending: None,
             batch_size,
         })
     }
@@ -197,11 +194,10 @@ fn decode_all<M: Message>(messages: &[M]) -> Fetched {
                 fetched.from.push(index);
             }
             Err(reason) => {
-                tracing::error!(topic, partition, offset, %reason, "undecodable record dead-lettered");
-                fetched.poison.push((
-                    index,
-                    codec::dead_letter(message, dlq_topic(topic), &reason),
-                ));
+                tracing::warn!(topic, partition, offset, %reason, "a record that is not an envelope");
+                fetched
+                    .poison
+                    .push((index, codec::rejected(message, reason)));
             }
         }
     }
@@ -212,19 +208,16 @@ fn decode_all<M: Message>(messages: &[M]) -> Fetched {
 impl EventSource for KafkaSubscription {
     async fn next_batch(&mut self, max: usize) -> Result<Batch> {
         self.batch_size.store(max.max(1), Ordering::Relaxed);
-        let fetched = match self.pending.take() {
-            Some(fetched) => fetched,
-            None => match tokio::time::timeout(self.idle, self.fetched.recv()).await {
-                Err(_) => return Ok(Batch::from_bus(Vec::new())),
-                Ok(None) => {
-                    return Err(Error::Backend {
-                        backend: "kafka",
-                        message: "the subscription's fetcher stopped".into(),
-                        source: None,
-                    })
-                }
-                Ok(Some(fetched)) => fetched?,
-            },
+        let fetched = match tokio::time::timeout(self.idle, self.fetched.recv()).await {
+            Err(_) => return Ok(Batch::from_bus(Vec::new())),
+            Ok(None) => {
+                return Err(Error::Backend {
+                    backend: "kafka",
+                    message: "the subscription's fetcher stopped".into(),
+                    source: None,
+                })
+            }
+            Ok(Some(fetched)) => fetched?,
         };
         // A rebalance may have revoked partitions since: drop their records.
         let assigned = self.assigned();
@@ -233,19 +226,12 @@ impl EventSource for KafkaSubscription {
             .iter()
             .map(|(t, p, _)| assigned.iter().any(|(at, ap)| at == t && ap == p))
             .collect();
-        let poison: Vec<Record> = fetched
+        let rejected: Vec<Rejected> = fetched
             .poison
-            .iter()
+            .into_iter()
             .filter(|(i, _)| owned[*i])
-            .map(|(_, record)| record.clone())
+            .map(|(_, rejected)| rejected)
             .collect();
-        if !poison.is_empty() {
-            if let Err(e) = self.bus.send_all(poison).await {
-                // Handed over again on the next call: nothing is skipped.
-                self.pending = Some(fetched);
-                return Err(e);
-            }
-        }
         for (i, (topic, partition, next)) in fetched.partitions.iter().enumerate() {
             if !owned[i] {
                 continue;
@@ -266,7 +252,9 @@ impl EventSource for KafkaSubscription {
             .filter(|(_, i)| owned[*i])
             .map(|(event, _)| event)
             .collect();
-        Ok(Batch::from_bus(events))
+        let mut batch = Batch::from_bus(events);
+        batch.rejected = rejected;
+        Ok(batch)
     }
 
     /// Commits the offsets delivered since the last ack, synchronously: the commit has
@@ -301,7 +289,17 @@ impl EventSource for KafkaSubscription {
         let records = letters
             .iter()
             .map(|letter| {
-                let topic = self.bus.topic(&letter.envelope.aggregate_type)?;
+                // A record that was not an envelope names the topic it came from.
+                let source = letter
+                    .envelope
+                    .metadata
+                    .user
+                    .get(codec::DLQ_SOURCE)
+                    .and_then(|s| s.rsplitn(3, '/').nth(2));
+                let topic = match source {
+                    Some(topic) => topic.to_owned(),
+                    None => self.bus.topic(&letter.envelope.aggregate_type)?,
+                };
                 let mut record = Record::of(dlq_topic(&topic), &letter.envelope);
                 record
                     .headers

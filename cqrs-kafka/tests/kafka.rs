@@ -320,7 +320,7 @@ async fn a_survivor_takes_over_the_partitions_of_a_member_that_died() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_goes_to_the_dead_letter_topic_and_the_rest_flows() {
+async fn poison_is_a_dead_letter_of_the_projection_and_on_the_topic_and_the_rest_flows() {
     let bus = Arc::new(bus().await);
     let topic = bus.topic("clock").expect("topic");
     bus.publish(&events(1, 2)).await.expect("publish");
@@ -363,11 +363,29 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_rest_flows() {
         .dead_letters("seen")
         .await
         .expect("dead letters");
-    assert_eq!(dead.len(), 1);
+    // One dead-letter path for every feed: the record that is no envelope is a dead letter
+    // of the projection too, listed, with its reason and where it came from.
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let raw = dead
+        .iter()
+        .find(|d| d.reason.contains("header `cqrs.timestamp` is missing"))
+        .expect("the raw record is a dead letter");
+    assert_eq!(raw.envelope.stream_id, "s-0");
+    assert_eq!(&raw.envelope.payload[..], b"not an envelope");
+    assert!(raw.envelope.metadata.user["cqrs.dlq.source"].starts_with(&topic));
     assert!(
-        dead[0].reason.contains("kafkatest.Unknown"),
-        "{}",
-        dead[0].reason
+        dead.iter().any(|d| d.reason.contains("kafkatest.Unknown")),
+        "{dead:?}"
+    );
+    // ... and retryable like any other: it fails again (no code reads it), and stays.
+    let report = TrackingProcessor::new(Seen, views_store.clone())
+        .retry_dead_letters(views_store.as_ref())
+        .await
+        .expect("retry");
+    assert_eq!((report.resolved.len(), report.failed.len()), (0, 2));
+    assert_eq!(
+        views_store.dead_letters("seen").await.expect("list").len(),
+        2
     );
 
     // Both are on `<topic>.dlq`, with their reasons.

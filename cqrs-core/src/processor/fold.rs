@@ -170,6 +170,15 @@ pub(super) async fn fold<P: Projection>(
     let projection = &processor.projection;
     let mut dead = Vec::new();
 
+    // 0. Records the source could not read at all fail per policy, as undecodable events.
+    for rejected in &batch.rejected {
+        let error = Error::Decode {
+            event: rejected.envelope.event_ref(),
+            reason: rejected.reason.clone(),
+        };
+        fail(processor, error, &rejected.envelope, &mut dead)?;
+    }
+
     // 1. Decode what the projection wants; unknown names and bad payloads fail per policy.
     let mut decoded: Decoded<P::Event> = Vec::with_capacity(events.len());
     for envelope in events {

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::source::{Batch, EventSource, Feed, StoreFeed};
+pub use self::source::{Batch, EventSource, Feed, Rejected, StoreFeed};
 use crate::error::{Error, Result};
 use crate::projection::Projection;
 use crate::store::EventReader;
@@ -319,7 +319,7 @@ impl<P: Projection> TrackingProcessor<P> {
 
     /// As [`process`](Self::process), also returning the batch's dead letters.
     async fn process_batch(&self, batch: &Batch) -> Result<(usize, Vec<DeadLetter>)> {
-        if batch.events.is_empty() && batch.checkpoint.is_none() {
+        if batch.events.is_empty() && batch.rejected.is_empty() && batch.checkpoint.is_none() {
             return Ok((0, Vec::new()));
         }
         let max_position = batch.events.iter().map(|e| e.position).max();
@@ -482,7 +482,7 @@ impl<P: Projection> TrackingProcessor<P> {
                 }
                 Err(e) => return Err(e),
             };
-            if batch.events.is_empty() {
+            if batch.events.is_empty() && batch.rejected.is_empty() {
                 continue;
             }
             let (_, dead_letters) = self.process_batch(&batch).await?;

@@ -22,6 +22,22 @@ pub struct Batch {
     /// view is enough to skip what it has seen; otherwise (a bus: an order per partition) each
     /// view records the last version it applied of every stream.
     pub globally_ordered: bool,
+    /// Records the source received but could not read as envelopes (a bus message without
+    /// its headers, say). The processor treats each as an event that cannot be decoded: its
+    /// error policy dead-letters it (into the projection's dead letters, like any other) or
+    /// stops.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A record a source could not read as an envelope, as far as it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// What could be read of it: the raw payload, and whatever ids and names its headers had
+    /// (empty or 0 where they had none). Its event id is stable across redeliveries, so it is
+    /// dead-lettered once.
+    pub envelope: Envelope,
+    /// Why it could not be read.
+    pub reason: String,
 }
 
 impl Batch {
@@ -32,6 +48,7 @@ impl Batch {
             events,
             checkpoint,
             globally_ordered: true,
+            rejected: Vec::new(),
         }
     }
 
@@ -41,6 +58,7 @@ impl Batch {
             events,
             checkpoint: None,
             globally_ordered: false,
+            rejected: Vec::new(),
         }
     }
 }
