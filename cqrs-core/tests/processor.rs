@@ -147,14 +147,18 @@ async fn bus_fed_processor_restarts_from_committed_offsets() {
     let feed = Arc::new(BusFeed::new(bus.clone(), "tally-group", ["counter"]));
     seed(&gateway, 6, 10).await;
     for _ in 0..3 {
-        let mut handle = TrackingProcessor::new(Tally::default(), views_store.clone())
+        let handle = TrackingProcessor::new(Tally::default(), views_store.clone())
             .batch_size(5)
             .spawn(feed.clone());
         seed(&gateway, 6, 3).await;
-        handle
-            .wait_for(handle.position() + 1, Duration::from_secs(10))
-            .await
-            .expect("progress");
+        let seen = handle.position();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            handle.watch_position().wait_for(|p| *p > seen),
+        )
+        .await
+        .expect("progress")
+        .expect("running");
         handle.abort();
     }
     let head = store.len() as u64;
@@ -571,12 +575,16 @@ async fn replay_then_bus_takeover(track_streams: bool) -> Vec<(String, TallyView
     seed(&gateway, 4, 5).await;
     relay.publish_pending().await.expect("publish");
     // The live consumer gets part of the way, then stops with its offsets behind the head.
-    let mut live = TrackingProcessor::new(Tally::default(), views_store.clone())
+    let live = TrackingProcessor::new(Tally::default(), views_store.clone())
         .batch_size(3)
         .spawn(feed.clone());
-    live.wait_for(1, Duration::from_secs(10))
-        .await
-        .expect("progress");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        live.watch_position().wait_for(|p| *p >= 1),
+    )
+    .await
+    .expect("progress")
+    .expect("running");
     live.stop().await.expect("stop");
     seed(&gateway, 4, 2).await;
     relay.publish_pending().await.expect("publish");

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
 use cqrs_core::{
-    registry, BoxError, BusFeed, CommandGateway, EventStore, ReadModel, Relay, TrackingProcessor,
-    ViewQuery,
+    registry, BoxError, BusFeed, CommandGateway, EventReader, EventStore, ReadModel, Relay,
+    TrackingProcessor, ViewQuery,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
@@ -339,7 +339,11 @@ async fn demo() -> Result<(), BoxError> {
     }
 
     let head = store.len() as u64;
-    catalog.wait_for(head, Duration::from_secs(10)).await?;
+    // A bus has an order per partition only: wait for every event committed, not a position.
+    let committed = store.read_all(0, store.len()).await?;
+    catalog
+        .wait_for_events(&committed, Duration::from_secs(10))
+        .await?;
     let live = queries.list(0, 100).await?;
     print_catalog(
         &format!("Catalog, built from the bus ({head} events):"),

@@ -7,6 +7,7 @@
 //! make the repeat a no-op.
 
 mod fold;
+mod handle;
 mod source;
 
 use std::collections::HashMap;
@@ -15,9 +16,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::handle::Progress;
+pub use self::handle::{EndWatch, ProcessorHandle};
 pub use self::source::{Batch, EventSource, Feed, Rejected, StoreFeed};
 use crate::error::{Error, Result};
 use crate::projection::Projection;
@@ -157,6 +159,7 @@ pub struct TrackingProcessor<P: Projection> {
     cache: Mutex<HashMap<String, fold::Cached<P::View>>>,
     cache_capacity: usize,
     track_streams: bool,
+    progress: Arc<Progress>,
 }
 
 /// What a retry of dead letters did.
@@ -220,6 +223,7 @@ impl<P: Projection> TrackingProcessor<P> {
             cache: Mutex::new(HashMap::new()),
             cache_capacity: 10_000,
             track_streams: false,
+            progress: Arc::new(Progress::new(100_000)),
         }
     }
 
@@ -368,6 +372,9 @@ impl<P: Projection> TrackingProcessor<P> {
         };
         if let Some(p) = max_position {
             self.advance(p);
+        }
+        if !batch.globally_ordered {
+            self.progress.record(batch);
         }
         Ok(outcome)
     }
@@ -674,6 +681,8 @@ impl<P: Projection> TrackingProcessor<P> {
         let position = self.watch_position();
         let token = stop.clone();
         let name = self.name.clone();
+        let progress = self.progress.clone();
+        let ordered = feed.globally_ordered();
         let (ended_tx, ended) = watch::channel(None);
         let task = tokio::spawn(async move {
             let outcome = self.run(feed.as_ref(), token).await;
@@ -693,106 +702,8 @@ impl<P: Projection> TrackingProcessor<P> {
             task,
             position,
             ended,
+            ordered,
+            progress,
         }
-    }
-}
-
-/// Tells, from elsewhere (a health endpoint), whether and why a spawned processor ended.
-/// Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct EndWatch(watch::Receiver<Option<String>>);
-
-impl EndWatch {
-    /// `None` while the processor runs; then `"stopped"` after a stop, the error that stopped
-    /// it, or a note that its task ended abnormally (a panic, an abort).
-    pub fn why(&self) -> Option<String> {
-        let why = self.0.borrow().clone();
-        match why {
-            Some(why) => Some(why),
-            None if self.0.has_changed().is_err() => Some("its task ended abnormally".to_owned()),
-            None => None,
-        }
-    }
-}
-
-/// A running processor: wait for it to reach a position, or stop it.
-#[derive(Debug)]
-pub struct ProcessorHandle {
-    name: String,
-    stop: CancellationToken,
-    task: JoinHandle<Result<()>>,
-    position: watch::Receiver<u64>,
-    ended: watch::Receiver<Option<String>>,
-}
-
-impl ProcessorHandle {
-    /// The processor's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The largest global position committed so far.
-    pub fn position(&self) -> u64 {
-        *self.position.borrow()
-    }
-
-    /// A receiver of the largest global position committed so far, to wait on from elsewhere.
-    pub fn watch_position(&self) -> watch::Receiver<u64> {
-        self.position.clone()
-    }
-
-    /// Waits until the processor has committed `position`, or `timeout` passes.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] when the processor ended first; [`Error::Backend`] on timeout.
-    pub async fn wait_for(&mut self, position: u64, timeout: Duration) -> Result<()> {
-        let outcome = {
-            let wait = self.position.wait_for(|p| *p >= position);
-            tokio::time::timeout(timeout, wait).await.map(|r| r.is_ok())
-        };
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::Shutdown),
-            Err(_) => Err(Error::Backend {
-                backend: "processor",
-                message: format!(
-                    "`{}` did not reach position {position} within {timeout:?} (at {})",
-                    self.name,
-                    *self.position.borrow()
-                ),
-                source: None,
-            }),
-        }
-    }
-
-    /// Whether and why the processor ended, to check from elsewhere (a health endpoint).
-    pub fn watch_ended(&self) -> EndWatch {
-        EndWatch(self.ended.clone())
-    }
-
-    /// Whether the processor's task has ended (stopped, or failed).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
-    /// Stops the processor after the batch under way and returns how it ended.
-    ///
-    /// # Errors
-    /// The error that had stopped it, or [`Error::Shutdown`] if its task panicked.
-    pub async fn stop(self) -> Result<()> {
-        self.stop.cancel();
-        match self.task.await {
-            Ok(outcome) => outcome,
-            Err(e) => Err(Error::Backend {
-                backend: "processor",
-                message: format!("task of `{}` ended abnormally", self.name),
-                source: Some(Box::new(e)),
-            }),
-        }
-    }
-
-    /// Kills the processor at once, wherever it is (as a crash would).
-    pub fn abort(self) {
-        self.task.abort();
     }
 }

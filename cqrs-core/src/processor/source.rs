@@ -100,6 +100,13 @@ pub trait Feed: Send + Sync {
     /// # Errors
     /// A backend error.
     async fn open(&self, checkpoint: Option<u64>, idle: Duration) -> Result<Box<dyn EventSource>>;
+
+    /// Whether the feed delivers one global order (the store's log), so that a position
+    /// committed means every event below it was handled. A bus has an order per partition
+    /// only; the default says so.
+    fn globally_ordered(&self) -> bool {
+        false
+    }
 }
 
 /// Feeds a processor from an event store's global log.
@@ -138,6 +145,10 @@ impl Feed for StoreFeed {
             after: checkpoint.unwrap_or(0),
             wait: self.wait.then_some(idle),
         }))
+    }
+
+    fn globally_ordered(&self) -> bool {
+        true
     }
 }
 
