@@ -76,7 +76,7 @@ async fn a_v1_event_in_postgres_is_upcast_on_every_read_path() {
     );
 
     // 3. A projection fed from Kafka: the event's version travels with it and is upcast there.
-    let config = KafkaConfig::new(env.kafka_brokers.as_str(), &format!("{}.", env.name))
+    let config = KafkaConfig::new(env.kafka_brokers.as_str(), format!("{}.", env.name))
         .expect("config")
         .partitions(2)
         .session_timeout(Duration::from_secs(6));
