@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aggregate;
+pub mod app;
 pub mod bus;
 pub mod envelope;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod testing;
 pub mod view;
 
 pub use crate::aggregate::{Aggregate, Command};
+pub use crate::app::App;
 pub use crate::bus::{BusFeed, EventBus};
 pub use crate::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
 pub use crate::error::{BoxError, CommandError, Error, EventRef, Result};

@@ -266,6 +266,11 @@ impl RelayHandle {
         }
     }
 
+    /// Whether the relay's task has ended (a configuration error, a panic).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops the relay and returns how it ended.
     ///
     /// # Errors

@@ -251,3 +251,10 @@ impl EventBus for KafkaBus {
         )?))
     }
 }
+
+/// `.with(bus)` on [`cqrs_core::App::builder`]: the bus between services.
+impl cqrs_core::app::Backend for KafkaBus {
+    fn install(self, wiring: &mut cqrs_core::app::Wiring) {
+        wiring.event_bus(self);
+    }
+}

@@ -210,8 +210,14 @@ impl<P: Projection> std::fmt::Debug for TrackingProcessor<P> {
 impl<P: Projection> TrackingProcessor<P> {
     /// A processor for `projection` writing to `store`, under the projection's name.
     pub fn new(projection: P, store: Arc<dyn ViewStore>) -> Self {
+        Self::shared(Arc::new(projection), store)
+    }
+
+    /// As [`new`](Self::new), for a projection shared with other processors (a retrier of
+    /// its dead letters beside the running one).
+    pub fn shared(projection: Arc<P>, store: Arc<dyn ViewStore>) -> Self {
         TrackingProcessor {
-            projection: Arc::new(projection),
+            projection,
             store,
             name: P::NAME.to_owned(),
             batch_size: 1000,

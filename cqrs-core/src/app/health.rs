@@ -1,0 +1,69 @@
+//! The health report of a running service: its relays and processors.
+
+use serde::{Deserialize, Serialize};
+
+use crate::relay::Breaker;
+
+/// How a service is doing: `ok`, or `degraded` once a processor has stopped (its read model
+/// no longer follows the events) or a relay's circuit is open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    pub status: Status,
+    /// Each relay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelayHealth>,
+    /// Each processor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<ProcessorHealth>,
+}
+
+impl Health {
+    /// Whether everything runs.
+    pub fn is_ok(&self) -> bool {
+        self.status == Status::Ok
+    }
+}
+
+/// The overall state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Every relay and processor runs.
+    Ok,
+    /// A processor stopped, or a relay cannot publish.
+    Degraded,
+}
+
+/// A relay in the health report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayHealth {
+    /// Its name (its checkpoint's key).
+    pub name: String,
+    /// Its circuit breaker.
+    pub breaker: Breaker,
+    /// The last global position it published.
+    pub position: u64,
+    /// Why it ended, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}
+
+/// A tracking processor in the health report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessorHealth {
+    /// The projection's name.
+    pub name: String,
+    /// `store` or `bus`.
+    pub feed: String,
+    /// The largest global position it has committed.
+    pub position: u64,
+    /// For a processor fed from the store's log: the events' positions still ahead of it,
+    /// as the store's head minus its position (positions may be sparse: an upper bound).
+    /// `None` for a bus feed, which has no one order to measure along.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// Why it stopped, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+}

@@ -1,0 +1,442 @@
+//! One builder wires a whole service: the stores, the bus, the gateway, the projections and
+//! the relays; one handle runs it.
+//!
+//! ```
+//! # use cqrs_core::{app::App, memory::MemoryEventBus, BoxError, Envelope, Projection};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)] pub struct Opened { pub owner: String }
+//! # cqrs_core::event!(Opened, "doc.app.Opened");
+//! # #[derive(Default)] struct Owners;
+//! # impl Projection for Owners {
+//! #     const NAME: &'static str = "owners"; type Event = Opened; type View = String;
+//! #     fn view_id(&self, _: &Opened, e: &Envelope) -> String { e.stream_id.clone() }
+//! #     fn apply(&self, v: &mut Option<String>, e: &Opened, _: &Envelope) -> Result<(), BoxError> {
+//! #         *v = Some(e.owner.clone()); Ok(())
+//! #     }
+//! # }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = App::builder()
+//!     // .with(postgres) .with(mongo) .with(kafka): one line per backend
+//!     .with(MemoryEventBus::new(3))
+//!     .relay("relay", |r| r)
+//!     .projection(Owners, |p| p.from_bus("owners", ["account"]))
+//!     .build()?;
+//! let owners = app.read_model::<Owners>()?;
+//! # let _ = owners;
+//! app.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod health;
+mod parts;
+mod wiring;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+pub use self::health::{Health, ProcessorHealth, RelayHealth, Status};
+pub use self::parts::{ProjectionOptions, RelayOptions};
+pub use self::wiring::{Backend, Views, Wiring};
+
+use self::parts::{PendingProjection, RetryDeadLetters, Source};
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::gateway::{CommandGateway, GatewayBuilder};
+use crate::processor::{ProcessorHandle, RetryReport};
+use crate::projection::{Projection, ReadModel};
+use crate::relay::{Breaker, RelayHandle};
+use crate::store::EventStore;
+
+/// A running service: its command gateway, its read models, its health, its shutdown.
+pub struct App {
+    gateway: CommandGateway,
+    wiring: Wiring,
+    relays: Vec<RelayHandle>,
+    relay_names: Vec<String>,
+    relay_types: Vec<Option<Vec<String>>>,
+    processors: Vec<Running>,
+}
+
+struct Running {
+    name: String,
+    source: Source,
+    handle: ProcessorHandle,
+    retry: std::sync::Arc<dyn RetryDeadLetters>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("relays", &self.relay_names)
+            .field(
+                "processors",
+                &self.processors.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`App`]. See the [module docs](self).
+pub struct AppBuilder {
+    wiring: Wiring,
+    gateway: Box<dyn FnOnce(GatewayBuilder) -> GatewayBuilder + Send>,
+    snapshot_every: u64,
+    projections: Vec<PendingProjection>,
+    relays: Vec<RelayOptions>,
+}
+
+impl std::fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("wiring", &self.wiring)
+            .field("projections", &self.projections.len())
+            .field("relays", &self.relays)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Starts wiring a service on the embedded default: the in-memory event store, checkpoints
+    /// and views, no bus. Each [`with`](AppBuilder::with) replaces what a backend provides.
+    pub fn builder() -> AppBuilder {
+        AppBuilder {
+            wiring: Wiring::default(),
+            gateway: Box::new(|g| g),
+            snapshot_every: 100,
+            projections: Vec::new(),
+            relays: Vec::new(),
+        }
+    }
+}
+
+impl AppBuilder {
+    /// Hands the builder a backend's parts: `.with(postgres)` gives the event store,
+    /// snapshots, checkpoints and views, `.with(mongo)` the views, `.with(bus)` the bus.
+    /// Later calls replace what earlier ones gave.
+    pub fn with(mut self, backend: impl Backend) -> Self {
+        backend.install(&mut self.wiring);
+        self
+    }
+
+    /// Tunes the command gateway (retries, cache, middleware).
+    pub fn gateway(
+        mut self,
+        configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder + Send + 'static,
+    ) -> Self {
+        self.gateway = Box::new(configure);
+        self
+    }
+
+    /// Takes a snapshot every `every` events of a stream when a snapshot store was given
+    /// (default 100).
+    pub fn snapshot_every(mut self, every: u64) -> Self {
+        self.snapshot_every = every.max(1);
+        self
+    }
+
+    /// Runs a projection: fed from the store's log unless `options` says
+    /// [`from_bus`](ProjectionOptions::from_bus).
+    pub fn projection<P: Projection>(
+        mut self,
+        projection: P,
+        options: impl FnOnce(ProjectionOptions) -> ProjectionOptions,
+    ) -> Self {
+        let options = options(ProjectionOptions::new(P::NAME));
+        self.projections
+            .push(PendingProjection::new(projection, options));
+        self
+    }
+
+    /// Runs a relay publishing the store's global log to the bus under checkpoint `name`.
+    pub fn relay(
+        mut self,
+        name: impl Into<String>,
+        options: impl FnOnce(RelayOptions) -> RelayOptions,
+    ) -> Self {
+        self.relays.push(options(RelayOptions::new(&name.into())));
+        self
+    }
+
+    /// Checks the wiring, then starts every relay and processor.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a mis-wired service, nothing started: a bus-fed projection or a
+    /// relay without a bus, a relay over a durable store with its checkpoint in memory, two
+    /// projections (or two relays) under one name, a relay whose `only` list is empty.
+    pub fn build(self) -> Result<App> {
+        self.check()?;
+        let AppBuilder {
+            wiring,
+            gateway,
+            snapshot_every,
+            projections,
+            relays,
+        } = self;
+        let mut builder = CommandGateway::builder(wiring.store.clone());
+        if let Some(snapshots) = &wiring.snapshots {
+            builder = builder.snapshots(snapshots.clone(), snapshot_every);
+        }
+        let gateway = gateway(builder).build();
+        let mut app = App {
+            gateway,
+            relays: Vec::new(),
+            relay_names: Vec::new(),
+            relay_types: Vec::new(),
+            processors: Vec::new(),
+            wiring,
+        };
+        for relay in relays {
+            let handle = relay.start(&app.wiring)?;
+            app.relays.push(handle);
+            app.relay_names.push(relay.name.clone());
+            app.relay_types.push(relay.only.clone());
+        }
+        for pending in projections {
+            let started = (pending.start)(&pending.options, &app.wiring)?;
+            app.processors.push(Running {
+                name: pending.options.name.clone(),
+                source: pending.options.source.clone(),
+                handle: started.handle,
+                retry: started.retry,
+            });
+        }
+        Ok(app)
+    }
+
+    /// Every wiring rule, checked before anything starts.
+    fn check(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for p in &self.projections {
+            if !names.insert(p.options.name.as_str()) {
+                return Err(Error::Config(format!(
+                    "two projections are named `{}`: they would share views and checkpoint \
+                     (rename one with `.named(..)`)",
+                    p.options.name
+                )));
+            }
+            if matches!(p.options.source, Source::Bus { .. }) && self.wiring.bus.is_none() {
+                return Err(Error::Config(format!(
+                    "projection `{}` is fed from the bus, but the app has none: hand it one \
+                     with `.with(bus)`",
+                    p.options.name
+                )));
+            }
+        }
+        let mut relays = HashSet::new();
+        for r in &self.relays {
+            if !relays.insert(r.name.as_str()) {
+                return Err(Error::Config(format!(
+                    "two relays are named `{}`: they would share one checkpoint",
+                    r.name
+                )));
+            }
+            if self.wiring.bus.is_none() {
+                return Err(Error::Config(format!(
+                    "relay `{}` publishes to the bus, but the app has none: hand it one with \
+                     `.with(bus)`",
+                    r.name
+                )));
+            }
+            if self.wiring.durable_store && !self.wiring.durable_checkpoints {
+                return Err(Error::Config(format!(
+                    "relay `{}` reads a store that outlives the process but would keep its \
+                     checkpoint in memory, publishing the whole log again after every \
+                     restart: hand the app a checkpoint store",
+                    r.name
+                )));
+            }
+            if r.only.as_ref().is_some_and(Vec::is_empty) {
+                return Err(Error::Config(format!(
+                    "relay `{}`: `only` names no aggregate type, so it would skip every event",
+                    r.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl App {
+    /// The command gateway.
+    pub fn gateway(&self) -> &CommandGateway {
+        &self.gateway
+    }
+
+    /// The event store.
+    pub fn event_store(&self) -> &std::sync::Arc<dyn EventStore> {
+        &self.wiring.store
+    }
+
+    /// The read-model store's three halves (views, queries, dead letters).
+    pub fn views(&self) -> &Views {
+        &self.wiring.views
+    }
+
+    /// Typed queries over the views of projection `P`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the app runs no projection named `P::NAME`.
+    pub fn read_model<P: Projection>(&self) -> Result<ReadModel<P>> {
+        if !self.processors.iter().any(|p| p.name == P::NAME) {
+            return Err(Error::Config(format!(
+                "the app runs no projection named `{}`",
+                P::NAME
+            )));
+        }
+        Ok(ReadModel::new(self.wiring.views.query.clone()))
+    }
+
+    /// Applies a projection's dead letters again (all of them, or the one of `event`), e.g.
+    /// after a fix was deployed. See
+    /// [`TrackingProcessor::retry_dead_letters`](crate::TrackingProcessor::retry_dead_letters).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown projection; a backend error.
+    pub async fn retry_dead_letters(
+        &self,
+        projection: &str,
+        event: Option<uuid::Uuid>,
+    ) -> Result<RetryReport> {
+        let running = self
+            .processors
+            .iter()
+            .find(|p| p.name == projection)
+            .ok_or_else(|| {
+                Error::Config(format!("the app runs no projection named `{projection}`"))
+            })?;
+        running.retry.retry(&self.wiring, event).await
+    }
+
+    /// The health report: each relay's breaker and position, each processor's position, lag
+    /// and why it ended, if it did.
+    ///
+    /// # Errors
+    /// A store error reading the head of the log (for the lag).
+    pub async fn health(&self) -> Result<Health> {
+        let head = self.wiring.store.head().await?;
+        let relays: Vec<RelayHealth> = self
+            .relays
+            .iter()
+            .zip(&self.relay_names)
+            .map(|(r, name)| RelayHealth {
+                name: name.clone(),
+                breaker: r.breaker(),
+                position: r.position(),
+                stopped: r.is_finished().then(|| "its task ended".to_owned()),
+            })
+            .collect();
+        let processors: Vec<ProcessorHealth> = self
+            .processors
+            .iter()
+            .map(|p| {
+                let position = p.handle.position();
+                let on_store = p.source == Source::Store;
+                ProcessorHealth {
+                    name: p.name.clone(),
+                    feed: if on_store { "store" } else { "bus" }.into(),
+                    position,
+                    lag: on_store.then(|| head.saturating_sub(position)),
+                    stopped: p.handle.watch_ended().why(),
+                }
+            })
+            .collect();
+        let degraded = processors.iter().any(|p| p.stopped.is_some())
+            || relays
+                .iter()
+                .any(|r| r.stopped.is_some() || r.breaker == Breaker::Open);
+        Ok(Health {
+            status: if degraded {
+                Status::Degraded
+            } else {
+                Status::Ok
+            },
+            relays,
+            processors,
+        })
+    }
+
+    /// Waits until every relay and processor has handled these events (the ones `send`
+    /// returned, say): each relay that publishes them has published them, and each processor
+    /// whose feed carries them has committed them.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] when one ended first, [`Error::Backend`] on timeout.
+    pub async fn wait_for(&mut self, events: &[Envelope], timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        for (relay, only) in self.relays.iter_mut().zip(&self.relay_types) {
+            let last = events
+                .iter()
+                .filter(|e| only.as_ref().is_none_or(|t| t.contains(&e.aggregate_type)))
+                .map(|e| e.position)
+                .max();
+            if let Some(last) = last {
+                relay.wait_for(last, left()).await?;
+            }
+        }
+        for p in &mut self.processors {
+            let carried: Vec<Envelope> = match &p.source {
+                Source::Store => events.to_vec(),
+                Source::Bus { types, .. } => events
+                    .iter()
+                    .filter(|e| types.contains(&e.aggregate_type))
+                    .cloned()
+                    .collect(),
+            };
+            if !carried.is_empty() {
+                p.handle.wait_for_events(&carried, left()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until everything committed to the store so far is handled (see
+    /// [`wait_for`](Self::wait_for)). It reads the global log up to the head: for tests,
+    /// demos and small stores.
+    ///
+    /// # Errors
+    /// As [`wait_for`](Self::wait_for), or a store error.
+    pub async fn caught_up(&mut self, timeout: Duration) -> Result<()> {
+        let head = self.wiring.store.head().await?;
+        let mut events = Vec::new();
+        let mut after = 0;
+        while after < head {
+            let page = self.wiring.store.read_all(after, 10_000).await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                self.wiring
+                    .store
+                    .wait_for_events(after, Duration::from_millis(50))
+                    .await?;
+                continue;
+            };
+            after = last;
+            events.extend(page.into_iter().filter(|e| e.position <= head));
+        }
+        self.wait_for(&events, timeout).await
+    }
+
+    /// Stops the service gracefully: the relays first (what they were publishing is
+    /// published), then the processors, each after the unit of work under way. Returns the
+    /// first error any of them had ended with.
+    ///
+    /// # Errors
+    /// The first error a relay or processor ended with.
+    pub async fn shutdown(self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        for (relay, name) in self.relays.into_iter().zip(self.relay_names) {
+            if let Err(e) = relay.stop().await {
+                tracing::error!(relay = %name, error = %e, "relay had ended with an error");
+                first.get_or_insert(e);
+            }
+        }
+        for p in self.processors {
+            if let Err(e) = p.handle.stop().await {
+                tracing::error!(projection = %p.name, error = %e, "processor had ended with an error");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}

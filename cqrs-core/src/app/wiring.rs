@@ -1,0 +1,180 @@
+//! What a backend hands the builder: the parts of a service, each replaceable in one line.
+
+use std::sync::Arc;
+
+use crate::bus::EventBus;
+use crate::memory::{
+    MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemorySnapshotStore, MemoryViewStore,
+};
+use crate::store::{CheckpointStore, EventStore, SnapshotStore};
+use crate::view::{DeadLetterStore, ViewQuery, ViewStore};
+
+/// A read-model store seen through its three halves: where processors commit, what queries
+/// read, and the dead letters.
+#[derive(Clone)]
+pub struct Views {
+    /// Where processors commit their units of work.
+    pub store: Arc<dyn ViewStore>,
+    /// What read models query.
+    pub query: Arc<dyn ViewQuery>,
+    /// The projections' dead letters.
+    pub dead_letters: Arc<dyn DeadLetterStore>,
+}
+
+impl Views {
+    /// The three halves of one store.
+    pub fn of<S: ViewStore + ViewQuery + DeadLetterStore + 'static>(store: S) -> Self {
+        let store = Arc::new(store);
+        Views {
+            store: store.clone(),
+            query: store.clone(),
+            dead_letters: store,
+        }
+    }
+}
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Views").finish_non_exhaustive()
+    }
+}
+
+/// The parts of a service that backends fill in. It starts as the embedded default (the
+/// in-memory store, snapshots, checkpoints and views; no bus) and each [`Backend`] replaces
+/// what it provides.
+#[derive(Clone)]
+pub struct Wiring {
+    pub(super) store: Arc<dyn EventStore>,
+    pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
+    pub(super) checkpoints: Arc<dyn CheckpointStore>,
+    pub(super) views: Views,
+    pub(super) bus: Option<Arc<dyn EventBus>>,
+    /// Whether the store was given by a backend (it outlives the process) while the
+    /// checkpoints are still the embedded ones (they do not): a relay would publish the whole
+    /// log again after every restart.
+    pub(super) durable_store: bool,
+    pub(super) durable_checkpoints: bool,
+}
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring")
+            .field("bus", &self.bus.is_some())
+            .field("durable_store", &self.durable_store)
+            .field("durable_checkpoints", &self.durable_checkpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Wiring {
+    fn default() -> Self {
+        Wiring {
+            store: Arc::new(MemoryEventStore::new()),
+            snapshots: None,
+            checkpoints: Arc::new(MemoryCheckpointStore::new()),
+            views: Views::of(MemoryViewStore::new()),
+            bus: None,
+            durable_store: false,
+            durable_checkpoints: false,
+        }
+    }
+}
+
+impl Wiring {
+    /// The event store (and the global log relays and store-fed projections read).
+    pub fn event_store(&mut self, store: impl EventStore + 'static) -> &mut Self {
+        self.store = Arc::new(store);
+        self.durable_store = true;
+        self
+    }
+
+    /// An event store shared with other code (the embedded one a test reads, say).
+    pub fn shared_event_store(&mut self, store: Arc<dyn EventStore>) -> &mut Self {
+        self.store = store;
+        self
+    }
+
+    /// Snapshots of aggregates (none by default).
+    pub fn snapshot_store(&mut self, store: impl SnapshotStore + 'static) -> &mut Self {
+        self.snapshots = Some(Arc::new(store));
+        self
+    }
+
+    /// The relays' checkpoints.
+    pub fn checkpoint_store(&mut self, store: impl CheckpointStore + 'static) -> &mut Self {
+        self.checkpoints = Arc::new(store);
+        self.durable_checkpoints = true;
+        self
+    }
+
+    /// The read models: views, their checkpoints and dead letters.
+    pub fn view_store<S>(&mut self, store: S) -> &mut Self
+    where
+        S: ViewStore + ViewQuery + DeadLetterStore + 'static,
+    {
+        self.views = Views::of(store);
+        self
+    }
+
+    /// The bus between services.
+    pub fn event_bus(&mut self, bus: impl EventBus + 'static) -> &mut Self {
+        self.bus = Some(Arc::new(bus));
+        self
+    }
+
+    /// Whether a backend gave the checkpoint store (not the embedded default).
+    pub fn has_durable_checkpoints(&self) -> bool {
+        self.durable_checkpoints
+    }
+}
+
+/// Something that hands its parts to [`App::builder`](super::App::builder) in one line:
+/// `.with(postgres)`, `.with(mongo)`, `.with(kafka_bus)`.
+///
+/// Each backend crate implements it for its connection: PostgreSQL gives the event store,
+/// snapshots, checkpoints and views; MongoDB the views (and the checkpoints, unless a backend
+/// already gave some); a bus gives itself.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a backend the app builder knows",
+    label = "pass a `Postgres`, a `Mongo`, a bus, or implement `cqrs_core::app::Backend`"
+)]
+pub trait Backend {
+    /// Puts this backend's parts into the wiring.
+    fn install(self, wiring: &mut Wiring);
+}
+
+impl Backend for MemoryEventBus {
+    fn install(self, wiring: &mut Wiring) {
+        wiring.event_bus(self);
+    }
+}
+
+impl Backend for Arc<MemoryEventBus> {
+    fn install(self, wiring: &mut Wiring) {
+        wiring.event_bus(self);
+    }
+}
+
+impl Backend for MemorySnapshotStore {
+    fn install(self, wiring: &mut Wiring) {
+        wiring.snapshot_store(self);
+    }
+}
+
+impl Backend for Arc<MemoryEventStore> {
+    /// The embedded store, shared: a test keeps a handle to read it.
+    fn install(self, wiring: &mut Wiring) {
+        wiring.shared_event_store(self);
+    }
+}
+
+impl Backend for Arc<MemoryViewStore> {
+    /// The embedded views, shared: a test keeps a handle to read them.
+    fn install(self, wiring: &mut Wiring) {
+        wiring.views = Views {
+            store: self.clone(),
+            query: self.clone(),
+            dead_letters: self,
+        };
+    }
+}

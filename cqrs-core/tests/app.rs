@@ -1,0 +1,179 @@
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+//! The app builder: a whole service in one builder, mis-wirings refused, health, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{add, GrandTotal, GrandTotalView, Tally, TallyView};
+use cqrs_core::app::{Backend, Status, Wiring};
+use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore};
+use cqrs_core::processor::ErrorPolicy;
+use cqrs_core::{App, Error};
+
+fn config_error(built: Result<App, Error>) -> String {
+    match built {
+        Err(Error::Config(message)) => message,
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+}
+
+/// A store that outlives the process (as PostgreSQL's does), without a checkpoint store.
+struct DurableStoreOnly;
+impl Backend for DurableStoreOnly {
+    fn install(self, wiring: &mut Wiring) {
+        wiring.event_store(MemoryEventStore::new());
+    }
+}
+
+#[tokio::test]
+async fn a_mis_wired_app_is_a_typed_error_at_build() {
+    let no_bus = App::builder()
+        .projection(Tally::default(), |p| p.from_bus("g", ["counter"]))
+        .build();
+    assert!(
+        config_error(no_bus).contains("has none"),
+        "bus-fed projection"
+    );
+    let relay_no_bus = App::builder().relay("r", |r| r).build();
+    assert!(config_error(relay_no_bus).contains("relay `r`"));
+    let twice = App::builder()
+        .projection(Tally::default(), |p| p)
+        .projection(Tally::default(), |p| p)
+        .build();
+    assert!(config_error(twice).contains("two projections are named `tally`"));
+    let two_relays = App::builder()
+        .with(MemoryEventBus::new(1))
+        .relay("r", |r| r)
+        .relay("r", |r| r.only(["counter"]))
+        .build();
+    assert!(config_error(two_relays).contains("two relays"));
+    let empty_only = App::builder()
+        .with(MemoryEventBus::new(1))
+        .relay("r", |r| r.only(Vec::<String>::new()))
+        .build();
+    assert!(config_error(empty_only).contains("names no aggregate type"));
+    let forgetful = App::builder()
+        .with(DurableStoreOnly)
+        .with(MemoryEventBus::new(1))
+        .relay("r", |r| r)
+        .build();
+    assert!(config_error(forgetful).contains("checkpoint in memory"));
+    // The same with a checkpoint store given is fine.
+    struct Checkpoints;
+    impl Backend for Checkpoints {
+        fn install(self, wiring: &mut Wiring) {
+            wiring.checkpoint_store(MemoryCheckpointStore::new());
+        }
+    }
+    App::builder()
+        .with(DurableStoreOnly)
+        .with(Checkpoints)
+        .with(MemoryEventBus::new(1))
+        .relay("r", |r| r)
+        .build()
+        .expect("wired")
+        .shutdown()
+        .await
+        .expect("shutdown");
+}
+
+/// One builder: a relay to a bus, a projection on the bus and one on the store; commands
+/// through the gateway; a wait for everything committed; typed read models; health; shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_builder_runs_a_whole_service() {
+    let mut app = App::builder()
+        .with(MemoryEventBus::new(3))
+        .relay("relay", |r| r.only(["counter"]))
+        .projection(Tally::default(), |p| {
+            p.from_bus("tally", ["counter"]).batch_size(7)
+        })
+        .projection(GrandTotal, |p| p.batch_size(5))
+        .build()
+        .expect("build");
+    for i in 0..30u64 {
+        app.gateway()
+            .send(add(&format!("c-{}", i % 6), i + 1))
+            .await
+            .expect("send");
+    }
+    app.caught_up(Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let tally = app.read_model::<Tally>().expect("tally");
+    let c0 = tally.get("c-0").await.expect("get").expect("c-0");
+    assert_eq!(
+        c0,
+        TallyView {
+            total: 1 + 7 + 13 + 19 + 25,
+            versions: vec![1, 2, 3, 4, 5]
+        }
+    );
+    let grand = app.read_model::<GrandTotal>().expect("grand");
+    assert_eq!(
+        grand.get("all").await.expect("get"),
+        Some(GrandTotalView {
+            total: (1..=30).sum(),
+            events: 30
+        })
+    );
+    let health = app.health().await.expect("health");
+    assert_eq!(health.status, Status::Ok, "{health:?}");
+    assert_eq!(health.relays[0].position, 30);
+    let store_fed = health
+        .processors
+        .iter()
+        .find(|p| p.name == "grand-total")
+        .expect("grand-total");
+    assert_eq!((store_fed.feed.as_str(), store_fed.lag), ("store", Some(0)));
+    assert_eq!(
+        health.processors[0].lag, None,
+        "a bus feed has no one order"
+    );
+    struct Unknown;
+    impl cqrs_core::Projection for Unknown {
+        const NAME: &'static str = "unknown";
+        type Event = common::Added;
+        type View = u64;
+        fn view_id(&self, _: &common::Added, _: &cqrs_core::Envelope) -> String {
+            String::new()
+        }
+        fn apply(
+            &self,
+            _: &mut Option<u64>,
+            _: &common::Added,
+            _: &cqrs_core::Envelope,
+        ) -> Result<(), cqrs_core::BoxError> {
+            Ok(())
+        }
+    }
+    assert!(matches!(app.read_model::<Unknown>(), Err(Error::Config(_))));
+    app.shutdown().await.expect("a clean shutdown");
+}
+
+/// A processor that stops turns the health to degraded with its reason, and the shutdown
+/// returns the error it ended with.
+#[tokio::test]
+async fn a_stopped_processor_degrades_health_and_its_error_comes_back_from_shutdown() {
+    let app = App::builder()
+        .projection(Tally { fail_on: Some(3) }, |p| {
+            p.error_policy(ErrorPolicy::stop())
+                .idle_wait(Duration::from_millis(20))
+        })
+        .build()
+        .expect("build");
+    app.gateway().send(add("c", 3)).await.expect("send");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let health = app.health().await.expect("health");
+        if health.status == Status::Degraded {
+            break health;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {health:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let why = health.processors[0].stopped.clone().expect("a reason");
+    assert!(why.contains("refusing amount 3"), "{why}");
+    let ended = app.shutdown().await.expect_err("the processor's error");
+    assert!(ended.to_string().contains("refusing amount 3"), "{ended}");
+}
