@@ -49,6 +49,10 @@ impl Metadata {
     }
 }
 
+/// User metadata keys starting with this belong to the framework: the gateway refuses them in
+/// a command's metadata, and backends drop them from what they store.
+pub const RESERVED_PREFIX: &str = "cqrs.";
+
 /// The key under which a backend that keeps metadata as one map of strings (a `json` column,
 /// a message header) stores [`Metadata::command_id`]. Keys starting with `cqrs.` are reserved.
 pub const COMMAND_ID_KEY: &str = "cqrs.command_id";
@@ -58,11 +62,15 @@ pub const IDEMPOTENCY_KEY: &str = "cqrs.idempotency_key";
 impl Metadata {
     /// The user key/values with the command id and idempotency key added under their reserved
     /// keys: what a backend stores as one map of strings. Borrowed when there is nothing to add.
+    /// User keys under [`RESERVED_PREFIX`] are left out, so that none can pass for the
+    /// framework's own.
     pub fn stored_map(&self) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
-        if self.command_id.is_none() && self.idempotency_key.is_none() {
+        let reserved = self.user.keys().any(|k| k.starts_with(RESERVED_PREFIX));
+        if self.command_id.is_none() && self.idempotency_key.is_none() && !reserved {
             return std::borrow::Cow::Borrowed(&self.user);
         }
         let mut map = self.user.clone();
+        map.retain(|k, _| !k.starts_with(RESERVED_PREFIX));
         if let Some(id) = self.command_id {
             map.insert(COMMAND_ID_KEY.to_owned(), id.to_string());
         }

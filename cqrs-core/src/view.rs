@@ -105,6 +105,7 @@ pub trait ViewStore: Send + Sync {
 
 /// How a view store commits a unit of work, as it declares it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Atomicity {
     /// In one transaction: all of it or nothing. A unit of work resolving a dead letter that
     /// is gone (a concurrent retry resolved it) is refused whole with
@@ -119,6 +120,7 @@ pub enum Atomicity {
 
 /// One step of a unit of work written without a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CommitStep {
     /// Save the batch's dead letters (upserts by event id: writing one twice keeps one).
     DeadLetters,

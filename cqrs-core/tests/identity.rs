@@ -127,12 +127,20 @@ async fn a_command_sent_twice_with_one_idempotency_key_is_recorded_once() {
     let (counter, version) = gateway.load::<Counter>("k").await.expect("load");
     assert_eq!((counter.total, version), (10, 2));
 
-    // 16 sends of one keyed command at once: one records, every one answers with its events.
+    // 16 sends of one keyed command at once, through one gateway (its state cache shared)
+    // and through gateways of their own: one records, every one answers with its events.
+    let shared = CommandGateway::builder(store.clone())
+        .max_retries(100)
+        .build();
     let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let gateway = CommandGateway::builder(store.clone())
-            .max_retries(100)
-            .build();
+    for i in 0..16 {
+        let gateway = if i % 2 == 0 {
+            shared.clone()
+        } else {
+            CommandGateway::builder(store.clone())
+                .max_retries(100)
+                .build()
+        };
         tasks.push(tokio::spawn(async move {
             gateway
                 .send_with(
@@ -159,4 +167,43 @@ async fn a_command_sent_twice_with_one_idempotency_key_is_recorded_once() {
         stored[0].metadata.idempotency_key.as_deref(),
         Some("race-1")
     );
+}
+
+/// Metadata keys under `cqrs.` belong to the framework: a command carrying one is refused
+/// with a typed error, and a reaction to an event does not inherit them.
+#[tokio::test]
+async fn reserved_metadata_keys_are_refused_and_not_inherited() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let faked = gateway
+        .send_with(
+            add("r", 1),
+            CommandMetadata::default().with("cqrs.idempotency_key", "forged"),
+        )
+        .await
+        .expect_err("a reserved key");
+    assert!(
+        matches!(faked, CommandError::Failed(Error::Config(ref m)) if m.contains("reserved")),
+        "{faked}"
+    );
+    assert!(store.read_stream("r", 0).await.expect("read").is_empty());
+    let mut event = gateway
+        .send_with(
+            add("r", 1),
+            CommandMetadata::default().with("tenant", "t-1"),
+        )
+        .await
+        .expect("send")
+        .remove(0);
+    event
+        .metadata
+        .user
+        .insert("cqrs.dlq.source".into(), "topic/0/1".into());
+    let reaction = CommandMetadata::caused_by(&event);
+    assert_eq!(reaction.user.len(), 1, "{:?}", reaction.user);
+    assert_eq!(reaction.user["tenant"], "t-1");
+    // A backend never stores a user key that could pass for the framework's own.
+    let stored = event.metadata.stored_map();
+    assert!(!stored.contains_key("cqrs.dlq.source"));
+    assert!(stored.contains_key("cqrs.command_id"));
 }

@@ -110,3 +110,31 @@ async fn a_bus_fed_processor_waits_for_the_events_not_the_largest_position() {
     );
     handle.stop().await.expect("stop");
 }
+
+/// A processor that stops while someone waits for its events ends the wait at once with
+/// `Shutdown`, not at the timeout.
+#[tokio::test]
+async fn a_wait_ends_when_the_processor_stops() {
+    let poison: CounterEvent = Added { amount: 3 }.into();
+    let batches = vec![vec![envelope_of("counter", "a", 1, 1, &poison)]];
+    let waited_for = batches[0].clone();
+    let feed = Arc::new(Scripted {
+        batches: parking_lot::Mutex::new(batches),
+        gate: Arc::new(Semaphore::new(1)),
+    });
+    let mut handle =
+        TrackingProcessor::new(Tally { fail_on: Some(3) }, Arc::new(MemoryViewStore::new()))
+            .spawn(feed);
+    let started = tokio::time::Instant::now();
+    let waited = handle
+        .wait_for_events(&waited_for, Duration::from_secs(30))
+        .await;
+    assert!(matches!(waited, Err(Error::Shutdown)), "{waited:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the wait outlived the processor by {:?}",
+        started.elapsed()
+    );
+    let ended = handle.stop().await.expect_err("the processor's error");
+    assert!(ended.to_string().contains("refusing amount 3"), "{ended}");
+}

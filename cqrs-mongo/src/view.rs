@@ -412,6 +412,11 @@ impl StepwiseCommit for MongoViewStore {
                 }
             }
             CommitStep::Views | CommitStep::Resolved => {}
+            other => {
+                return Err(Error::Config(format!(
+                    "this MongoDB store does not know the commit step {other:?}"
+                )))
+            }
         }
         Ok(())
     }

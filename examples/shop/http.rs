@@ -13,16 +13,18 @@ pub const MAX_BODY: usize = 16 * 1024;
 
 /// The most a service reads of a body that is too large before it answers 413: reading it
 /// to its end lets the client finish sending, so it gets its 413 instead of a connection
-/// closed under it. A larger body is cut off (the connection is closed).
-pub const MAX_DRAINED: usize = 1024 * 1024;
+/// closed under it. A body announced larger is answered at once (and the connection closed).
+pub const MAX_DRAINED: u64 = 1024 * 1024;
 
 /// Answers a request whose body is larger than [`MAX_BODY`] with `413 body_too_large`, after
-/// reading the body (up to [`MAX_DRAINED`]); passes the others on with their body.
+/// reading the rest of the body and dropping it (up to [`MAX_DRAINED`]); passes the others
+/// on with their body. At most `MAX_BODY` bytes of a request are held in memory.
 pub async fn refuse_large_bodies(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    use futures::StreamExt as _;
+
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -31,19 +33,44 @@ pub async fn refuse_large_bodies(
         )
         .into_response()
     };
-    let bytes = match axum::body::to_bytes(body, MAX_DRAINED).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            tracing::debug!(error = %e, "a request body could not be read whole");
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_DRAINED) {
+        return too_large();
+    }
+    let (parts, body) = request.into_parts();
+    let mut chunks = body.into_data_stream();
+    let mut kept: Vec<u8> = Vec::new();
+    let mut read: u64 = 0;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("the body could not be read: {e}"),
+                )
+                .into_response()
+            }
+        };
+        read += chunk.len() as u64;
+        if read > MAX_DRAINED {
             return too_large();
         }
-    };
-    if bytes.len() > MAX_BODY {
+        if read <= MAX_BODY as u64 {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    if read > MAX_BODY as u64 {
         return too_large();
     }
     next.run(axum::extract::Request::from_parts(
         parts,
-        axum::body::Body::from(bytes),
+        axum::body::Body::from(kept),
     ))
     .await
 }

@@ -49,7 +49,13 @@ impl CommandMetadata {
             correlation_id: Some(envelope.metadata.correlation_id),
             causation_id: Some(envelope.metadata.event_id),
             idempotency_key: None,
-            user: envelope.metadata.user.clone(),
+            user: envelope
+                .metadata
+                .user
+                .iter()
+                .filter(|(k, _)| !k.starts_with(crate::envelope::RESERVED_PREFIX))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -285,18 +291,35 @@ impl CommandGateway {
         let correlation_id = ctx.metadata.correlation_id.unwrap_or(command_id);
         let causation_id = ctx.metadata.causation_id.unwrap_or(command_id);
         let key = ctx.metadata.idempotency_key.as_deref();
+        if let Some(reserved) = ctx
+            .metadata
+            .user
+            .keys()
+            .find(|k| k.starts_with(crate::envelope::RESERVED_PREFIX))
+        {
+            return Err(CommandError::Failed(Error::Config(format!(
+                "metadata key `{reserved}` is reserved: keys starting with `{}` belong to the \
+                 framework",
+                crate::envelope::RESERVED_PREFIX
+            ))));
+        }
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            if let Some(key) = key {
-                // Checked again after every conflict: the concurrent append that won may be
-                // the same command, sent twice at once.
-                if let Some(first) = self.recorded_with_key::<A>(id, key).await? {
-                    tracing::debug!(key, "command already recorded under its idempotency key");
-                    return Ok(first);
-                }
-            }
-            let (mut state, version) = self.load_state::<A>(id, attempt == 1).await?;
+            let (mut state, version) = match key {
+                // The key is looked for in the very read the state is folded from (no cache,
+                // no snapshot): a state that includes the first send's events then always
+                // shows its key. Checked again after every conflict, since the append that won
+                // may be the same command, sent twice at once.
+                Some(key) => match self.load_keyed::<A>(id, key).await? {
+                    Keyed::Recorded(first) => {
+                        tracing::debug!(key, "command already recorded under its idempotency key");
+                        return Ok(first);
+                    }
+                    Keyed::New(state, version) => (state, version),
+                },
+                None => self.load_state::<A>(id, attempt == 1).await?,
+            };
             let events = state.handle(command).map_err(CommandError::Rejected)?;
             if events.is_empty() {
                 return Ok(Vec::new());
@@ -384,18 +407,21 @@ impl CommandGateway {
         }
     }
 
-    /// The events a command sent with this idempotency key recorded in the stream, if one was.
-    async fn recorded_with_key<A: Aggregate>(
-        &self,
-        id: &str,
-        key: &str,
-    ) -> Result<Option<Vec<Envelope>>> {
-        let mut stream = self.inner.store.read_stream(id, 0).await?;
-        if let Some(first) = stream.first() {
-            check_type::<A>(first)?;
+    /// The whole stream, read once: the events recorded under this idempotency key if there
+    /// are any, else the state folded from it.
+    async fn load_keyed<A: Aggregate>(&self, id: &str, key: &str) -> Result<Keyed<A>> {
+        let stream = self.inner.store.read_stream(id, 0).await?;
+        let recorded: Vec<Envelope> = stream
+            .iter()
+            .filter(|e| e.metadata.idempotency_key.as_deref() == Some(key))
+            .cloned()
+            .collect();
+        if !recorded.is_empty() {
+            check_type::<A>(&recorded[0])?;
+            return Ok(Keyed::Recorded(recorded));
         }
-        stream.retain(|e| e.metadata.idempotency_key.as_deref() == Some(key));
-        Ok((!stream.is_empty()).then_some(stream))
+        let (state, version) = fold::<A>(A::default(), 0, stream)?;
+        Ok(Keyed::New(state, version))
     }
 
     async fn load_state<A: Aggregate>(&self, id: &str, use_cache: bool) -> Result<(A, u64)> {
@@ -429,18 +455,32 @@ impl CommandGateway {
                 }
             }
         }
-        for envelope in self.inner.store.read_stream(id, version).await? {
-            check_type::<A>(&envelope)?;
-            let Some(event) = A::Event::decode(&envelope)? else {
-                return Err(Error::UnknownEvent {
-                    event: envelope.event_ref(),
-                });
-            };
-            state.apply(&event);
-            version = envelope.version;
-        }
-        Ok((state, version))
+        let events = self.inner.store.read_stream(id, version).await?;
+        fold::<A>(state, version, events)
     }
+}
+
+/// What a keyed command finds in its stream.
+enum Keyed<A> {
+    /// The events the first send recorded.
+    Recorded(Vec<Envelope>),
+    /// Nothing under the key: the state and version to decide on.
+    New(A, u64),
+}
+
+/// Applies a stream's events (after `version`) to a state.
+fn fold<A: Aggregate>(mut state: A, mut version: u64, events: Vec<Envelope>) -> Result<(A, u64)> {
+    for envelope in events {
+        check_type::<A>(&envelope)?;
+        let Some(event) = A::Event::decode(&envelope)? else {
+            return Err(Error::UnknownEvent {
+                event: envelope.event_ref(),
+            });
+        };
+        state.apply(&event);
+        version = envelope.version;
+    }
+    Ok((state, version))
 }
 
 /// Streams are keyed by id alone: a stream another aggregate type wrote is not this one's.

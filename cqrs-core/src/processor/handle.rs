@@ -161,19 +161,27 @@ impl ProcessorHandle {
             return self.wait_for(last, timeout).await;
         }
         let mut committed = self.progress.committed.subscribe();
+        let mut ended = self.ended.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             committed.mark_unchanged();
+            ended.mark_unchanged();
             if self.progress.has_all(events) {
                 return Ok(());
             }
-            if self.task.is_finished() {
+            if self.task.is_finished() || ended.borrow().is_some() {
                 return Err(Error::Shutdown);
             }
-            match tokio::time::timeout_at(deadline, committed.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Error::Shutdown),
-                Err(_) => return Err(self.timed_out(format!("{} events", events.len()), timeout)),
+            let woken = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    _ = committed.changed() => {}
+                    // The processor ended (or its task died): no commit will come.
+                    _ = ended.changed() => {}
+                }
+            })
+            .await;
+            if woken.is_err() {
+                return Err(self.timed_out(format!("{} events", events.len()), timeout));
             }
         }
     }

@@ -160,6 +160,9 @@ pub struct TrackingProcessor<P: Projection> {
     cache_capacity: usize,
     track_streams: bool,
     progress: Arc<Progress>,
+    /// Whether to record each committed batch's stream versions, for waits on a feed that
+    /// has no one order (set by `spawn` from the feed).
+    record_streams: bool,
 }
 
 /// What a retry of dead letters did.
@@ -230,6 +233,7 @@ impl<P: Projection> TrackingProcessor<P> {
             cache_capacity: 10_000,
             track_streams: false,
             progress: Arc::new(Progress::new(100_000)),
+            record_streams: false,
         }
     }
 
@@ -334,9 +338,14 @@ impl<P: Projection> TrackingProcessor<P> {
         }
         let max_position = batch.events.iter().map(|e| e.position).max();
         let mut attempt = 0u32;
+        // A store without transactions writes dead letters before the views: when a later
+        // step of an attempt fails, they stay. An event an earlier attempt dead-lettered that
+        // this one applied is then resolved with this attempt's unit of work.
+        let stepwise = self.store.atomicity() == crate::view::Atomicity::Stepwise;
+        let mut written_dead: Vec<Uuid> = Vec::new();
         let outcome = loop {
             // Fold afresh on every attempt: after a view conflict the views must be reloaded.
-            let folded = match fold::fold(self, batch).await {
+            let mut folded = match fold::fold(self, batch).await {
                 Ok(folded) => folded,
                 // Loading the views failed (the store is down): wait and fold again.
                 Err(e) if e.is_transient() => {
@@ -349,6 +358,21 @@ impl<P: Projection> TrackingProcessor<P> {
                 Err(e) => return Err(e),
             };
             let dead_letters = folded.work.dead_letters.clone();
+            if stepwise {
+                let now_dead: Vec<Uuid> = dead_letters
+                    .iter()
+                    .map(|d| d.envelope.metadata.event_id)
+                    .collect();
+                folded
+                    .work
+                    .resolved
+                    .extend(written_dead.iter().filter(|id| !now_dead.contains(id)));
+                for id in now_dead {
+                    if !written_dead.contains(&id) {
+                        written_dead.push(id);
+                    }
+                }
+            }
             match self.store.commit(folded.work).await {
                 Ok(()) => {
                     self.cache_views(folded.views);
@@ -379,7 +403,7 @@ impl<P: Projection> TrackingProcessor<P> {
         if let Some(p) = max_position {
             self.advance(p);
         }
-        if !batch.globally_ordered {
+        if self.record_streams {
             self.progress.record(batch);
         }
         Ok(outcome)
@@ -682,13 +706,14 @@ impl<P: Projection> TrackingProcessor<P> {
     }
 
     /// Runs the processor on a task of its own until the handle is stopped.
-    pub fn spawn(self, feed: Arc<dyn Feed>) -> ProcessorHandle {
+    pub fn spawn(mut self, feed: Arc<dyn Feed>) -> ProcessorHandle {
         let stop = CancellationToken::new();
         let position = self.watch_position();
         let token = stop.clone();
         let name = self.name.clone();
         let progress = self.progress.clone();
         let ordered = feed.globally_ordered();
+        self.record_streams = !ordered;
         let (ended_tx, ended) = watch::channel(None);
         let task = tokio::spawn(async move {
             let outcome = self.run(feed.as_ref(), token).await;

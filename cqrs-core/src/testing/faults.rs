@@ -115,15 +115,13 @@ impl<S: StepwiseCommit + ViewStore> ViewStore for CrashAfterStep<S> {
     }
 
     async fn commit(&self, work: UnitOfWork) -> Result<()> {
-        let crash = {
-            let mut left = self.crashes.lock();
-            let crash = *left > 0 && writes_in(self.step, &work);
-            *left -= u32::from(crash);
-            crash
-        };
+        let crash = *self.crashes.lock() > 0 && writes_in(self.step, &work);
         for step in COMMIT_ORDER {
             self.inner.commit_step(step, &work).await?;
             if crash && step == self.step {
+                // Counted only once the crash happens (an earlier step may have failed).
+                let mut left = self.crashes.lock();
+                *left = left.saturating_sub(1);
                 return Err(Error::Config(format!(
                     "injected crash after the {step:?} step of a unit of work"
                 )));

@@ -1,7 +1,8 @@
--- Streams are keyed by id alone, and an id belongs to the aggregate type that wrote its first
--- event (docs/adr/0007). Both append functions refuse an append of another aggregate type to an
--- existing stream with SQLSTATE CQ001 (the owner's type in DETAIL); the version lookup they
--- already made now also reads the owner, from the same index entry.
+-- Streams are keyed by id alone, and an id belongs to the aggregate type that wrote it
+-- (docs/adr/0007). Both append functions refuse an append of another aggregate type to an
+-- existing stream with SQLSTATE CQ001 (the owner's type in DETAIL). The owner is read from the
+-- stream's last event, found by the same index lookup that gives its version (plus that one
+-- row); since this migration every event of a stream has the same type.
 
 CREATE OR REPLACE FUNCTION {schema}.append_events(
     p_stream text,
