@@ -16,11 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
-use cqrs_core::{
-    registry, BoxError, BusFeed, CommandGateway, EventReader, EventStore, ReadModel, Relay,
-    TrackingProcessor, ViewQuery,
-};
+use cqrs_core::memory::{MemoryEventBus, MemoryEventStore, MemoryViewStore};
+use cqrs_core::{registry, App, BoxError, ReadModel, TrackingProcessor};
 use indicatif::{ProgressBar, ProgressStyle};
 use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use shop::comment::{CommentCommand, COMMENT};
@@ -246,26 +243,21 @@ fn print_catalog(title: &str, entries: &[CatalogEntry]) {
 }
 
 async fn demo() -> Result<(), BoxError> {
-    // Write side: one event store, one gateway.
+    // The whole shop in one builder, on the embedded default: the event store, a relay to a
+    // bus, and the catalog service's consumer group building its read model. Against real
+    // servers, one line each: `.with(postgres)`, `.with(kafka_bus)`, `.with(mongo)`.
     let store = Arc::new(MemoryEventStore::new());
-    registry().check_store(store.as_ref()).await?;
-    let gateway = CommandGateway::builder(store.clone() as Arc<dyn EventStore>).build();
-
-    // Between services: the relay publishes the store's global log to the bus.
-    let bus = Arc::new(MemoryEventBus::new(3));
-    let relay = Relay::new(
-        "shop-relay",
-        store.clone(),
-        bus.clone(),
-        Arc::new(MemoryCheckpointStore::new()),
-    )
-    .spawn();
-
-    // Read side: the catalog service consumes the bus into its read model.
     let views = Arc::new(MemoryViewStore::new());
-    let feed = Arc::new(BusFeed::new(bus.clone(), "catalog", [PRODUCT, COMMENT]));
-    let mut catalog = TrackingProcessor::new(Catalog, views.clone()).spawn(feed);
-    let queries = CatalogQueries::new(ReadModel::new(views.clone() as Arc<dyn ViewQuery>));
+    registry().check_store(store.as_ref()).await?;
+    let mut app = App::builder()
+        .with(store.clone())
+        .with(views.clone())
+        .with(MemoryEventBus::new(3))
+        .relay("shop-relay", |r| r)
+        .projection(Catalog, |p| p.from_bus("catalog", [PRODUCT, COMMENT]))
+        .build()?;
+    let gateway = app.gateway().clone();
+    let queries = CatalogQueries::new(app.read_model::<Catalog>()?);
 
     // The scenario.
     let products = [
@@ -339,11 +331,8 @@ async fn demo() -> Result<(), BoxError> {
     }
 
     let head = store.len() as u64;
-    // A bus has an order per partition only: wait for every event committed, not a position.
-    let committed = store.read_all(0, store.len()).await?;
-    catalog
-        .wait_for_events(&committed, Duration::from_secs(10))
-        .await?;
+    // Everything committed so far, published by the relay and applied by the catalog.
+    app.caught_up(Duration::from_secs(10)).await?;
     let live = queries.list(0, 100).await?;
     print_catalog(
         &format!("Catalog, built from the bus ({head} events):"),
@@ -351,8 +340,7 @@ async fn demo() -> Result<(), BoxError> {
     );
 
     // Wipe the read model and rebuild it from the event store, the source of truth.
-    catalog.stop().await?;
-    relay.stop().await?;
+    app.shutdown().await?;
     let replay = TrackingProcessor::new(Catalog, views.clone());
     replay.reset().await?;
     assert!(
