@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use crate::relay::Breaker;
 
 /// How a service is doing: `ok`, or `degraded` once a processor has stopped (its read model
-/// no longer follows the events) or a relay's circuit is open.
+/// no longer follows the events) or a relay has. A relay whose circuit is open (the bus is
+/// down) is reported with its breaker but does not degrade the service: events wait in the
+/// store and commands go on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     /// `ok` or `degraded`.
@@ -31,7 +33,7 @@ impl Health {
 pub enum Status {
     /// Every relay and processor runs.
     Ok,
-    /// A processor stopped, or a relay cannot publish.
+    /// A processor or a relay stopped.
     Degraded,
 }
 

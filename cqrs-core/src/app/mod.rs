@@ -30,6 +30,7 @@
 //! ```
 
 mod health;
+mod ops;
 mod parts;
 mod wiring;
 
@@ -37,22 +38,25 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 pub use self::health::{Health, ProcessorHealth, RelayHealth, Status};
+pub use self::ops::Ops;
+use self::ops::{ProcessorWatch, RelayWatch};
 pub use self::parts::{ProjectionOptions, RelayOptions};
 pub use self::wiring::{Backend, Views, Wiring};
 
-use self::parts::{PendingProjection, RetryDeadLetters, Source};
+use self::parts::{PendingProjection, Source};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::gateway::{CommandGateway, GatewayBuilder};
 use crate::processor::{ProcessorHandle, RetryReport};
 use crate::projection::{Projection, ReadModel};
-use crate::relay::{Breaker, RelayHandle};
+use crate::relay::RelayHandle;
 use crate::store::EventStore;
 
 /// A running service: its command gateway, its read models, its health, its shutdown.
 pub struct App {
     gateway: CommandGateway,
     wiring: Wiring,
+    ops: Ops,
     relays: Vec<RelayHandle>,
     relay_names: Vec<String>,
     relay_types: Vec<Option<Vec<String>>>,
@@ -63,7 +67,6 @@ struct Running {
     name: String,
     source: Source,
     handle: ProcessorHandle,
-    retry: std::sync::Arc<dyn RetryDeadLetters>,
 }
 
 impl std::fmt::Debug for App {
@@ -185,21 +188,37 @@ impl AppBuilder {
             relay_names: Vec::new(),
             relay_types: Vec::new(),
             processors: Vec::new(),
+            ops: Ops {
+                wiring: wiring.clone(),
+                relays: Vec::new(),
+                processors: Vec::new(),
+            },
             wiring,
         };
         for relay in relays {
             let handle = relay.start(&app.wiring)?;
+            app.ops.relays.push(RelayWatch {
+                name: relay.name.clone(),
+                breaker: handle.watch_breaker(),
+                position: handle.watch_position(),
+            });
             app.relays.push(handle);
             app.relay_names.push(relay.name.clone());
             app.relay_types.push(relay.only.clone());
         }
         for pending in projections {
             let started = (pending.start)(&pending.options, &app.wiring)?;
+            app.ops.processors.push(ProcessorWatch {
+                name: pending.options.name.clone(),
+                source: pending.options.source.clone(),
+                position: started.handle.watch_position(),
+                ended: started.handle.watch_ended(),
+                retry: started.retry,
+            });
             app.processors.push(Running {
                 name: pending.options.name.clone(),
                 source: pending.options.source.clone(),
                 handle: started.handle,
-                retry: started.retry,
             });
         }
         Ok(app)
@@ -288,9 +307,21 @@ impl App {
         Ok(ReadModel::new(self.wiring.views.query.clone()))
     }
 
-    /// Applies a projection's dead letters again (all of them, or the one of `event`), e.g.
-    /// after a fix was deployed. See
-    /// [`TrackingProcessor::retry_dead_letters`](crate::TrackingProcessor::retry_dead_letters).
+    /// What an operator sees and can do, shareable apart from the app: health, dead letters
+    /// and their retry.
+    pub fn ops(&self) -> Ops {
+        self.ops.clone()
+    }
+
+    /// The health report (see [`Ops::health`]).
+    ///
+    /// # Errors
+    /// A store error reading the head of the log.
+    pub async fn health(&self) -> Result<Health> {
+        self.ops.health().await
+    }
+
+    /// Applies a projection's dead letters again (see [`Ops::retry_dead_letters`]).
     ///
     /// # Errors
     /// [`Error::Config`] for an unknown projection; a backend error.
@@ -299,62 +330,7 @@ impl App {
         projection: &str,
         event: Option<uuid::Uuid>,
     ) -> Result<RetryReport> {
-        let running = self
-            .processors
-            .iter()
-            .find(|p| p.name == projection)
-            .ok_or_else(|| {
-                Error::Config(format!("the app runs no projection named `{projection}`"))
-            })?;
-        running.retry.retry(&self.wiring, event).await
-    }
-
-    /// The health report: each relay's breaker and position, each processor's position, lag
-    /// and why it ended, if it did.
-    ///
-    /// # Errors
-    /// A store error reading the head of the log (for the lag).
-    pub async fn health(&self) -> Result<Health> {
-        let head = self.wiring.store.head().await?;
-        let relays: Vec<RelayHealth> = self
-            .relays
-            .iter()
-            .zip(&self.relay_names)
-            .map(|(r, name)| RelayHealth {
-                name: name.clone(),
-                breaker: r.breaker(),
-                position: r.position(),
-                stopped: r.is_finished().then(|| "its task ended".to_owned()),
-            })
-            .collect();
-        let processors: Vec<ProcessorHealth> = self
-            .processors
-            .iter()
-            .map(|p| {
-                let position = p.handle.position();
-                let on_store = p.source == Source::Store;
-                ProcessorHealth {
-                    name: p.name.clone(),
-                    feed: if on_store { "store" } else { "bus" }.into(),
-                    position,
-                    lag: on_store.then(|| head.saturating_sub(position)),
-                    stopped: p.handle.watch_ended().why(),
-                }
-            })
-            .collect();
-        let degraded = processors.iter().any(|p| p.stopped.is_some())
-            || relays
-                .iter()
-                .any(|r| r.stopped.is_some() || r.breaker == Breaker::Open);
-        Ok(Health {
-            status: if degraded {
-                Status::Degraded
-            } else {
-                Status::Ok
-            },
-            relays,
-            processors,
-        })
+        self.ops.retry_dead_letters(projection, event).await
     }
 
     /// Waits until every relay and processor has handled these events (the ones `send`

@@ -193,6 +193,7 @@ pub struct RelayOptions {
     pub(super) name: String,
     pub(super) only: Option<Vec<String>>,
     batch_size: Option<usize>,
+    backoff: Option<crate::processor::Backoff>,
 }
 
 impl RelayOptions {
@@ -201,6 +202,7 @@ impl RelayOptions {
             name: name.to_owned(),
             only: None,
             batch_size: None,
+            backoff: None,
         }
     }
 
@@ -213,6 +215,12 @@ impl RelayOptions {
     /// Events per published batch.
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = Some(size);
+        self
+    }
+
+    /// The backoff while the store or the bus fails.
+    pub fn backoff(mut self, backoff: crate::processor::Backoff) -> Self {
+        self.backoff = Some(backoff);
         self
     }
 
@@ -236,6 +244,9 @@ impl RelayOptions {
         }
         if let Some(size) = self.batch_size {
             relay = relay.batch_size(size);
+        }
+        if let Some(backoff) = self.backoff {
+            relay = relay.backoff(backoff);
         }
         Ok(relay.spawn())
     }

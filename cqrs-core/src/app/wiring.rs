@@ -178,3 +178,10 @@ impl Backend for Arc<MemoryViewStore> {
         };
     }
 }
+
+impl Backend for Arc<MemoryCheckpointStore> {
+    /// The embedded checkpoints, shared by the services of one process.
+    fn install(self, wiring: &mut Wiring) {
+        wiring.checkpoints = self;
+    }
+}

@@ -1,0 +1,134 @@
+//! What an operator sees of a running app, from anywhere (an HTTP handler): its health, and
+//! the retry of dead letters. Cheap to clone.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::health::{Health, ProcessorHealth, RelayHealth, Status};
+use super::parts::{RetryDeadLetters, Source};
+use super::wiring::Wiring;
+use crate::error::{Error, Result};
+use crate::processor::{EndWatch, RetryReport};
+use crate::relay::Breaker;
+
+/// An app's health and dead-letter retries, shareable apart from the [`App`](super::App)
+/// that owns the running tasks.
+#[derive(Clone)]
+pub struct Ops {
+    pub(super) wiring: Wiring,
+    pub(super) relays: Vec<RelayWatch>,
+    pub(super) processors: Vec<ProcessorWatch>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops")
+            .field("relays", &self.relays.len())
+            .field("processors", &self.processors.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct RelayWatch {
+    pub(super) name: String,
+    pub(super) breaker: watch::Receiver<Breaker>,
+    pub(super) position: watch::Receiver<u64>,
+}
+
+#[derive(Clone)]
+pub(super) struct ProcessorWatch {
+    pub(super) name: String,
+    pub(super) source: Source,
+    pub(super) position: watch::Receiver<u64>,
+    pub(super) ended: EndWatch,
+    pub(super) retry: Arc<dyn RetryDeadLetters>,
+}
+
+impl Ops {
+    /// The health report: each relay's breaker and position, each processor's position, lag
+    /// and why it ended, if it did.
+    ///
+    /// # Errors
+    /// A store error reading the head of the log (for the lag).
+    pub async fn health(&self) -> Result<Health> {
+        let head = self.wiring.store.head().await?;
+        let relays: Vec<RelayHealth> = self
+            .relays
+            .iter()
+            .map(|r| RelayHealth {
+                name: r.name.clone(),
+                breaker: *r.breaker.borrow(),
+                position: *r.position.borrow(),
+                // The relay owns the sender: gone means its task ended.
+                stopped: r
+                    .position
+                    .has_changed()
+                    .is_err()
+                    .then(|| "its task ended".to_owned()),
+            })
+            .collect();
+        let processors: Vec<ProcessorHealth> = self
+            .processors
+            .iter()
+            .map(|p| {
+                let position = *p.position.borrow();
+                let on_store = p.source == Source::Store;
+                ProcessorHealth {
+                    name: p.name.clone(),
+                    feed: if on_store { "store" } else { "bus" }.into(),
+                    position,
+                    lag: on_store.then(|| head.saturating_sub(position)),
+                    stopped: p.ended.why(),
+                }
+            })
+            .collect();
+        // An open breaker is an outage the relay rides out (events wait in the store, commands
+        // go on): reported, not degraded. A stopped relay or processor is.
+        let degraded = processors.iter().any(|p| p.stopped.is_some())
+            || relays.iter().any(|r| r.stopped.is_some());
+        Ok(Health {
+            status: if degraded {
+                Status::Degraded
+            } else {
+                Status::Ok
+            },
+            relays,
+            processors,
+        })
+    }
+
+    /// Applies a projection's dead letters again (all of them, or the one of `event`), e.g.
+    /// after a fix was deployed. See
+    /// [`TrackingProcessor::retry_dead_letters`](crate::TrackingProcessor::retry_dead_letters).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown projection; a backend error.
+    pub async fn retry_dead_letters(
+        &self,
+        projection: &str,
+        event: Option<uuid::Uuid>,
+    ) -> Result<RetryReport> {
+        let running = self
+            .processors
+            .iter()
+            .find(|p| p.name == projection)
+            .ok_or_else(|| {
+                Error::Config(format!("the app runs no projection named `{projection}`"))
+            })?;
+        running.retry.retry(&self.wiring, event).await
+    }
+
+    /// The dead letters of a projection, oldest first.
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn dead_letters(&self, projection: &str) -> Result<Vec<crate::view::DeadLetter>> {
+        self.wiring
+            .views
+            .dead_letters
+            .dead_letters(projection)
+            .await
+    }
+}
