@@ -145,7 +145,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             init_logging("info");
             let service = catalog_service(&Backends::new(connections)).await?;
             serve("catalog", service.router.clone(), listen).await?;
-            Ok(service.processor.stop().await?)
+            service.stop().await
         }
         Command::All {
             product_listen,
@@ -165,7 +165,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             )?;
             product.stop().await?;
             comment.stop().await?;
-            Ok(catalog.processor.stop().await?)
+            catalog.stop().await
         }
         Command::Replay { connections } => {
             init_logging("warn");

@@ -121,10 +121,13 @@ impl ProjectionOptions {
     }
 }
 
+/// Starts a projection's processor on the wiring (the projection's type is inside).
+type Starter = Box<dyn FnOnce(&ProjectionOptions, &Wiring) -> Result<Started> + Send>;
+
 /// A projection waiting to be started, with the retrier of its dead letters.
 pub(super) struct PendingProjection {
     pub(super) options: ProjectionOptions,
-    pub(super) start: Box<dyn FnOnce(&ProjectionOptions, &Wiring) -> Result<Started> + Send>,
+    pub(super) start: Starter,
 }
 
 /// A started projection.
