@@ -6,8 +6,11 @@
 //! loses nothing: the batch is delivered again, and the per-stream versions kept in every view
 //! make the repeat a no-op.
 
+mod catch_up;
 mod fold;
 mod handle;
+mod policy;
+mod retry;
 mod source;
 
 use std::collections::HashMap;
@@ -18,132 +21,17 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use self::catch_up::CatchUpProgress;
 use self::handle::Progress;
 pub use self::handle::{EndWatch, ProcessorHandle};
+pub use self::policy::{Backoff, ErrorPolicy, OnFailure};
+pub use self::retry::RetryReport;
 pub use self::source::{Batch, EventSource, Feed, Rejected, StoreFeed};
 use crate::error::{Error, Result};
 use crate::projection::Projection;
-use crate::store::EventReader;
 use uuid::Uuid;
 
-use crate::view::{DeadLetter, DeadLetterStore, ViewStore};
-
-/// Exponential backoff between retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The first delay.
-    pub min: Duration,
-    /// The largest delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// A backoff from `min` doubling up to `max`.
-    pub const fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max }
-    }
-
-    /// The delay before retry number `attempt` (0-based), with up to 25% jitter.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-            .min(self.max);
-        let jitter = base.as_nanos() as u64 / 4;
-        if jitter == 0 {
-            return base;
-        }
-        let r = fastrand::u64(0..jitter);
-        base.saturating_sub(Duration::from_nanos(r))
-    }
-}
-
-impl Backoff {
-    /// The delay before retry number `attempt` (0-based) with "equal jitter": half of the
-    /// exponential delay, plus a random share of the other half. Writers that collided retry
-    /// at spread-out moments instead of colliding again in lockstep.
-    pub fn spread(&self, attempt: u32) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
-            .min(self.max);
-        let half = base / 2;
-        let span = (base - half).as_nanos() as u64;
-        half + Duration::from_nanos(if span == 0 {
-            0
-        } else {
-            fastrand::u64(0..=span)
-        })
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(50), Duration::from_secs(5))
-    }
-}
-
-/// What to do once an event has failed for good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    /// Stop the processor with the error; the checkpoint stays before the failing batch.
-    Stop,
-    /// Keep the event and the reason as a dead letter, and go on with the others.
-    DeadLetter,
-}
-
-/// How a projection treats an event it cannot handle: a failing handler is retried with
-/// backoff, then stopped on or dead-lettered. An event that cannot be decoded (unknown name,
-/// bad payload) is not retried: it goes straight to `then`. Nothing is ever dropped silently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorPolicy {
-    /// How many times a failing handler is retried.
-    pub retries: u32,
-    /// The delay between handler retries.
-    pub backoff: Backoff,
-    /// What happens after the retries.
-    pub then: OnFailure,
-}
-
-impl ErrorPolicy {
-    /// Stop at the first failure.
-    pub const fn stop() -> Self {
-        ErrorPolicy {
-            retries: 0,
-            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(5)),
-            then: OnFailure::Stop,
-        }
-    }
-
-    /// Dead-letter at the first failure.
-    pub const fn dead_letter() -> Self {
-        ErrorPolicy {
-            then: OnFailure::DeadLetter,
-            ..Self::stop()
-        }
-    }
-
-    /// Retry a failing handler `retries` times with `backoff`, then stop.
-    pub const fn retry(retries: u32, backoff: Backoff) -> Self {
-        ErrorPolicy {
-            retries,
-            backoff,
-            then: OnFailure::Stop,
-        }
-    }
-
-    /// After the retries, dead-letter instead of stopping.
-    pub const fn then_dead_letter(mut self) -> Self {
-        self.then = OnFailure::DeadLetter;
-        self
-    }
-}
-
-impl Default for ErrorPolicy {
-    fn default() -> Self {
-        Self::stop()
-    }
-}
+use crate::view::{DeadLetter, ViewStore};
 
 /// Feeds one projection from a source into a view store. See the [module docs](self).
 pub struct TrackingProcessor<P: Projection> {
@@ -163,41 +51,6 @@ pub struct TrackingProcessor<P: Projection> {
     /// Whether to record each committed batch's stream versions, for waits on a feed that
     /// has no one order (set by `spawn` from the feed).
     record_streams: bool,
-}
-
-/// What a retry of dead letters did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RetryReport {
-    /// The event ids of the dead letters applied and removed.
-    pub resolved: Vec<Uuid>,
-    /// The dead letters that failed again, with the new reason; they stay dead letters.
-    pub failed: Vec<(Uuid, String)>,
-}
-
-/// How far a [`catch_up`](TrackingProcessor::catch_up_with_progress) has come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CatchUpProgress {
-    /// Events read so far.
-    pub events: u64,
-    /// The global position processed so far (0 before the first batch).
-    pub position: u64,
-    /// Where the range measured starts: the checkpoint, then (once the first batch is read)
-    /// just before its first event, since positions may start far above the checkpoint.
-    pub start: u64,
-    /// The committed head it runs up to.
-    pub target: u64,
-}
-
-impl CatchUpProgress {
-    /// The fraction of the position range done, from 0.0 to 1.0. Positions need not be dense
-    /// (PostgreSQL's are not), so this is an estimate; `events` is exact.
-    pub fn fraction(&self) -> f64 {
-        if self.target <= self.start {
-            return 1.0;
-        }
-        let done = self.position.saturating_sub(self.start) as f64;
-        (done / (self.target - self.start) as f64).clamp(0.0, 1.0)
-    }
 }
 
 impl<P: Projection> std::fmt::Debug for TrackingProcessor<P> {
@@ -557,152 +410,6 @@ impl<P: Projection> TrackingProcessor<P> {
                 }
             }
         }
-    }
-
-    /// Applies this projection's dead letters again, oldest first, each to its view as it is
-    /// now (e.g. after a fix to the handler or a new upcaster was deployed). A success writes
-    /// the view and removes the dead letter in one unit of work; a failure leaves it in place
-    /// and is reported with the new reason. Safe while the processor runs: view revisions
-    /// catch concurrent writes.
-    ///
-    /// # Errors
-    /// A backend error (the dead letters not yet retried stay as they were).
-    pub async fn retry_dead_letters(
-        &self,
-        dead_letters: &dyn DeadLetterStore,
-    ) -> Result<RetryReport> {
-        self.retry_dead_letters_where(dead_letters, |_| true).await
-    }
-
-    /// As [`retry_dead_letters`](Self::retry_dead_letters), for the one dead letter of this
-    /// event (an empty report when there is none).
-    ///
-    /// # Errors
-    /// A backend error.
-    pub async fn retry_dead_letter(
-        &self,
-        dead_letters: &dyn DeadLetterStore,
-        event_id: Uuid,
-    ) -> Result<RetryReport> {
-        self.retry_dead_letters_where(dead_letters, |d| d.envelope.metadata.event_id == event_id)
-            .await
-    }
-
-    async fn retry_dead_letters_where(
-        &self,
-        dead_letters: &dyn DeadLetterStore,
-        wanted: impl Fn(&DeadLetter) -> bool,
-    ) -> Result<RetryReport> {
-        let mut letters = dead_letters.dead_letters(&self.name).await?;
-        letters.retain(|d| wanted(d));
-        letters.sort_by_key(|d| d.envelope.position);
-        let mut report = RetryReport::default();
-        for letter in letters {
-            let event_id = letter.envelope.metadata.event_id;
-            let mut conflicts = 0u32;
-            loop {
-                let (work, id) = match fold::refold_dead_letter(self, &letter).await? {
-                    Ok(done) => done,
-                    Err(reason) => {
-                        tracing::warn!(projection = %self.name, %event_id, %reason, "dead letter failed again");
-                        report.failed.push((event_id, reason));
-                        break;
-                    }
-                };
-                match self.store.commit(work).await {
-                    Ok(()) => {
-                        self.cache.lock().remove(&id);
-                        tracing::info!(projection = %self.name, %event_id, "dead letter resolved");
-                        report.resolved.push(event_id);
-                        break;
-                    }
-                    Err(Error::ViewConflict { .. }) if conflicts < 10 => {
-                        // Resolved by someone else meanwhile: nothing left to do.
-                        let still_dead = dead_letters
-                            .dead_letters(&self.name)
-                            .await?
-                            .iter()
-                            .any(|d| d.envelope.metadata.event_id == event_id);
-                        if !still_dead {
-                            break;
-                        }
-                        conflicts += 1;
-                        tokio::time::sleep(self.backend_backoff.delay(conflicts)).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// Processes everything committed to the store before the call (after the checkpoint),
-    /// then returns the number of events read. Used to rebuild a read model after
-    /// [`reset`](Self::reset).
-    ///
-    /// # Errors
-    /// As [`process`](Self::process), or a store error.
-    pub async fn catch_up(&self, reader: Arc<dyn EventReader>) -> Result<u64> {
-        self.catch_up_with_progress(reader, |_| {}).await
-    }
-
-    /// As [`catch_up`](Self::catch_up), calling `progress` after every committed batch (and
-    /// once at the start), e.g. to draw a progress bar.
-    ///
-    /// # Errors
-    /// As [`process`](Self::process), or a store error.
-    pub async fn catch_up_with_progress(
-        &self,
-        reader: Arc<dyn EventReader>,
-        mut progress: impl FnMut(CatchUpProgress) + Send,
-    ) -> Result<u64> {
-        let target = reader.head().await?;
-        let mut after = self.store.checkpoint(&self.name).await?.unwrap_or(0);
-        let mut report = CatchUpProgress {
-            events: 0,
-            position: after,
-            start: after,
-            target,
-        };
-        progress(report);
-        let mut batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
-        while after < target {
-            let Some(last) = batch.checkpoint else {
-                // Committed but not readable yet: a transaction that took a smaller position
-                // is still running.
-                reader.wait_for_events(after, self.idle).await?;
-                batch = Batch::from_log(reader.read_all(after, self.batch_size).await?);
-                continue;
-            };
-            if report.events == 0 {
-                // Positions may start far above the checkpoint: measure from the first event.
-                report.start = batch
-                    .events
-                    .first()
-                    .map_or(after, |e| e.position.saturating_sub(1));
-            }
-            // Read the next batch on another task while this one is applied.
-            let next = {
-                let (reader, size) = (reader.clone(), self.batch_size);
-                tokio::spawn(async move { reader.read_all(last, size).await })
-            };
-            let processed = self.process(&batch).await;
-            let next = next.await.map_err(|e| Error::Backend {
-                backend: "processor",
-                message: "reading ahead failed".into(),
-                source: Some(Box::new(e)),
-            });
-            processed?;
-            report.events += batch.events.len() as u64;
-            report.position = last;
-            progress(report);
-            after = last;
-            if after >= target {
-                break;
-            }
-            batch = Batch::from_log(next??);
-        }
-        Ok(report.events)
     }
 
     /// Runs the processor on a task of its own until the handle is stopped.
