@@ -54,8 +54,10 @@ pub trait Aggregate:
 {
     /// The aggregate type, stored with every event and used to name topics: `"product"`.
     const TYPE: &'static str;
-    /// The commands it handles: usually an enum, implementing [`Command`] for this aggregate.
-    type Command: Command<Aggregate = Self>;
+    /// The commands it handles: usually an enum. Implement [`Command`] for it (naming its
+    /// target) to send it with [`CommandGateway::send`](crate::CommandGateway::send), or send
+    /// it to an id with [`CommandGateway::send_to`](crate::CommandGateway::send_to).
+    type Command: Send + Sync + 'static;
     /// The events it emits: one [`Event`](crate::Event) or an [`event_set!`](crate::event_set) enum.
     type Event: EventSet;
     /// The domain error returned when a command is refused.
@@ -73,12 +75,14 @@ pub trait Aggregate:
 
 /// An intent addressed to one aggregate instance.
 ///
-/// The gateway routes a command to `Self::Aggregate` and to the instance named by
-/// [`aggregate_id`](Command::aggregate_id). It is the aggregate's own command type
-/// (`Aggregate::Command`), usually an enum of everything the aggregate can be asked.
+/// The gateway's [`send`](crate::CommandGateway::send) routes a command to `Self::Aggregate`
+/// and to the instance named by [`aggregate_id`](Command::aggregate_id). It is the
+/// aggregate's own command type (`Aggregate::Command`), usually an enum of everything the
+/// aggregate can be asked. A command type that does not carry its target needs no impl: send it
+/// with [`send_to`](crate::CommandGateway::send_to).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a command",
-    label = "implement `cqrs_core::Command` for `{Self}`: name its aggregate type and target id"
+    label = "implement `cqrs_core::Command` for `{Self}` (name its aggregate type and target id), or send it with `gateway.send_to::<TheAggregate>(id, command)`"
 )]
 pub trait Command: Send + Sync + 'static {
     /// The aggregate that handles it.

@@ -33,8 +33,12 @@ pub trait Projection: Send + Sync + 'static {
     /// The view document. Add fields with `#[serde(default)]` so older documents still load.
     type View: Serialize + DeserializeOwned + Debug + Send + Sync + 'static;
 
-    /// The id of the view an event changes.
-    fn view_id(&self, event: &Self::Event, envelope: &Envelope) -> String;
+    /// The id of the view an event changes; by default the event's stream id (one view per
+    /// aggregate instance). A view spanning aggregates picks its own key.
+    fn view_id(&self, event: &Self::Event, envelope: &Envelope) -> String {
+        let _ = event;
+        envelope.stream_id.clone()
+    }
 
     /// Changes the view (`None` when it does not exist yet; set it to `None` to delete it).
     ///

@@ -34,6 +34,20 @@ impl<'a> CommandContext<'a> {
         }
     }
 
+    pub(super) fn addressed<A: crate::Aggregate>(
+        command: &'a A::Command,
+        id: &str,
+        metadata: CommandMetadata,
+    ) -> Self {
+        CommandContext {
+            command_name: std::any::type_name::<A::Command>(),
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_owned(),
+            metadata,
+            command,
+        }
+    }
+
     /// The command, when it is a `C`: a validation middleware checks the commands it knows
     /// and lets the others pass.
     ///

@@ -243,22 +243,88 @@ impl CommandGateway {
         C: Command,
         C::Aggregate: Aggregate<Command = C>,
     {
+        let ctx = CommandContext::new(&command, metadata);
+        self.run::<C::Aggregate>(&command, ctx).await
+    }
+
+    /// Sends a command to the aggregate `id` of type `A`: for a command type that does not
+    /// name its target (a plain enum, no [`Command`] impl needed).
+    ///
+    /// ```
+    /// # use cqrs_core::{Aggregate, CommandGateway, memory::MemoryEventStore};
+    /// # use serde::{Deserialize, Serialize};
+    /// # use std::sync::Arc;
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)] pub struct Rang { pub times: u32 }
+    /// # cqrs_core::event!(Rang, "doc.gw.Rang");
+    /// # #[derive(Debug, thiserror::Error)] #[error("never")] pub struct Never;
+    /// pub enum BellCommand { Ring(u32) }
+    ///
+    /// #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+    /// pub struct Bell { rung: u32 }
+    /// impl Aggregate for Bell {
+    ///     const TYPE: &'static str = "bell";
+    ///     type Command = BellCommand;
+    ///     type Event = Rang;
+    ///     type Error = Never;
+    ///     fn handle(&self, BellCommand::Ring(times): &BellCommand) -> Result<Vec<Rang>, Never> {
+    ///         Ok(vec![Rang { times: *times }])
+    ///     }
+    ///     fn apply(&mut self, e: &Rang) { self.rung += e.times; }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let gateway = CommandGateway::builder(Arc::new(MemoryEventStore::new())).build();
+    /// gateway.send_to::<Bell>("bell-1", BellCommand::Ring(3)).await?;
+    /// assert_eq!(gateway.load::<Bell>("bell-1").await?.0.rung, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_to<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Vec<Envelope>, CommandError<A::Error>> {
+        self.send_to_with::<A>(id, command, CommandMetadata::default())
+            .await
+    }
+
+    /// As [`send_to`](Self::send_to), with metadata.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_to_with<A: Aggregate>(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: CommandMetadata,
+    ) -> Result<Vec<Envelope>, CommandError<A::Error>> {
+        let ctx = CommandContext::addressed::<A>(&command, id, metadata);
+        self.run::<A>(&command, ctx).await
+    }
+
+    /// Middleware, dispatch, middleware again, in the command's span.
+    async fn run<A: Aggregate>(
+        &self,
+        command: &A::Command,
+        mut ctx: CommandContext<'_>,
+    ) -> Result<Vec<Envelope>, CommandError<A::Error>> {
         let span = tracing::info_span!(
             "command",
-            command = command.command_name(),
-            aggregate = C::Aggregate::TYPE,
-            id = %command.aggregate_id(),
+            command = ctx.command_name,
+            aggregate = A::TYPE,
+            id = %ctx.aggregate_id,
         );
         async move {
-            let command = &command;
-            let mut ctx = CommandContext::new(command, metadata);
             for mw in &self.inner.middleware {
                 if let Err(reason) = mw.before(&mut ctx).await {
                     self.after(&ctx, &Outcome::Refused(reason.clone())).await;
                     return Err(CommandError::Refused(reason));
                 }
             }
-            let outcome = self.dispatch::<C::Aggregate>(command, &ctx).await;
+            let outcome = self.dispatch::<A>(command, &ctx).await;
             if !self.inner.middleware.is_empty() {
                 match &outcome {
                     Ok(events) => self.after(&ctx, &Outcome::Committed(events)).await,
