@@ -271,6 +271,12 @@ impl RelayHandle {
         self.task.is_finished()
     }
 
+    /// Kills the relay at once, wherever it is (as a crash would): its checkpoint stays where
+    /// the last published batch left it.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
     /// Stops the relay and returns how it ended.
     ///
     /// # Errors

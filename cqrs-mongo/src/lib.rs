@@ -169,11 +169,12 @@ impl Mongo {
 }
 
 /// `.with(mongo)` on [`cqrs_core::App::builder`]: the read models, and the relays' checkpoints
-/// unless a backend gave some already (PostgreSQL keeps them beside the events).
+/// when the event store outlives the process and no backend gave durable checkpoints yet
+/// (PostgreSQL keeps them beside the events).
 impl cqrs_core::app::Backend for Mongo {
     fn install(self, wiring: &mut cqrs_core::app::Wiring) {
         wiring.view_store(self.view_store());
-        if !wiring.has_durable_checkpoints() {
+        if wiring.has_durable_store() && !wiring.has_durable_checkpoints() {
             wiring.checkpoint_store(self.checkpoint_store());
         }
     }

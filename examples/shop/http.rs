@@ -319,7 +319,7 @@ impl Accepted {
 /// `GET /health`'s answer.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Health {
-    /// `ok`; `degraded` (with status 503) once one of its processors has stopped.
+    /// `ok`; `degraded` (with status 503) once one of its processors or its relay has stopped.
     pub status: String,
     /// Which service this is.
     pub service: String,

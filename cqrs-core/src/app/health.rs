@@ -62,7 +62,8 @@ pub struct ProcessorHealth {
     pub position: u64,
     /// For a processor fed from the store's log: the events' positions still ahead of it,
     /// as the store's head minus its position (positions may be sparse: an upper bound).
-    /// `None` for a bus feed, which has no one order to measure along.
+    /// `None` for a bus feed, which has no one order to measure along, and while the store's
+    /// head cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
     /// Why it stopped, once it has.

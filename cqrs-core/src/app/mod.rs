@@ -166,7 +166,8 @@ impl AppBuilder {
     ///
     /// # Errors
     /// [`Error::Config`] for a mis-wired service, nothing started: a bus-fed projection or a
-    /// relay without a bus, a relay over a durable store with its checkpoint in memory, two
+    /// relay without a bus, a relay over a durable store with its checkpoint in memory (or a
+    /// durable checkpoint over a store in memory), two
     /// projections (or two relays) under one name, a relay whose `only` list is empty.
     pub fn build(self) -> Result<App> {
         self.check()?;
@@ -266,6 +267,15 @@ impl AppBuilder {
                     r.name
                 )));
             }
+            if !self.wiring.durable_store && self.wiring.durable_checkpoints {
+                return Err(Error::Config(format!(
+                    "relay `{}` would keep a durable checkpoint of a log in memory: after a \
+                     restart the new log starts again at 1 and the relay skips it up to the \
+                     old checkpoint; give both an event store and checkpoints that outlive the \
+                     process, or neither",
+                    r.name
+                )));
+            }
             if r.only.as_ref().is_some_and(Vec::is_empty) {
                 return Err(Error::Config(format!(
                     "relay `{}`: `only` names no aggregate type, so it would skip every event",
@@ -314,10 +324,7 @@ impl App {
     }
 
     /// The health report (see [`Ops::health`]).
-    ///
-    /// # Errors
-    /// A store error reading the head of the log.
-    pub async fn health(&self) -> Result<Health> {
+    pub async fn health(&self) -> Health {
         self.ops.health().await
     }
 
@@ -370,15 +377,29 @@ impl App {
 
     /// Waits until everything committed to the store so far is handled (see
     /// [`wait_for`](Self::wait_for)). It reads the global log up to the head: for tests,
-    /// demos and small stores.
+    /// demos and small stores. A bus-fed processor counts only what it committed since this
+    /// app started (its group does not get older events again), so on a store that outlives
+    /// the process, wait for the events sent since instead.
     ///
     /// # Errors
     /// As [`wait_for`](Self::wait_for), or a store error.
     pub async fn caught_up(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let head = self.wiring.store.head().await?;
         let mut events = Vec::new();
         let mut after = 0;
         while after < head {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Backend {
+                    backend: "app",
+                    message: format!(
+                        "the log did not become readable up to its head {head} within \
+                         {timeout:?} (at {after}): a transaction that took a smaller position \
+                         is still open"
+                    ),
+                    source: None,
+                });
+            }
             let page = self.wiring.store.read_all(after, 10_000).await?;
             let Some(last) = page.last().map(|e| e.position) else {
                 self.wiring
@@ -390,29 +411,48 @@ impl App {
             after = last;
             events.extend(page.into_iter().filter(|e| e.position <= head));
         }
-        self.wait_for(&events, timeout).await
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.wait_for(&events, left).await
     }
 
-    /// Stops the service gracefully: the relays first (what they were publishing is
-    /// published), then the processors, each after the unit of work under way. Returns the
-    /// first error any of them had ended with.
+    /// Stops the service gracefully: the relays first, then the processors, each after the
+    /// unit of work under way. A relay stopped mid-publish has not moved its checkpoint past
+    /// that batch, so the batch goes out again after a restart (subscribers skip what they
+    /// applied). Returns the first error any of them had ended with. An app dropped without
+    /// this is stopped at once, as a crash would stop it.
     ///
     /// # Errors
     /// The first error a relay or processor ended with.
-    pub async fn shutdown(self) -> Result<()> {
+    pub async fn shutdown(mut self) -> Result<()> {
         let mut first: Option<Error> = None;
-        for (relay, name) in self.relays.into_iter().zip(self.relay_names) {
+        let relays = std::mem::take(&mut self.relays);
+        let names = std::mem::take(&mut self.relay_names);
+        let processors = std::mem::take(&mut self.processors);
+        for (relay, name) in relays.into_iter().zip(names) {
             if let Err(e) = relay.stop().await {
                 tracing::error!(relay = %name, error = %e, "relay had ended with an error");
                 first.get_or_insert(e);
             }
         }
-        for p in self.processors {
+        for p in processors {
             if let Err(e) = p.handle.stop().await {
                 tracing::error!(projection = %p.name, error = %e, "processor had ended with an error");
                 first.get_or_insert(e);
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for App {
+    /// What [`shutdown`](App::shutdown) did not stop is killed: an app is never left running
+    /// unowned (a build that failed half-way, an app dropped by mistake).
+    fn drop(&mut self) {
+        for relay in self.relays.drain(..) {
+            relay.abort();
+        }
+        for p in self.processors.drain(..) {
+            p.handle.abort();
+        }
     }
 }

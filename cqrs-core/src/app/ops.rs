@@ -48,12 +48,23 @@ pub(super) struct ProcessorWatch {
 
 impl Ops {
     /// The health report: each relay's breaker and position, each processor's position, lag
-    /// and why it ended, if it did.
-    ///
-    /// # Errors
-    /// A store error reading the head of the log (for the lag).
-    pub async fn health(&self) -> Result<Health> {
-        let head = self.wiring.store.head().await?;
+    /// and why it ended, if it did. It answers while the event store is down (the lags are
+    /// then unknown): the service is not degraded by an outage it rides out.
+    pub async fn health(&self) -> Health {
+        // Bounded: a store that is down must not hold the report up (a pool waits long).
+        let head =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.wiring.store.head()).await;
+        let head = match head {
+            Ok(Ok(head)) => Some(head),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "health: the head of the log is unknown");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("health: the event store did not answer within 1 s");
+                None
+            }
+        };
         let relays: Vec<RelayHealth> = self
             .relays
             .iter()
@@ -79,7 +90,9 @@ impl Ops {
                     name: p.name.clone(),
                     feed: if on_store { "store" } else { "bus" }.into(),
                     position,
-                    lag: on_store.then(|| head.saturating_sub(position)),
+                    lag: head
+                        .filter(|_| on_store)
+                        .map(|head| head.saturating_sub(position)),
                     stopped: p.ended.why(),
                 }
             })
@@ -88,7 +101,7 @@ impl Ops {
         // go on): reported, not degraded. A stopped relay or processor is.
         let degraded = processors.iter().any(|p| p.stopped.is_some())
             || relays.iter().any(|r| r.stopped.is_some());
-        Ok(Health {
+        Health {
             status: if degraded {
                 Status::Degraded
             } else {
@@ -96,7 +109,7 @@ impl Ops {
             },
             relays,
             processors,
-        })
+        }
     }
 
     /// Applies a projection's dead letters again (all of them, or the one of `event`), e.g.

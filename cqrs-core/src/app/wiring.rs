@@ -49,9 +49,9 @@ pub struct Wiring {
     pub(super) checkpoints: Arc<dyn CheckpointStore>,
     pub(super) views: Views,
     pub(super) bus: Option<Arc<dyn EventBus>>,
-    /// Whether the store was given by a backend (it outlives the process) while the
-    /// checkpoints are still the embedded ones (they do not): a relay would publish the whole
-    /// log again after every restart.
+    /// Whether the store and the checkpoints outlive the process. A relay needs both or
+    /// neither: checkpoints in memory over a durable log publish it all again after a
+    /// restart; durable checkpoints over a log in memory skip what the new log holds.
     pub(super) durable_store: bool,
     pub(super) durable_checkpoints: bool,
 }
@@ -81,16 +81,19 @@ impl Default for Wiring {
 }
 
 impl Wiring {
-    /// The event store (and the global log relays and store-fed projections read).
+    /// An event store that outlives the process (a database): the global log relays and
+    /// store-fed projections read.
     pub fn event_store(&mut self, store: impl EventStore + 'static) -> &mut Self {
         self.store = Arc::new(store);
         self.durable_store = true;
         self
     }
 
-    /// An event store shared with other code (the embedded one a test reads, say).
-    pub fn shared_event_store(&mut self, store: Arc<dyn EventStore>) -> &mut Self {
+    /// An event store that lives and dies with the process (the embedded one, shared with a
+    /// test that reads it, say).
+    pub fn embedded_event_store(&mut self, store: Arc<dyn EventStore>) -> &mut Self {
         self.store = store;
+        self.durable_store = false;
         self
     }
 
@@ -100,10 +103,17 @@ impl Wiring {
         self
     }
 
-    /// The relays' checkpoints.
+    /// Relay checkpoints that outlive the process (a database).
     pub fn checkpoint_store(&mut self, store: impl CheckpointStore + 'static) -> &mut Self {
         self.checkpoints = Arc::new(store);
         self.durable_checkpoints = true;
+        self
+    }
+
+    /// Relay checkpoints that live and die with the process.
+    pub fn embedded_checkpoint_store(&mut self, store: Arc<dyn CheckpointStore>) -> &mut Self {
+        self.checkpoints = store;
+        self.durable_checkpoints = false;
         self
     }
 
@@ -122,9 +132,14 @@ impl Wiring {
         self
     }
 
-    /// Whether a backend gave the checkpoint store (not the embedded default).
+    /// Whether the checkpoint store outlives the process.
     pub fn has_durable_checkpoints(&self) -> bool {
         self.durable_checkpoints
+    }
+
+    /// Whether the event store outlives the process.
+    pub fn has_durable_store(&self) -> bool {
+        self.durable_store
     }
 }
 
@@ -164,7 +179,7 @@ impl Backend for MemorySnapshotStore {
 impl Backend for Arc<MemoryEventStore> {
     /// The embedded store, shared: a test keeps a handle to read it.
     fn install(self, wiring: &mut Wiring) {
-        wiring.shared_event_store(self);
+        wiring.embedded_event_store(self);
     }
 }
 
@@ -182,6 +197,6 @@ impl Backend for Arc<MemoryViewStore> {
 impl Backend for Arc<MemoryCheckpointStore> {
     /// The embedded checkpoints, shared by the services of one process.
     fn install(self, wiring: &mut Wiring) {
-        wiring.checkpoints = self;
+        wiring.embedded_checkpoint_store(self);
     }
 }

@@ -12,7 +12,8 @@ use crate::error::Error;
 /// What a middleware sees of a command: where it goes, its metadata, and the command itself.
 #[derive(Clone)]
 pub struct CommandContext<'a> {
-    /// The command's name (see [`Command::command_name`](crate::Command::command_name)).
+    /// The command's name: [`Command::command_name`](crate::Command::command_name) for
+    /// `send`, the Rust type name for `send_to`.
     pub command_name: &'static str,
     /// The aggregate type it goes to.
     pub aggregate_type: &'static str,
