@@ -17,6 +17,14 @@ use crate::error::{Error, Result};
 use crate::processor::Backoff;
 use crate::store::{CheckpointStore, EventReader};
 
+/// A relay whose `only` list is empty would move its checkpoint past every event and publish
+/// none of them: refused.
+pub(crate) fn empty_only(name: &str) -> Error {
+    Error::Config(format!(
+        "relay `{name}`: `only` names no aggregate type, so it would skip every event"
+    ))
+}
+
 /// The relay's circuit breaker, seen from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,11 +117,7 @@ impl Relay {
     /// The first store, bus or checkpoint error (nothing is retried here).
     pub async fn publish_pending(&self) -> Result<u64> {
         if self.only.as_ref().is_some_and(Vec::is_empty) {
-            // It would move its checkpoint past every event and publish none of them.
-            return Err(Error::Config(format!(
-                "relay `{}`: `only` names no aggregate type, so it would skip every event",
-                self.name
-            )));
+            return Err(empty_only(&self.name));
         }
         let mut after = self.checkpoints.load(&self.name).await?.unwrap_or(0);
         // A relay restarted with nothing to publish must wait after its checkpoint, not after

@@ -2,9 +2,12 @@
 //! The MongoDB read-model store on a real server: the shop's catalog, duplicate batches with
 //! and without transactions, a server killed mid-run, old and malformed documents, names.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{fresh, uri};
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::Backoff;
 use cqrs_core::testing::CrashBeforeCheckpoint;
@@ -19,23 +22,6 @@ use serde_json::json;
 use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use shop::comment::CommentCommand;
 use shop::product::ProductCommand;
-
-fn uri() -> String {
-    std::env::var("MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".to_owned())
-}
-
-/// A database of its own for one test. A missing server fails the test loudly.
-async fn fresh() -> Mongo {
-    let name = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    match Mongo::connect(&uri(), &name, "cqrs_").await {
-        Ok(m) => m,
-        Err(e) => panic!(
-            "MongoDB is not reachable ({e}). Set MONGODB_URI or run ./scripts/test.sh, which \
-             starts a MongoDB-API server."
-        ),
-    }
-}
 
 /// A shop history: three products, comments, a rename, an edit, a delete.
 async fn shop_history(gateway: &CommandGateway, round: u32) {

@@ -1,6 +1,8 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! A MongoDB store without transactions, crashed between the steps of a unit of work.
 
+mod common;
+
 use std::sync::Arc;
 
 use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
@@ -47,20 +49,11 @@ impl Projection for Sums {
     }
 }
 
-fn uri() -> String {
-    std::env::var("MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".to_owned())
-}
-
+/// A database of its own, committing without transactions.
 async fn fresh() -> Mongo {
-    let name = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    match Mongo::connect(&uri(), &name, "cqrs_").await {
-        Ok(m) => m.with_commit_mode(CommitMode::Idempotent),
-        Err(e) => panic!(
-            "MongoDB is not reachable ({e}). Set MONGODB_URI or run ./scripts/test.sh, which \
-             starts a MongoDB-API server."
-        ),
-    }
+    common::fresh()
+        .await
+        .with_commit_mode(CommitMode::Idempotent)
 }
 
 fn step(n: u64) -> NewEvent {

@@ -64,16 +64,7 @@ async fn a_v1_event_in_postgres_is_upcast_on_every_read_path() {
         .catch_up(store.clone())
         .await
         .expect("replay");
-    let entry = ReadModel::<Catalog>::new(replayed as Arc<dyn ViewQuery>)
-        .get("p-9")
-        .await
-        .expect("get")
-        .expect("in the catalog");
-    assert_eq!(
-        (entry.price_cents, entry.name.as_deref()),
-        (Some(1250), Some("Kettle")),
-        "store feed"
-    );
+    assert_upcast(replayed, "store feed").await;
 
     // 3. A projection fed from Kafka: the event's version travels with it and is upcast there.
     let config = KafkaConfig::new(env.kafka_brokers.as_str(), format!("{}.", env.name))
@@ -102,6 +93,12 @@ async fn a_v1_event_in_postgres_is_upcast_on_every_read_path() {
         .await
         .expect("the bus feed applied both events");
     handle.stop().await.expect("stop");
+    assert_upcast(views, "bus feed").await;
+    env.clean_up().await;
+}
+
+/// The catalog entry of `p-9` shows the v1 price upcast to cents, and the rename.
+async fn assert_upcast(views: Arc<MemoryViewStore>, feed: &str) {
     let entry = ReadModel::<Catalog>::new(views as Arc<dyn ViewQuery>)
         .get("p-9")
         .await
@@ -110,7 +107,6 @@ async fn a_v1_event_in_postgres_is_upcast_on_every_read_path() {
     assert_eq!(
         (entry.price_cents, entry.name.as_deref()),
         (Some(1250), Some("Kettle")),
-        "bus feed"
+        "{feed}"
     );
-    env.clean_up().await;
 }

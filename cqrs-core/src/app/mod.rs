@@ -236,12 +236,9 @@ impl AppBuilder {
                     p.options.name
                 )));
             }
-            if matches!(p.options.source, Source::Bus { .. }) && self.wiring.bus.is_none() {
-                return Err(Error::Config(format!(
-                    "projection `{}` is fed from the bus, but the app has none: hand it one \
-                     with `.with(bus)`",
-                    p.options.name
-                )));
+            if matches!(p.options.source, Source::Bus { .. }) {
+                self.wiring
+                    .bus_for(&format!("projection `{}`", p.options.name))?;
             }
         }
         let mut relays = HashSet::new();
@@ -252,13 +249,7 @@ impl AppBuilder {
                     r.name
                 )));
             }
-            if self.wiring.bus.is_none() {
-                return Err(Error::Config(format!(
-                    "relay `{}` publishes to the bus, but the app has none: hand it one with \
-                     `.with(bus)`",
-                    r.name
-                )));
-            }
+            self.wiring.bus_for(&format!("relay `{}`", r.name))?;
             if self.wiring.durable_store && !self.wiring.durable_checkpoints {
                 return Err(Error::Config(format!(
                     "relay `{}` reads a store that outlives the process but would keep its \
@@ -277,10 +268,7 @@ impl AppBuilder {
                 )));
             }
             if r.only.as_ref().is_some_and(Vec::is_empty) {
-                return Err(Error::Config(format!(
-                    "relay `{}`: `only` names no aggregate type, so it would skip every event",
-                    r.name
-                )));
+                return Err(crate::relay::empty_only(&r.name));
             }
         }
         Ok(())

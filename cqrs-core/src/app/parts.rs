@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::wiring::Wiring;
 use crate::bus::BusFeed;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::processor::{ErrorPolicy, Feed, ProcessorHandle, StoreFeed, TrackingProcessor};
 use crate::projection::Projection;
 use crate::relay::{Relay, RelayHandle};
@@ -170,13 +170,7 @@ impl PendingProjection {
                 let feed: Arc<dyn Feed> = match &options.source {
                     Source::Store => Arc::new(StoreFeed::new(wiring.store.clone())),
                     Source::Bus { group, types } => {
-                        let bus = wiring.bus.clone().ok_or_else(|| {
-                            Error::Config(format!(
-                                "projection `{}` is fed from the bus, but the app has none: \
-                                 hand it one with `.with(bus)`",
-                                options.name
-                            ))
-                        })?;
+                        let bus = wiring.bus_for(&format!("projection `{}`", options.name))?;
                         Arc::new(BusFeed::new(bus, group.clone(), types.clone()))
                     }
                 };
@@ -229,13 +223,7 @@ impl RelayOptions {
 
     /// Starts the relay (the builder checked the wiring first).
     pub(super) fn start(&self, wiring: &Wiring) -> Result<RelayHandle> {
-        let bus = wiring.bus.clone().ok_or_else(|| {
-            Error::Config(format!(
-                "relay `{}` publishes to the bus, but the app has none: hand it one with \
-                 `.with(bus)`",
-                self.name
-            ))
-        })?;
+        let bus = wiring.bus_for(&format!("relay `{}`", self.name))?;
         let mut relay = Relay::new(
             self.name.clone(),
             wiring.store.clone(),

@@ -132,6 +132,15 @@ impl Wiring {
         self
     }
 
+    /// The bus, or the configuration error naming who needed it.
+    pub(super) fn bus_for(&self, who: &str) -> crate::error::Result<Arc<dyn EventBus>> {
+        self.bus.clone().ok_or_else(|| {
+            crate::error::Error::Config(format!(
+                "{who} uses the bus, but the app has none: hand it one with `.with(bus)`"
+            ))
+        })
+    }
+
     /// Whether the checkpoint store outlives the process.
     pub fn has_durable_checkpoints(&self) -> bool {
         self.durable_checkpoints

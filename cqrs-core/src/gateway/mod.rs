@@ -1,9 +1,10 @@
 //! The command gateway: load, decide, append, retry on conflict.
 
 mod cache;
+mod load;
+mod metadata;
 mod middleware;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use self::cache::StateCache;
+use self::load::Keyed;
 use crate::aggregate::{Aggregate, Command};
 use crate::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
 use crate::error::{CommandError, Error, Result};
@@ -19,60 +21,7 @@ use crate::event::EventSet;
 use crate::processor::Backoff;
 use crate::store::{EventStore, Snapshot, SnapshotStore};
 
-/// Ids and key/values that travel with a command into the events it causes.
-///
-/// Every event a command records carries the command's id (`command_id`) and a causation id:
-/// the id of the event that caused the command when there is one ([`caused_by`](Self::caused_by)),
-/// else the command's own id. So a chain event -> command -> event can be followed both ways.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CommandMetadata {
-    /// The command's id, stored in every event it records. A new one when `None`.
-    pub command_id: Option<Uuid>,
-    /// The correlation id of the flow the command belongs to; the command id when `None`.
-    pub correlation_id: Option<Uuid>,
-    /// The id of the message (an event) that caused the command: its events' causation id.
-    /// When `None` the events name the command itself as their cause.
-    pub causation_id: Option<Uuid>,
-    /// Sent twice with the same key, a command is recorded once: the second send returns the
-    /// events of the first (see [`CommandGateway::send_with`]).
-    pub idempotency_key: Option<String>,
-    /// Free key/values copied into every event's metadata.
-    pub user: BTreeMap<String, String>,
-}
-
-impl CommandMetadata {
-    /// A command that reacts to an event: same correlation id, the event as its cause, and the
-    /// event's key/values.
-    pub fn caused_by(envelope: &Envelope) -> Self {
-        CommandMetadata {
-            command_id: None,
-            correlation_id: Some(envelope.metadata.correlation_id),
-            causation_id: Some(envelope.metadata.event_id),
-            idempotency_key: None,
-            user: envelope
-                .metadata
-                .user
-                .iter()
-                .filter(|(k, _)| !k.starts_with(crate::envelope::RESERVED_PREFIX))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
-    }
-
-    /// Sets the idempotency key: a retried request (a client that timed out and sends again)
-    /// records its events once.
-    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
-        self.idempotency_key = Some(key.into());
-        self
-    }
-
-    /// Adds a key/value.
-    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.user.insert(key.into(), value.into());
-        self
-    }
-}
-
+pub use self::metadata::CommandMetadata;
 pub use self::middleware::{CommandContext, Middleware, Outcome};
 
 /// Sends commands to aggregates. Cheap to clone; share it.
@@ -472,91 +421,4 @@ impl CommandGateway {
             cache.put(id, state, new);
         }
     }
-
-    /// The whole stream, read once: the events recorded under this idempotency key if there
-    /// are any, else the state folded from it.
-    async fn load_keyed<A: Aggregate>(&self, id: &str, key: &str) -> Result<Keyed<A>> {
-        let stream = self.inner.store.read_stream(id, 0).await?;
-        let recorded: Vec<Envelope> = stream
-            .iter()
-            .filter(|e| e.metadata.idempotency_key.as_deref() == Some(key))
-            .cloned()
-            .collect();
-        if !recorded.is_empty() {
-            check_type::<A>(&recorded[0])?;
-            return Ok(Keyed::Recorded(recorded));
-        }
-        let (state, version) = fold::<A>(A::default(), 0, stream)?;
-        Ok(Keyed::New(state, version))
-    }
-
-    async fn load_state<A: Aggregate>(&self, id: &str, use_cache: bool) -> Result<(A, u64)> {
-        if use_cache {
-            if let Some(hit) = self.inner.cache.as_ref().and_then(|c| c.get::<A>(id)) {
-                return Ok(hit);
-            }
-        }
-        self.load::<A>(id).await
-    }
-
-    /// Loads an aggregate's current state and version from the latest snapshot and the events
-    /// after it.
-    ///
-    /// # Errors
-    /// A store error, or a decode error naming the stored event that does not fit.
-    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<(A, u64)> {
-        let mut state = A::default();
-        let mut version = 0;
-        if let Some((snapshots, _)) = &self.inner.snapshots {
-            if let Some(snapshot) = snapshots.load(A::TYPE, id).await? {
-                match serde_json::from_slice::<A>(&snapshot.state) {
-                    Ok(s) => {
-                        state = s;
-                        version = snapshot.version;
-                    }
-                    // A snapshot is disposable: an old shape means a full replay, not a failure.
-                    Err(e) => {
-                        tracing::warn!(error = %e, stream = id, "ignoring unreadable snapshot")
-                    }
-                }
-            }
-        }
-        let events = self.inner.store.read_stream(id, version).await?;
-        fold::<A>(state, version, events)
-    }
-}
-
-/// What a keyed command finds in its stream.
-enum Keyed<A> {
-    /// The events the first send recorded.
-    Recorded(Vec<Envelope>),
-    /// Nothing under the key: the state and version to decide on.
-    New(A, u64),
-}
-
-/// Applies a stream's events (after `version`) to a state.
-fn fold<A: Aggregate>(mut state: A, mut version: u64, events: Vec<Envelope>) -> Result<(A, u64)> {
-    for envelope in events {
-        check_type::<A>(&envelope)?;
-        let Some(event) = A::Event::decode(&envelope)? else {
-            return Err(Error::UnknownEvent {
-                event: envelope.event_ref(),
-            });
-        };
-        state.apply(&event);
-        version = envelope.version;
-    }
-    Ok((state, version))
-}
-
-/// Streams are keyed by id alone: a stream another aggregate type wrote is not this one's.
-fn check_type<A: Aggregate>(envelope: &Envelope) -> Result<()> {
-    if envelope.aggregate_type == A::TYPE {
-        return Ok(());
-    }
-    Err(Error::WrongAggregateType {
-        stream_id: envelope.stream_id.clone(),
-        expected: A::TYPE.to_owned(),
-        actual: envelope.aggregate_type.clone(),
-    })
 }
