@@ -212,7 +212,7 @@ impl MongoViewStore {
 
 #[async_trait]
 impl StepwiseCommit for MongoViewStore {
-    /// The steps of [`CommitMode::Idempotent`], in the order `commit` takes them
+    /// The steps of [`CommitMode::Idempotent`](crate::CommitMode::Idempotent), in the order `commit` takes them
     /// ([`COMMIT_ORDER`](cqrs_core::view::COMMIT_ORDER)): each is idempotent.
     async fn commit_step(&self, step: CommitStep, work: &UnitOfWork) -> Result<()> {
         match step {

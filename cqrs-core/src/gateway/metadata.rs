@@ -21,7 +21,7 @@ pub struct CommandMetadata {
     /// When `None` the events name the command itself as their cause.
     pub causation_id: Option<Uuid>,
     /// Sent twice with the same key, a command is recorded once: the second send returns the
-    /// events of the first (see [`CommandGateway::send_with`]).
+    /// events of the first (see [`CommandGateway::send_with`](super::CommandGateway::send_with)).
     pub idempotency_key: Option<String>,
     /// Free key/values copied into every event's metadata.
     pub user: BTreeMap<String, String>,
