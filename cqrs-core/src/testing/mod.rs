@@ -1,11 +1,12 @@
 //! Test fixtures: given/when/then for aggregates, given-events/then-view for projections, and
-//! the event-store conformance suite every backend runs.
+//! the conformance suites every event store, view store and bus runs.
 //!
 //! These are test helpers: they panic, with a message naming the broken expectation, where
 //! library code would return an error.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod aggregate;
+pub mod bus_conformance;
 pub mod conformance;
 mod faults;
 mod projection;
