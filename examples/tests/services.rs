@@ -1,6 +1,6 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! End to end over HTTP: the product, comment and catalog services as separate processes on
-//! real PostgreSQL, Kafka-API and MongoDB-API servers.
+//! real PostgreSQL, Kafka-API (or RabbitMQ) and MongoDB-API servers.
 
 mod common;
 
@@ -11,7 +11,15 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_services_converge_survive_a_killed_catalog_and_replay_the_same() {
-    let env = Env::new("flow");
+    flow(Env::new("flow")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_rabbitmq() {
+    flow(Env::over_rabbitmq("rabbit")).await;
+}
+
+async fn flow(env: Env) {
     let http = client();
     let products = env.start("product").await;
     let comments = env.start("comment").await;
@@ -119,9 +127,10 @@ async fn three_services_converge_survive_a_killed_catalog_and_replay_the_same() 
     let restarted = std::time::Instant::now();
     let after_kill = converged(&env, &http, &catalog_service).await;
     println!(
-        "[fault] catalog service killed (SIGKILL) mid-stream: {seen_before_kill} of 324 comments \
+        "[fault] catalog service over {} killed (SIGKILL) mid-stream: {seen_before_kill} of 324 comments \
          applied at the kill; after the restart equal to a from-scratch replay in {:.1} s, \
          324 comments, 0 lost, 0 duplicated",
+        if env.amqp_url.is_some() { "RabbitMQ" } else { "Kafka" },
         restarted.elapsed().as_secs_f64()
     );
     // Every comment once. The catalog applies a comment by its id (a second application

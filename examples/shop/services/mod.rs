@@ -1,8 +1,8 @@
 //! The shop as services: the product and comment write services, the catalog read service,
 //! and the catalog's replay, one file each. Each is wired with one [`App`] builder from the
 //! framework's backends: PostgreSQL (`cqrs-postgres`) for the event store, Kafka
-//! (`cqrs-kafka`) between services, MongoDB (`cqrs-mongo`) for the catalog; the embedded
-//! in-memory backends wherever no address is given.
+//! (`cqrs-kafka`) or RabbitMQ (`cqrs-rabbitmq`) between services, MongoDB (`cqrs-mongo`) for
+//! the catalog; the embedded in-memory backends wherever no address is given.
 
 mod catalog;
 mod comment;
@@ -23,6 +23,7 @@ use cqrs_core::{Backoff, BoxError, CatchUpProgress, Error, ErrorPolicy, EventRea
 use cqrs_kafka::{KafkaBus, KafkaConfig};
 use cqrs_mongo::Mongo;
 use cqrs_postgres::Postgres;
+use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
 use tokio::sync::OnceCell;
 
 pub use self::catalog::{catalog_service, CatalogPage, DeadLetterInfo, Paging};
@@ -48,9 +49,16 @@ pub struct Connections {
     /// PostgreSQL for the event store (and the comment service's product list).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Which bus runs between the services. Without it: Kafka when brokers are given, else
+    /// RabbitMQ when an AMQP URL is, else the embedded one.
+    #[arg(long, env = "SHOP_BUS", value_enum)]
+    pub bus: Option<BusKind>,
     /// Kafka brokers (`host:port,...`) between the services.
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// RabbitMQ (`amqp://user:password@host:port/vhost`) between the services.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
     /// MongoDB for the catalog read model.
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Option<String>,
@@ -64,7 +72,7 @@ pub struct Connections {
     /// The MongoDB database of the catalog.
     #[arg(long, env = "SHOP_MONGO_DATABASE", default_value = "shop")]
     pub mongo_database: String,
-    /// Partitions of each Kafka topic the shop creates.
+    /// Partitions of each Kafka topic the shop creates, or of each aggregate type on RabbitMQ.
     #[arg(long, env = "SHOP_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
 }
@@ -75,13 +83,39 @@ impl std::fmt::Debug for Connections {
         let set = |o: &Option<String>| if o.is_some() { "<set>" } else { "<embedded>" };
         f.debug_struct("Connections")
             .field("database_url", &set(&self.database_url))
+            .field("bus", &self.bus)
             .field("kafka_brokers", &self.kafka_brokers)
+            .field("amqp_url", &set(&self.amqp_url))
             .field("mongodb_uri", &set(&self.mongodb_uri))
             .field("schema", &self.schema)
             .field("topic_prefix", &self.topic_prefix)
             .field("mongo_database", &self.mongo_database)
             .field("partitions", &self.partitions)
             .finish()
+    }
+}
+
+/// A bus between the services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BusKind {
+    /// Kafka, at `--kafka-brokers`.
+    Kafka,
+    /// RabbitMQ, at `--amqp-url`.
+    Rabbitmq,
+    /// The in-memory bus (the services of one process only).
+    Embedded,
+}
+
+impl Connections {
+    /// The bus these connections choose.
+    pub fn bus_kind(&self) -> BusKind {
+        self.bus.unwrap_or(if self.kafka_brokers.is_some() {
+            BusKind::Kafka
+        } else if self.amqp_url.is_some() {
+            BusKind::Rabbitmq
+        } else {
+            BusKind::Embedded
+        })
     }
 }
 
@@ -96,6 +130,7 @@ pub struct Backends {
     read_views: Arc<MemoryViewStore>,
     postgres: OnceCell<Postgres>,
     kafka: OnceCell<KafkaBus>,
+    rabbit: OnceCell<RabbitBus>,
     mongo: OnceCell<Mongo>,
 }
 
@@ -119,6 +154,7 @@ impl Backends {
             read_views: Arc::new(MemoryViewStore::new()),
             postgres: OnceCell::new(),
             kafka: OnceCell::new(),
+            rabbit: OnceCell::new(),
             mongo: OnceCell::new(),
         }
     }
@@ -197,23 +233,48 @@ impl Backends {
         })
     }
 
-    /// The bus between the services: Kafka, or the embedded one.
+    /// The bus between the services: Kafka, RabbitMQ, or the embedded one.
     async fn bus(&self, app: AppBuilder) -> cqrs_core::Result<AppBuilder> {
-        let Some(brokers) = &self.connections.kafka_brokers else {
-            return Ok(app.with(self.bus.clone()));
-        };
-        let bus = self
-            .kafka
-            .get_or_try_init(|| async {
-                let config = KafkaConfig::new(brokers.as_str(), &self.connections.topic_prefix)?
-                    .partitions(self.connections.partitions)
-                    .session_timeout(Duration::from_secs(6))
-                    // A publish to a broker that is down fails after this; the relay retries.
-                    .message_timeout(Duration::from_secs(3));
-                KafkaBus::new(config)
-            })
-            .await?;
-        Ok(app.with(bus.clone()))
+        let c = &self.connections;
+        let missing = |flag: &str| Error::Config(format!("the chosen bus needs {flag}"));
+        match c.bus_kind() {
+            BusKind::Embedded => Ok(app.with(self.bus.clone())),
+            BusKind::Kafka => {
+                let brokers = c
+                    .kafka_brokers
+                    .as_deref()
+                    .ok_or_else(|| missing("--kafka-brokers"))?;
+                let bus = self
+                    .kafka
+                    .get_or_try_init(|| async {
+                        let config = KafkaConfig::new(brokers, &c.topic_prefix)?
+                            .partitions(c.partitions)
+                            .session_timeout(Duration::from_secs(6))
+                            // A publish to a broker that is down fails after this; the relay
+                            // retries.
+                            .message_timeout(Duration::from_secs(3));
+                        KafkaBus::new(config)
+                    })
+                    .await?;
+                Ok(app.with(bus.clone()))
+            }
+            BusKind::Rabbitmq => {
+                let url = c.amqp_url.as_deref().ok_or_else(|| missing("--amqp-url"))?;
+                let bus = self
+                    .rabbit
+                    .get_or_try_init(|| async {
+                        // The groups' queues exist before their services first start, so
+                        // nothing published earlier misses them.
+                        let config = RabbitConfig::new(url, &c.topic_prefix)?
+                            .partitions(u32::try_from(c.partitions.max(1)).unwrap_or(1))
+                            .groups([self.group("catalog"), self.group("comment-service")])?
+                            .publish_timeout(Duration::from_secs(3));
+                        Ok::<_, Error>(RabbitBus::new(config))
+                    })
+                    .await?;
+                Ok(app.with(bus.clone()))
+            }
+        }
     }
 
     /// A consumer group's name, unique to this shop's topics.

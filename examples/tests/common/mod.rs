@@ -26,6 +26,8 @@ pub struct Env {
     pub kafka_brokers: String,
     pub mongodb_uri: String,
     pub name: String,
+    /// RabbitMQ between the services instead of Kafka, at this URL.
+    pub amqp_url: Option<String>,
 }
 
 impl Env {
@@ -45,13 +47,33 @@ impl Env {
                 "mongodb://127.0.0.1:27017/?directConnection=true",
             ),
             name,
+            amqp_url: None,
+        }
+    }
+
+    /// The same, with RabbitMQ between the services.
+    pub fn over_rabbitmq(test: &str) -> Self {
+        Env {
+            amqp_url: Some(server("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
+            ..Env::new(test)
         }
     }
 
     fn connection_args(&self) -> Vec<String> {
+        let bus = match &self.amqp_url {
+            Some(url) => [
+                ("--bus", "rabbitmq".to_owned()),
+                ("--amqp-url", url.clone()),
+            ],
+            None => [
+                ("--bus", "kafka".to_owned()),
+                ("--kafka-brokers", self.kafka_brokers.clone()),
+            ],
+        };
         [
             ("--database-url", &self.database_url),
-            ("--kafka-brokers", &self.kafka_brokers),
+            (bus[0].0, &bus[0].1),
+            (bus[1].0, &bus[1].1),
             ("--mongodb-uri", &self.mongodb_uri),
             ("--schema", &self.name),
             ("--topic-prefix", &format!("{}.", self.name)),
@@ -98,8 +120,17 @@ impl Env {
             .expect("list")
     }
 
-    /// Drops what the test created in PostgreSQL and MongoDB.
+    /// Drops what the test created in PostgreSQL, MongoDB and RabbitMQ.
     pub async fn clean_up(&self) {
+        if let Some(url) = &self.amqp_url {
+            let prefix = format!("{}.", self.name);
+            let config = cqrs_rabbitmq::RabbitConfig::new(url, &prefix).expect("config");
+            let bus = cqrs_rabbitmq::RabbitBus::new(config);
+            for group in ["catalog", "comment-service"] {
+                let group = format!("{prefix}{group}");
+                let _ = bus.delete_group(&group, &["product", "comment"]).await;
+            }
+        }
         let _ = self.postgres().await.drop_schema().await;
         if let Ok(mongo) = cqrs_mongo::Mongo::connect(&self.mongodb_uri, &self.name, "").await {
             let _ = mongo.drop_database().await;
