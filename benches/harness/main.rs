@@ -5,7 +5,8 @@
 //! `--products N` (views, 100), `--catalog-events N` (100 000), `--only a,b` (scenarios),
 //! `--quick` (50 000 events, one run), `--chart FILE.svg` (a chart of the medians),
 //! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`), `--mongo` (also the MongoDB
-//! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`).
+//! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`),
+//! `--rabbitmq` (also the RabbitMQ scenarios, on `AMQP_URL`, `--rabbit-events N`, 100 000).
 
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod kafka;
 mod mongo;
 mod pg;
+mod rabbit;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -219,6 +221,9 @@ async fn main() {
     }
     if std::env::args().any(|a| a == "--kafka") {
         kafka::run(events, runs, products).await;
+    }
+    if std::env::args().any(|a| a == "--rabbitmq") {
+        rabbit::run(arg("--rabbit-events", 100_000), runs, products).await;
     }
     if std::env::args().any(|a| a == "--mongo") {
         mongo::run(events, runs, products, batch_size).await;
