@@ -48,7 +48,7 @@ async fn raw_consume(bus: &RabbitBus, group: &str, events: u64) -> f64 {
     let mut tasks = Vec::new();
     for t in TYPES {
         for p in 0..4 {
-            let queue = format!("{}{group}.{t}.{p}", config.prefix());
+            let queue = format!("{}{group}:{t}:{p}", config.prefix());
             let channel = connection
                 .create_channel()
                 .await

@@ -8,6 +8,15 @@ use cqrs_core::{Error, Result};
 /// The longest name RabbitMQ accepts for an exchange or a queue.
 const MAX_NAME: usize = 255;
 
+/// Deliveries of a message, alone in its batch, after it reached the delivery limit and before
+/// it is a dead letter.
+pub const ISOLATED_ATTEMPTS: u32 = 3;
+
+/// The broker's own limit on a partition queue, a backstop far above the member's: a message
+/// returned this often goes to the group's dead-letter queue (never dropped, as RabbitMQ 4's
+/// default limit of 20 without a dead-letter exchange would).
+pub(crate) const BROKER_DELIVERY_LIMIT: i64 = 1_000;
+
 /// Checks a name given to this bus (prefix, group, aggregate type): ASCII letters, digits,
 /// `.`, `_` and `-`, and not starting with `amq.` (RabbitMQ reserves it).
 ///
@@ -118,14 +127,19 @@ impl RabbitConfig {
         self
     }
 
-    /// Deliveries of one message without an acknowledgement after which it is a dead letter
-    /// instead of being applied again (default 10).
+    /// Deliveries of one message without an acknowledgement (default 10, at most 900) after
+    /// which it is handed over alone, in a batch of its own, so that the messages beside it
+    /// are acknowledged without it; after [`ISOLATED_ATTEMPTS`] more, if it is the first
+    /// message its partition delivers to a member (where a crash loop restarts), it is a dead
+    /// letter instead of being applied again. A redelivery counts whatever returned the message
+    /// (a crash, a lost connection, a partition handed over), so the limit is not set low.
     pub fn delivery_limit(mut self, limit: u32) -> Self {
-        self.delivery_limit = limit.max(1);
+        self.delivery_limit = limit.clamp(1, 900);
         self
     }
 
-    /// How long a publish may wait for the broker's confirms before it fails (default 10 s).
+    /// How long a publish may wait for the broker's confirms, and a connection for the broker
+    /// to answer, before it fails (default 10 s).
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
         self
@@ -154,11 +168,11 @@ impl RabbitConfig {
 
     /// A group's queue of one partition of an aggregate type.
     pub(crate) fn queue(&self, group: &str, aggregate_type: &str, partition: u32) -> String {
-        format!("{}{group}.{aggregate_type}.{partition}", self.prefix)
+        format!("{}{group}:{aggregate_type}:{partition}", self.prefix)
     }
 
-    /// The queue whose consumers are a group's live members. Internal names hold a `:`, which
-    /// no configured name may, so they never meet a partition queue's name.
+    /// The queue whose consumers are a group's live members. Names join their parts with `:`,
+    /// which no configured name may hold, so two groups' names never meet.
     pub(crate) fn roster(&self, group: &str) -> String {
         format!("{}{group}:members", self.prefix)
     }
@@ -173,7 +187,8 @@ impl RabbitConfig {
         format!("{}{group}:dead-letters", self.prefix)
     }
 
-    /// Checks a group and its aggregate types, and that every name made of them fits.
+    /// Checks a group and its aggregate types, and that every name made of them fits and
+    /// is one RabbitMQ accepts.
     pub(crate) fn check(&self, group: &str, aggregate_types: &[&str]) -> Result<()> {
         if group.is_empty() || aggregate_types.is_empty() {
             return Err(Error::Config(
@@ -181,16 +196,17 @@ impl RabbitConfig {
             ));
         }
         validate_name("group", group)?;
+        let last = self.partitions - 1;
+        let mut names = vec![
+            self.roster(group),
+            self.lock(group, last),
+            self.dead_letters(group),
+        ];
         for t in aggregate_types {
             self.check_type(t)?;
-            let longest = self.queue(group, t, self.partitions - 1);
-            if longest.len() > MAX_NAME {
-                return Err(Error::Config(format!(
-                    "the RabbitMQ queue name {longest:?} is longer than {MAX_NAME} characters"
-                )));
-            }
+            names.push(self.queue(group, t, last));
         }
-        Ok(())
+        names.iter().try_for_each(|name| fits(name))
     }
 
     pub(crate) fn check_type(&self, aggregate_type: &str) -> Result<()> {
@@ -198,11 +214,26 @@ impl RabbitConfig {
             return Err(Error::Config("an empty aggregate type".into()));
         }
         validate_name("aggregate type", aggregate_type)?;
-        if self.exchange(aggregate_type).len() > MAX_NAME {
-            return Err(Error::Config(format!(
-                "the RabbitMQ exchange name for {aggregate_type:?} is too long"
-            )));
+        fits(&self.exchange(aggregate_type))?;
+        // The queues the publisher declares for the configured groups.
+        for group in &self.groups {
+            fits(&self.queue(group, aggregate_type, self.partitions - 1))?;
         }
         Ok(())
     }
+}
+
+/// A whole name: short enough, and not in the broker's reserved `amq.` namespace.
+fn fits(name: &str) -> Result<()> {
+    if name.len() > MAX_NAME {
+        return Err(Error::Config(format!(
+            "the RabbitMQ name {name:?} is longer than {MAX_NAME} bytes"
+        )));
+    }
+    if name.starts_with("amq.") {
+        return Err(Error::Config(format!(
+            "the RabbitMQ name {name:?} starts with `amq.`, which the broker reserves"
+        )));
+    }
+    Ok(())
 }

@@ -16,10 +16,19 @@ use cqrs_core::{Envelope, Error, EventBus, Result};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-pub use crate::config::{validate_name, RabbitConfig};
+pub use crate::config::{validate_name, RabbitConfig, ISOLATED_ATTEMPTS};
 use crate::subscription::RabbitSubscription;
 
+/// A lapin error as the framework's: the broker's refusals that retrying cannot mend (access
+/// refused, a declaration that contradicts an existing queue or exchange) are configuration
+/// errors; the rest are backend errors, which callers retry.
 pub(crate) fn backend(what: impl Into<String>, e: lapin::Error) -> Error {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    let permanent = matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
+        if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::PRECONDITIONFAILED)));
+    if permanent {
+        return Error::Config(format!("RabbitMQ refused {}: {e}", what.into()));
+    }
     Error::backend("rabbitmq", what, e)
 }
 
@@ -66,13 +75,16 @@ impl std::fmt::Debug for RabbitBus {
 /// Opens a connection, naming the broker (never the URL's credentials) when it fails.
 pub(crate) async fn connect(config: &RabbitConfig, name: &str) -> Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(config.url(), properties)
-        .await
-        .map_err(|e| Error::Backend {
-            backend: "rabbitmq",
-            message: format!("connecting to {}: {e}", config.broker()),
-            source: None,
-        })
+    let timeout = config.publish_timeout;
+    let fail = |why: String| Error::Backend {
+        backend: "rabbitmq",
+        message: format!("connecting to {}: {why}", config.broker()),
+        source: None,
+    };
+    match tokio::time::timeout(timeout, Connection::connect(config.url(), properties)).await {
+        Ok(connected) => connected.map_err(|e| fail(e.to_string())),
+        Err(_) => Err(fail(format!("no answer within {timeout:?}"))),
+    }
 }
 
 impl RabbitBus {
@@ -185,6 +197,7 @@ impl RabbitBus {
                 continue;
             };
             if !link.declared.contains(t) {
+                config.check_type(t)?;
                 topology::exchange(&link.channel, config, t).await?;
                 for group in &config.groups {
                     topology::group(&link.channel, config, group, t).await?;

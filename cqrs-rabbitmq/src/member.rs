@@ -61,7 +61,19 @@ pub(crate) struct Member {
     owned: BTreeMap<u32, Owned>,
     next_epoch: u64,
     tx: mpsc::UnboundedSender<Incoming>,
+    /// Probing for free partitions backs off while every probe is refused, until the
+    /// number of members changes.
+    probes: Probes,
 }
+
+struct Probes {
+    members: u32,
+    refused_rounds: u32,
+    next: std::time::Instant,
+}
+
+/// The longest wait between probes of a member under its share while every partition is held.
+const MAX_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn locked(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp)
@@ -86,7 +98,6 @@ impl Member {
         for t in types {
             topology::group(&control, config, group, t).await?;
         }
-        topology::dead_letters(&control, config, group).await?;
         let roster = config.roster(group);
         control
             .queue_declare(
@@ -119,6 +130,11 @@ impl Member {
             owned: BTreeMap::new(),
             next_epoch: 0,
             tx,
+            probes: Probes {
+                members: 0,
+                refused_rounds: 0,
+                next: std::time::Instant::now(),
+            },
         })
     }
 
@@ -155,16 +171,39 @@ impl Member {
             };
             self.release(last).await?;
         }
-        if self.owned.len() < fair {
+        let now = std::time::Instant::now();
+        if members != self.probes.members {
+            // A member came or went: partitions may be free now.
+            self.probes = Probes {
+                members,
+                refused_rounds: 0,
+                next: now,
+            };
+        }
+        if self.owned.len() < fair && now >= self.probes.next {
             let start = fastrand::u32(0..partitions);
+            let mut taken = false;
             for i in 0..partitions {
                 let p = (start + i) % partitions;
                 if self.owned.len() >= fair {
                     break;
                 }
                 if !self.owned.contains_key(&p) {
-                    self.acquire(p).await?;
+                    taken |= self.acquire(p).await?;
                 }
+            }
+            if taken {
+                self.probes.refused_rounds = 0;
+            } else {
+                // Each refused probe costs the broker a channel: while every partition is
+                // held (more members than partitions, say), probe less and less often.
+                self.probes.refused_rounds = self.probes.refused_rounds.saturating_add(1);
+                let wait = self
+                    .config
+                    .rebalance_every
+                    .saturating_mul(1 << (self.probes.refused_rounds - 1).min(6))
+                    .min(MAX_PROBE_WAIT);
+                self.probes.next = now + wait;
             }
         }
         Ok(())

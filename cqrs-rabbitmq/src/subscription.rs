@@ -29,6 +29,10 @@ pub(crate) struct RabbitSubscription {
     next_rebalance: Instant,
     /// Per channel, the highest delivery tag handed out since the last ack.
     delivered: Vec<(u64, Channel, u64)>,
+    /// Deliveries received but left for the next batch, in order (behind one handed alone).
+    held: std::collections::VecDeque<Incoming>,
+    /// The channels (connection, holding, channel id) that have delivered something.
+    started: std::collections::HashSet<(u64, u64, u16)>,
 }
 
 impl RabbitSubscription {
@@ -53,6 +57,8 @@ impl RabbitSubscription {
             rx,
             next_rebalance: Instant::now(),
             delivered: Vec::new(),
+            held: std::collections::VecDeque::new(),
+            started: std::collections::HashSet::new(),
         })
     }
 
@@ -62,6 +68,8 @@ impl RabbitSubscription {
             member.leave();
         }
         self.delivered.clear();
+        self.held.clear();
+        self.started.clear();
     }
 
     fn note(&mut self, generation: u64, channel: &Channel, tag: u64) {
@@ -123,20 +131,42 @@ impl EventSource for RabbitSubscription {
                     .saturating_duration_since(Instant::now()),
             )
             .max(Duration::from_millis(1));
-        let first = match tokio::time::timeout(wait, self.rx.recv()).await {
-            Err(_) | Ok(None) => return Ok(Batch::from_bus(Vec::new())),
-            Ok(Some(first)) => first,
+        let first = match self.held.pop_front() {
+            Some(held) => held,
+            None => match tokio::time::timeout(wait, self.rx.recv()).await {
+                Err(_) | Ok(None) => return Ok(Batch::from_bus(Vec::new())),
+                Ok(Some(first)) => first,
+            },
         };
-        let mut items = vec![first];
+        let mut items = std::collections::VecDeque::from([first]);
         while items.len() < max.max(1) {
-            match self.rx.try_recv() {
-                Ok(item) => items.push(item),
+            match self
+                .held
+                .pop_front()
+                .map(Ok)
+                .unwrap_or_else(|| self.rx.try_recv())
+            {
+                Ok(item) => items.push_back(item),
                 Err(_) => break,
             }
         }
         let limit = u64::from(self.bus.config().delivery_limit);
+        let last_chance = limit + u64::from(crate::ISOLATED_ATTEMPTS);
         let mut batch = Batch::from_bus(Vec::with_capacity(items.len()));
-        for item in items {
+        while let Some(item) = items.pop_front() {
+            if let Kind::Delivery { delivery, .. } = &item.kind {
+                let before = codec::redeliveries(delivery);
+                let busy = !self.delivered.is_empty();
+                if before >= limit && busy {
+                    // Suspected of crashing its batches: it goes alone, in the next batch,
+                    // and what came after it waits in order behind it.
+                    items.push_front(item);
+                    while let Some(rest) = items.pop_back() {
+                        self.held.push_front(rest);
+                    }
+                    break;
+                }
+            }
             let Some(member) = &self.member else { break };
             if item.generation != member.generation {
                 continue;
@@ -149,7 +179,10 @@ impl EventSource for RabbitSubscription {
                     delivery,
                 } if current => {
                     self.note(item.generation, &channel, delivery.delivery_tag);
-                    (queue, delivery)
+                    let first = self
+                        .started
+                        .insert((item.generation, item.epoch, channel.id()));
+                    (queue, delivery, first)
                 }
                 Kind::Failed(e) if current => {
                     self.reset();
@@ -168,12 +201,16 @@ impl EventSource for RabbitSubscription {
                 }
                 _ => continue,
             };
-            let (queue, delivery) = delivery;
+            let (queue, delivery, first) = delivery;
             let before = codec::redeliveries(&delivery);
-            if before >= limit {
+            // Only the first message a channel delivers is judged: a crash loop restarts at
+            // it, while the broker's count also rises on everything returned beside it.
+            if before >= last_chance && first {
                 let reason = format!(
-                    "delivered {} times without an acknowledgement (the limit is {limit})",
-                    before + 1
+                    "delivered {} times without an acknowledgement, the last {} of them alone in \
+                     their batch",
+                    before + 1,
+                    crate::ISOLATED_ATTEMPTS
                 );
                 batch
                     .rejected
@@ -188,6 +225,13 @@ impl EventSource for RabbitSubscription {
                         .rejected
                         .push(codec::rejected(&delivery, &queue, reason));
                 }
+            }
+            if before >= limit {
+                // Alone: what follows waits for the next batch.
+                while let Some(rest) = items.pop_back() {
+                    self.held.push_front(rest);
+                }
+                break;
             }
         }
         Ok(batch)

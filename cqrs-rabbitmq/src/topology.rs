@@ -9,16 +9,33 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::{backend, RabbitConfig};
 
-/// The arguments of a partition or dead-letter queue.
-fn quorum(single_active: bool) -> FieldTable {
+/// The arguments of a quorum queue.
+fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(LongString::from("quorum")),
     );
-    if single_active {
-        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    }
+    args
+}
+
+/// A partition queue's: one consumer at a time, and the broker's backstop limit dead-letters
+/// into the group's dead-letter queue.
+fn partition_queue(config: &RabbitConfig, group: &str) -> FieldTable {
+    let mut args = quorum();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(crate::config::BROKER_DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(config.dead_letters(group))),
+    );
     args
 }
 
@@ -43,7 +60,8 @@ pub(crate) async fn exchange(
         .map_err(|e| backend(format!("declaring exchange `{name}`"), e))
 }
 
-/// A group's partition queues of an aggregate type, bound to its exchange.
+/// A group's partition queues of an aggregate type, bound to its exchange, and the group's
+/// dead-letter queue.
 pub(crate) async fn group(
     channel: &Channel,
     config: &RabbitConfig,
@@ -55,7 +73,11 @@ pub(crate) async fn group(
     for partition in 0..config.partitions {
         let queue = config.queue(group, aggregate_type, partition);
         channel
-            .queue_declare(queue.as_str().into(), durable(), quorum(true))
+            .queue_declare(
+                queue.as_str().into(),
+                durable(),
+                partition_queue(config, group),
+            )
             .await
             .map_err(|e| backend(format!("declaring queue `{queue}`"), e))?;
         channel
@@ -69,6 +91,10 @@ pub(crate) async fn group(
             .await
             .map_err(|e| backend(format!("binding queue `{queue}`"), e))?;
     }
+    // Last: RabbitMQ 3.10 may not recover the quorum queue created last before a SIGKILL
+    // (its Raft registration not yet on disk, seen in the restart test); the dead-letter queue
+    // is the one that can best wait to be declared again.
+    dead_letters(channel, config, group).await?;
     Ok(())
 }
 
@@ -80,7 +106,7 @@ pub(crate) async fn dead_letters(
 ) -> Result<()> {
     let queue = config.dead_letters(group);
     channel
-        .queue_declare(queue.as_str().into(), durable(), quorum(false))
+        .queue_declare(queue.as_str().into(), durable(), quorum())
         .await
         .map(|_| ())
         .map_err(|e| backend(format!("declaring queue `{queue}`"), e))

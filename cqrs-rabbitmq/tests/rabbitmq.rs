@@ -116,7 +116,7 @@ async fn a_message_that_is_no_envelope_is_a_dead_letter_on_the_queue_and_the_res
         dead[0].reason
     );
     assert_eq!(&dead[0].envelope.payload[..], b"not an envelope");
-    assert!(dead[0].envelope.metadata.user["cqrs.dlq.source"].ends_with(&format!("raw.{TYPE}.0")));
+    assert!(dead[0].envelope.metadata.user["cqrs.dlq.source"].ends_with(&format!("raw:{TYPE}:0")));
 
     // The group's dead-letter queue has it, with its reason.
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
@@ -190,6 +190,85 @@ async fn a_publish_no_queue_takes_is_an_error_and_named_groups_keep_what_came_be
     };
     assert_eq!(got, vec![event]);
     drop(member);
+    cleanup.run().await;
+}
+
+/// A member that dies with its batch unacknowledged, again and again (a message that crashes
+/// the consumer): the broker counts a return for every message it had sent ahead, not only the
+/// culprit. Only the message each crash restarts at becomes a dead letter; the others are
+/// applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_dead_letters_the_message_it_restarts_at_and_spares_the_rest() {
+    let config = config(&amqp_url()).delivery_limit(2).partitions(1);
+    let bus = Arc::new(common::bus_with(config).await);
+    let cleanup = Cleanup::default();
+    cleanup.add(&bus, "loop", &[TYPE]);
+    let idle = Duration::from_millis(100);
+    bus.subscribe("loop", &[TYPE], idle)
+        .await
+        .expect("the group's queues");
+    let events: Vec<Envelope> = (1..=4)
+        .map(|v| envelope_of(TYPE, "s-0", v, v, &Ticked { n: v }))
+        .collect();
+    bus.publish(&events).await.expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut handed = Vec::new();
+    for _ in 0..2 + cqrs_rabbitmq::ISOLATED_ATTEMPTS {
+        let mut member = bus
+            .subscribe("loop", &[TYPE], idle)
+            .await
+            .expect("subscribe");
+        let batch = loop {
+            let batch = member.next_batch(100).await.expect("batch");
+            if !batch.events.is_empty() || !batch.rejected.is_empty() {
+                break batch;
+            }
+            assert!(Instant::now() < deadline, "the member got nothing");
+        };
+        handed.push(batch.events.len());
+        drop(member); // a crash: no ack
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // From the delivery limit on, the message goes alone.
+    assert_eq!(handed[2..], [1, 1, 1], "batch sizes per crash: {handed:?}");
+
+    let store = Arc::new(MemoryViewStore::new());
+    let handle = TrackingProcessor::new(Seen, store.clone())
+        .error_policy(ErrorPolicy::dead_letter())
+        .idle_wait(idle)
+        .spawn(Arc::new(BusFeed::new(bus.clone(), "loop", [TYPE])));
+    loop {
+        let view = cqrs_core::ReadModel::<Seen>::new(store.clone())
+            .get("s-0")
+            .await
+            .expect("get");
+        let dead = store.dead_letters("seen").await.expect("list");
+        if view.as_ref().map(|v| v.versions.len()) == Some(3) && dead.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "view {view:?}, dead letters {dead:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop().await.expect("stop");
+    let dead = store.dead_letters("seen").await.expect("list");
+    assert_eq!(dead[0].envelope.version, 1, "{dead:?}");
+    assert!(
+        dead[0].reason.contains("without an acknowledgement"),
+        "{}",
+        dead[0].reason
+    );
+    let view = cqrs_core::ReadModel::<Seen>::new(store.clone())
+        .get("s-0")
+        .await
+        .expect("get");
+    assert_eq!(view.map(|v| v.versions), Some(vec![2, 3, 4]));
+    println!(
+        "[fault] RabbitMQ crash loop: 5 crashes with the batch unacknowledged (batches of {handed:?}); \
+         1 dead letter (the message each crash restarted at), the 3 others applied once"
+    );
     cleanup.run().await;
 }
 

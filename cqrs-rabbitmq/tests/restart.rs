@@ -141,7 +141,11 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("the node's files are kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -169,6 +173,10 @@ async fn until_total(store: &Arc<MemoryViewStore>, want: usize, what: &str) -> D
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_and_a_member_ride_out_a_broker_kill_and_every_event_arrives_once_in_order() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut node = Node::new();
     node.start().await;
     let config = RabbitConfig::new(node.url(), "outage.")
