@@ -28,7 +28,7 @@ pub use crate::gateway::{CommandGateway, CommandMetadata, Middleware};
 pub use crate::processor::{
     Backoff, CatchUpProgress, ErrorPolicy, Feed, RetryReport, StoreFeed, TrackingProcessor,
 };
-pub use crate::projection::{Projection, ReadModel};
+pub use crate::projection::{Fold, Projection, ReadModel};
 pub use crate::registry::registry;
 pub use crate::relay::{Breaker, Relay};
 pub use crate::store::{CheckpointStore, EventAppender, EventReader, EventStore, SnapshotStore};

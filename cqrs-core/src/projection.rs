@@ -53,6 +53,65 @@ pub trait Projection: Send + Sync + 'static {
     ) -> Result<(), BoxError>;
 }
 
+/// The short form of a [`Projection`] whose views start out as their `Default` and whose
+/// changes cannot fail: `fold` changes a view that is always there. Every `Fold` is a
+/// `Projection` (views keyed by stream id unless `view_id` says otherwise); write
+/// `Projection` itself to delete views, to start them otherwise, or to fail an event.
+///
+/// ```
+/// use cqrs_core::{Envelope, Fold};
+/// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// # pub struct Deposited { pub cents: u64 }
+/// # cqrs_core::event!(Deposited, "doc.fold.Deposited");
+///
+/// pub struct Balances;
+/// impl Fold for Balances {
+///     const NAME: &'static str = "balances";
+///     type Event = Deposited;
+///     type View = u64;
+///     fn fold(&self, balance: &mut u64, e: &Deposited, _: &Envelope) {
+///         *balance += e.cents;
+///     }
+/// }
+/// ```
+pub trait Fold: Send + Sync + 'static {
+    /// The projection's stable name (see [`Projection::NAME`]).
+    const NAME: &'static str;
+    /// The events it wants.
+    type Event: EventSet;
+    /// The view document; a new view starts as its `Default`.
+    type View: Default + Serialize + DeserializeOwned + Debug + Send + Sync + 'static;
+
+    /// The id of the view an event changes; by default the event's stream id.
+    fn view_id(&self, event: &Self::Event, envelope: &Envelope) -> String {
+        let _ = event;
+        envelope.stream_id.clone()
+    }
+
+    /// Changes the view.
+    fn fold(&self, view: &mut Self::View, event: &Self::Event, envelope: &Envelope);
+}
+
+impl<F: Fold> Projection for F {
+    const NAME: &'static str = F::NAME;
+    type Event = F::Event;
+    type View = F::View;
+
+    fn view_id(&self, event: &Self::Event, envelope: &Envelope) -> String {
+        Fold::view_id(self, event, envelope)
+    }
+
+    fn apply(
+        &self,
+        view: &mut Option<Self::View>,
+        event: &Self::Event,
+        envelope: &Envelope,
+    ) -> Result<(), BoxError> {
+        self.fold(view.get_or_insert_with(Default::default), event, envelope);
+        Ok(())
+    }
+}
+
 /// Typed queries over one projection's views, in any [`ViewQuery`] store.
 pub struct ReadModel<P: Projection> {
     store: Arc<dyn ViewQuery>,
