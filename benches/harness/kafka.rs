@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cqrs_benches::{catalog_envelopes, ProductStats};
-use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
-use cqrs_core::{EventBus, Relay, TrackingProcessor};
+use cqrs_benches::{catalog_envelopes, consume_into_stats};
+use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore};
+use cqrs_core::{EventBus, Relay};
 use cqrs_kafka::{KafkaBus, KafkaConfig};
 
 use crate::{report, wanted};
@@ -50,27 +50,8 @@ pub async fn run(events: u64, runs: u64, products: u64) {
                 .subscribe("bench", &["product", "comment"], Duration::from_secs(1))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            let processor = TrackingProcessor::new(ProductStats, Arc::new(MemoryViewStore::new()));
-            // Timed from the first batch: joining the group is not throughput.
-            let (mut start, mut seen) = (None, 0u64);
-            while seen < events {
-                let batch = source
-                    .next_batch(10_000)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                if batch.events.is_empty() {
-                    continue;
-                }
-                start.get_or_insert_with(Instant::now);
-                seen += batch.events.len() as u64;
-                processor
-                    .process(&batch)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                source.ack(&batch).await.unwrap_or_else(|e| panic!("{e}"));
-            }
-            let seconds = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
-            report(&scenario, seen, seconds);
+            let seconds = consume_into_stats(source.as_mut(), events, 10_000).await;
+            report(&scenario, events, seconds);
         }
     }
     if wanted("relay_to_kafka") {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cqrs_benches::{catalog_envelopes, ProductStats};
-use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
-use cqrs_core::{EventBus, Relay, TrackingProcessor};
+use cqrs_benches::{catalog_envelopes, consume_into_stats};
+use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore};
+use cqrs_core::{EventBus, Relay};
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -168,25 +168,7 @@ async fn framework_consume(bus: &RabbitBus, group: &str, events: u64) -> f64 {
         .subscribe(group, &TYPES, Duration::from_millis(200))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let processor = TrackingProcessor::new(ProductStats, Arc::new(MemoryViewStore::new()));
-    let (mut start, mut seen) = (None, 0u64);
-    while seen < events {
-        let batch = source
-            .next_batch(1_000)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        if batch.events.is_empty() {
-            continue;
-        }
-        start.get_or_insert_with(Instant::now);
-        seen += batch.events.len() as u64;
-        processor
-            .process(&batch)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        source.ack(&batch).await.unwrap_or_else(|e| panic!("{e}"));
-    }
-    start.map_or(0.0, |s| s.elapsed().as_secs_f64())
+    consume_into_stats(source.as_mut(), events, 1_000).await
 }
 
 pub async fn run(events: u64, runs: u64, products: u64) {

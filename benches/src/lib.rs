@@ -172,3 +172,35 @@ pub async fn send_commands(gateway: &CommandGateway, n: u64, products: u64, task
         h.await.unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// Drains `events` events from a bus subscription into [`ProductStats`] (in-memory views),
+/// acknowledging each batch after it was applied. Returns the seconds from the first batch
+/// (joining a consumer group is not throughput).
+///
+/// # Panics
+/// On any error (a benchmark, not library code).
+pub async fn consume_into_stats(
+    source: &mut dyn cqrs_core::processor::EventSource,
+    events: u64,
+    batch_size: usize,
+) -> f64 {
+    let processor = TrackingProcessor::new(ProductStats, Arc::new(MemoryViewStore::new()));
+    let (mut start, mut seen) = (None, 0u64);
+    while seen < events {
+        let batch = source
+            .next_batch(batch_size)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if batch.events.is_empty() {
+            continue;
+        }
+        start.get_or_insert_with(std::time::Instant::now);
+        seen += batch.events.len() as u64;
+        processor
+            .process(&batch)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        source.ack(&batch).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    start.map_or(0.0, |s| s.elapsed().as_secs_f64())
+}

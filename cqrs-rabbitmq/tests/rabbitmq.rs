@@ -7,14 +7,12 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{amqp_url, bus, config, Cleanup};
+use common::{amqp_url, bus, config, Cleanup, Seen};
 use cqrs_core::memory::MemoryViewStore;
 use cqrs_core::processor::ErrorPolicy;
-use cqrs_core::testing::bus_conformance::{self, SeenView, Ticked, TYPE};
+use cqrs_core::testing::bus_conformance::{self, Ticked, TYPE};
 use cqrs_core::testing::envelope_of;
-use cqrs_core::{
-    BoxError, BusFeed, DeadLetterStore, Envelope, Error, EventBus, Projection, TrackingProcessor,
-};
+use cqrs_core::{BusFeed, DeadLetterStore, Envelope, Error, EventBus, TrackingProcessor};
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
@@ -35,21 +33,6 @@ async fn the_rabbitmq_bus_passes_the_bus_conformance_suite() {
     })
     .await;
     cleanup.run().await;
-}
-
-#[derive(Debug, Default)]
-struct Seen;
-
-impl Projection for Seen {
-    const NAME: &'static str = "seen";
-    type Event = Ticked;
-    type View = SeenView;
-    fn apply(&self, view: &mut Option<SeenView>, _: &Ticked, e: &Envelope) -> Result<(), BoxError> {
-        view.get_or_insert_with(SeenView::default)
-            .versions
-            .push(e.version);
-        Ok(())
-    }
 }
 
 /// A raw publish to a group's partition queue by a client that knows nothing of envelopes.

@@ -4,15 +4,17 @@
 
 mod common;
 
+use common::Seen;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
-use cqrs_core::testing::bus_conformance::{SeenView, Ticked};
+use cqrs_core::testing::bus_conformance::Ticked;
 use cqrs_core::{
-    Aggregate, Backoff, BoxError, Breaker, BusFeed, Command, CommandGateway, Envelope, EventReader,
-    EventStore, Projection, Query, ReadModel, Relay, TrackingProcessor,
+    Aggregate, Backoff, Breaker, BusFeed, Command, CommandGateway, EventReader, EventStore, Query,
+    ReadModel, Relay, TrackingProcessor,
 };
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
 
@@ -36,21 +38,6 @@ impl Aggregate for Clock {
         Ok(vec![Ticked { n: c.1 }])
     }
     fn apply(&mut self, _: &Ticked) {}
-}
-
-#[derive(Debug, Default)]
-struct Seen;
-
-impl Projection for Seen {
-    const NAME: &'static str = "seen";
-    type Event = Ticked;
-    type View = SeenView;
-    fn apply(&self, view: &mut Option<SeenView>, _: &Ticked, e: &Envelope) -> Result<(), BoxError> {
-        view.get_or_insert_with(SeenView::default)
-            .versions
-            .push(e.version);
-        Ok(())
-    }
 }
 
 /// A RabbitMQ node of this test's own, on its own ports, node name and data directory.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use cqrs_core::testing::bus_conformance::{SeenView, Ticked};
+use cqrs_core::{BoxError, Envelope, Projection};
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
 use parking_lot::Mutex;
 
@@ -57,5 +59,21 @@ impl Cleanup {
                 .await
                 .expect("delete the group's queues");
         }
+    }
+}
+
+/// Every version a stream's view applied, in order.
+#[derive(Debug, Default)]
+pub struct Seen;
+
+impl Projection for Seen {
+    const NAME: &'static str = "seen";
+    type Event = Ticked;
+    type View = SeenView;
+    fn apply(&self, view: &mut Option<SeenView>, _: &Ticked, e: &Envelope) -> Result<(), BoxError> {
+        view.get_or_insert_with(SeenView::default)
+            .versions
+            .push(e.version);
+        Ok(())
     }
 }
