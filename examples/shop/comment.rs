@@ -1,6 +1,6 @@
 //! The comment aggregate: post a rated comment on a product, edit it, delete it.
 
-use cqrs_core::{Aggregate, BoxError, Command, Envelope, Projection};
+use cqrs_core::{Aggregate, Command, Envelope, Fold};
 use serde::{Deserialize, Serialize};
 
 use crate::events::{
@@ -229,39 +229,28 @@ pub struct KnownProduct {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KnownProducts;
 
-impl Projection for KnownProducts {
+impl Fold for KnownProducts {
     const NAME: &'static str = "known_products";
     type Event = ProductLifecycle;
     type View = KnownProduct;
 
     fn view_id(&self, event: &ProductLifecycle, _: &Envelope) -> String {
-        match event {
-            ProductLifecycle::Created(e) => e.product_id.clone(),
-            ProductLifecycle::Renamed(e) => e.product_id.clone(),
-        }
+        self.named(event).0.clone()
     }
 
-    fn apply(
-        &self,
-        view: &mut Option<KnownProduct>,
-        event: &ProductLifecycle,
-        _: &Envelope,
-    ) -> Result<(), BoxError> {
+    fn fold(&self, known: &mut KnownProduct, event: &ProductLifecycle, _: &Envelope) {
+        let (product_id, name) = self.named(event);
+        known.product_id.clone_from(product_id);
+        known.name.clone_from(name);
+    }
+}
+
+impl KnownProducts {
+    /// The product an event is about, and the name it gives it.
+    fn named<'e>(&self, event: &'e ProductLifecycle) -> (&'e String, &'e String) {
         match event {
-            ProductLifecycle::Created(e) => {
-                *view = Some(KnownProduct {
-                    product_id: e.product_id.clone(),
-                    name: e.name.clone(),
-                });
-            }
-            ProductLifecycle::Renamed(e) => {
-                let known = view.get_or_insert_with(|| KnownProduct {
-                    product_id: e.product_id.clone(),
-                    ..KnownProduct::default()
-                });
-                known.name.clone_from(&e.name);
-            }
+            ProductLifecycle::Created(e) => (&e.product_id, &e.name),
+            ProductLifecycle::Renamed(e) => (&e.product_id, &e.name),
         }
-        Ok(())
     }
 }
