@@ -31,8 +31,6 @@ pub(crate) struct RabbitSubscription {
     delivered: Vec<(u64, Channel, u64)>,
     /// Deliveries received but left for the next batch, in order (behind one handed alone).
     held: std::collections::VecDeque<Incoming>,
-    /// The channels (connection, holding, channel id) that have delivered something.
-    started: std::collections::HashSet<(u64, u64, u16)>,
 }
 
 impl RabbitSubscription {
@@ -58,7 +56,6 @@ impl RabbitSubscription {
             next_rebalance: Instant::now(),
             delivered: Vec::new(),
             held: std::collections::VecDeque::new(),
-            started: std::collections::HashSet::new(),
         })
     }
 
@@ -69,7 +66,6 @@ impl RabbitSubscription {
         }
         self.delivered.clear();
         self.held.clear();
-        self.started.clear();
     }
 
     fn note(&mut self, generation: u64, channel: &Channel, tag: u64) {
@@ -154,18 +150,18 @@ impl EventSource for RabbitSubscription {
         let last_chance = limit + u64::from(crate::ISOLATED_ATTEMPTS);
         let mut batch = Batch::from_bus(Vec::with_capacity(items.len()));
         while let Some(item) = items.pop_front() {
-            if let Kind::Delivery { delivery, .. } = &item.kind {
-                let before = codec::redeliveries(delivery);
-                let busy = !self.delivered.is_empty();
-                if before >= limit && busy {
-                    // Suspected of crashing its batches: it goes alone, in the next batch,
-                    // and what came after it waits in order behind it.
-                    items.push_front(item);
-                    while let Some(rest) = items.pop_back() {
-                        self.held.push_front(rest);
-                    }
-                    break;
+            let before = match &item.kind {
+                Kind::Delivery { delivery, .. } => codec::redeliveries(delivery),
+                _ => 0,
+            };
+            if before >= limit && !self.delivered.is_empty() {
+                // Suspected of crashing its batches: it goes alone, in the next batch,
+                // and what came after it waits in order behind it.
+                items.push_front(item);
+                while let Some(rest) = items.pop_back() {
+                    self.held.push_front(rest);
                 }
+                break;
             }
             let Some(member) = &self.member else { break };
             if item.generation != member.generation {
@@ -179,10 +175,7 @@ impl EventSource for RabbitSubscription {
                     delivery,
                 } if current => {
                     self.note(item.generation, &channel, delivery.delivery_tag);
-                    let first = self
-                        .started
-                        .insert((item.generation, item.epoch, channel.id()));
-                    (queue, delivery, first)
+                    (queue, delivery)
                 }
                 Kind::Failed(e) if current => {
                     self.reset();
@@ -201,11 +194,11 @@ impl EventSource for RabbitSubscription {
                 }
                 _ => continue,
             };
-            let (queue, delivery, first) = delivery;
-            let before = codec::redeliveries(&delivery);
-            // Only the first message a channel delivers is judged: a crash loop restarts at
+            let (queue, delivery) = delivery;
+            // Only the first message a channel delivers (tags start at 1 on each channel, and
+            // every holding of a partition opens its own) is judged: a crash loop restarts at
             // it, while the broker's count also rises on everything returned beside it.
-            if before >= last_chance && first {
+            if before >= last_chance && delivery.delivery_tag == 1 {
                 let reason = format!(
                     "delivered {} times without an acknowledgement, the last {} of them alone in \
                      their batch",
