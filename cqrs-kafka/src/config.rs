@@ -34,6 +34,7 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
 pub struct KafkaConfig {
     pub(crate) brokers: String,
     pub(crate) topic_prefix: String,
+    pub(crate) group_prefix: String,
     pub(crate) partitions: i32,
     pub(crate) replication: i32,
     pub(crate) session_timeout: Duration,
@@ -68,12 +69,20 @@ impl KafkaConfig {
         Ok(KafkaConfig {
             brokers,
             topic_prefix,
+            group_prefix: String::new(),
             partitions: 3,
             replication: 1,
             session_timeout: Duration::from_secs(10),
             message_timeout: Duration::from_secs(10),
             properties: Vec::new(),
         })
+    }
+
+    /// A prefix for the consumer groups this bus joins (default none): group ids are
+    /// broker-wide, so buses that share a broker but not their groups name them apart.
+    pub fn group_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.group_prefix = prefix.into();
+        self
     }
 
     /// Partitions of the topics this bus creates (default 3).

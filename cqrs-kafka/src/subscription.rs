@@ -59,7 +59,7 @@ impl KafkaSubscription {
         let session = config.session_timeout.as_millis();
         let consumer: StreamConsumer = config
             .client_config()
-            .set("group.id", group)
+            .set("group.id", format!("{}{group}", config.group_prefix))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")

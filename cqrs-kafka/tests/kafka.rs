@@ -26,8 +26,10 @@ fn brokers() -> String {
 
 fn config(brokers: &str) -> KafkaConfig {
     let prefix = format!("t{}.", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    KafkaConfig::new(brokers, prefix)
+    KafkaConfig::new(brokers, prefix.clone())
         .expect("config")
+        // Groups are broker-wide: each test's own, like its topics.
+        .group_prefix(prefix)
         .partitions(3)
         .session_timeout(Duration::from_secs(6))
         .message_timeout(Duration::from_secs(3))

@@ -8,9 +8,10 @@
 //! # }
 //! ```
 //!
-//! A group receives what is published once it has subscribed (a RabbitMQ group's queues exist
-//! from its first subscription on), so each check subscribes a group before it publishes.
-//! Each check panics with a message that names the broken rule.
+//! The checks publish before their groups' members have joined. A bus whose groups receive
+//! only what is published once they exist (RabbitMQ) is configured by its test to declare the
+//! suite's groups, [`GROUPS`], before the first publish. Each check panics with a message that
+//! names the broken rule.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -30,6 +31,9 @@ use crate::testing::{envelope_of, raw_envelope};
 use crate::view::{DeadLetterStore, Query};
 use crate::BoxError;
 use crate::ReadModel;
+
+/// The consumer groups the checks use.
+pub const GROUPS: [&str; 6] = ["share", "first", "second", "handover", "poison", "resume"];
 
 /// The aggregate type every check publishes.
 pub const TYPE: &str = "busconformance";
@@ -105,13 +109,6 @@ async fn publish(bus: &dyn EventBus, events: &[Envelope]) {
     }
 }
 
-/// Makes group `group` exist on the bus before anything is published to it.
-async fn join(bus: &Arc<dyn EventBus>, group: &str) {
-    if let Err(e) = bus.subscribe(group, &[TYPE], IDLE).await {
-        panic!("subscribing group {group} failed: {e}");
-    }
-}
-
 fn spawn(
     bus: &Arc<dyn EventBus>,
     group: &str,
@@ -171,7 +168,6 @@ async fn assert_exactly_once(store: &Arc<MemoryViewStore>, streams: usize, last:
 /// every stream's events are applied in order, each once. Returns the figures.
 pub async fn members_share_the_work_in_per_stream_order(bus: Arc<dyn EventBus>) -> String {
     const STREAMS: u64 = 12;
-    join(&bus, "share").await;
     let store = Arc::new(MemoryViewStore::new());
     let (a, b) = (Seen::default(), Seen::default());
     let (ca, cb) = (a.applied.clone(), b.applied.clone());
@@ -226,8 +222,6 @@ pub async fn members_share_the_work_in_per_stream_order(bus: Arc<dyn EventBus>) 
 /// Two groups each receive every event.
 pub async fn every_group_receives_every_event(bus: Arc<dyn EventBus>) {
     const STREAMS: u64 = 6;
-    join(&bus, "first").await;
-    join(&bus, "second").await;
     let stores = [
         Arc::new(MemoryViewStore::new()),
         Arc::new(MemoryViewStore::new()),
@@ -255,7 +249,6 @@ pub async fn every_group_receives_every_event(bus: Arc<dyn EventBus>) {
 /// figures.
 pub async fn unacknowledged_events_go_to_another_member(bus: Arc<dyn EventBus>) -> String {
     const STREAMS: u64 = 8;
-    join(&bus, "handover").await;
     let store = Arc::new(MemoryViewStore::new());
     let survivor = spawn(&bus, "handover", Seen::default(), &store);
     let mut doomed = bus
@@ -306,7 +299,6 @@ pub async fn unacknowledged_events_go_to_another_member(bus: Arc<dyn EventBus>) 
 /// with their reasons; the events after them flow; the failed one is retried from the
 /// projection's dead letters once its handler works.
 pub async fn poison_is_dead_lettered_and_the_rest_flows(bus: Arc<dyn EventBus>) {
-    join(&bus, "poison").await;
     let store = Arc::new(MemoryViewStore::new());
     let seen = Seen::default();
     seen.fail.lock().insert(("s-1".into(), 1));
@@ -384,7 +376,6 @@ pub async fn poison_is_dead_lettered_and_the_rest_flows(bus: Arc<dyn EventBus>) 
 /// those acknowledgements.
 pub async fn a_restarted_member_resumes_after_its_acknowledgements(bus: Arc<dyn EventBus>) {
     const STREAMS: u64 = 4;
-    join(&bus, "resume").await;
     let mut first = bus
         .subscribe("resume", &[TYPE], IDLE)
         .await
