@@ -32,7 +32,9 @@ pub use crate::projection::{Fold, Projection, ReadModel};
 pub use crate::registry::registry;
 pub use crate::relay::{Breaker, Relay};
 pub use crate::store::{CheckpointStore, EventAppender, EventReader, EventStore, SnapshotStore};
-pub use crate::view::{DeadLetterStore, Filter, Order, Query, ViewQuery, ViewStore};
+pub use crate::view::{
+    DeadLetterCursor, DeadLetterStore, Filter, Order, Query, ViewQuery, ViewStore,
+};
 
 #[doc(hidden)]
 pub mod __private {

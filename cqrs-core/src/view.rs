@@ -49,6 +49,50 @@ pub struct DeadLetter {
     pub at: DateTime<Utc>,
 }
 
+impl DeadLetter {
+    /// Where this dead letter stands in its projection's list: a page that ends with it is
+    /// followed by the page after this cursor.
+    pub fn cursor(&self) -> DeadLetterCursor {
+        DeadLetterCursor {
+            position: self.envelope.position,
+            event_id: self.envelope.metadata.event_id,
+        }
+    }
+}
+
+/// A place in a projection's dead letters, which are ordered by the event's global position,
+/// then by event id (an undecodable message from a bus may carry no position of its own).
+/// Written `<position>.<event id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeadLetterCursor {
+    /// The event's global position.
+    pub position: u64,
+    /// The event's id.
+    pub event_id: Uuid,
+}
+
+impl std::fmt::Display for DeadLetterCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.position, self.event_id)
+    }
+}
+
+impl std::str::FromStr for DeadLetterCursor {
+    type Err = crate::error::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || crate::error::Error::Malformed {
+            what: format!("the dead-letter cursor `{s}`"),
+            reason: "expected `<position>.<event id>`".into(),
+        };
+        let (position, event_id) = s.split_once('.').ok_or_else(bad)?;
+        Ok(DeadLetterCursor {
+            position: position.parse().map_err(|_| bad())?,
+            event_id: event_id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Everything one processed batch changes, committed at once where the store allows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitOfWork {
@@ -275,11 +319,36 @@ pub trait ViewQuery: Send + Sync {
 /// Lists and removes dead letters, to inspect and retry them.
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync {
-    /// The dead letters of a projection, oldest position first.
+    /// At most `limit` dead letters of a projection after `after` (from the first without
+    /// it), in [`DeadLetterCursor`] order: oldest position first.
     ///
     /// # Errors
     /// A backend error.
-    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>>;
+    async fn dead_letters_page(
+        &self,
+        projection: &str,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>>;
+
+    /// Every dead letter of a projection, oldest position first (read page by page).
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        const PAGE: usize = 1000;
+        let mut all: Vec<DeadLetter> = Vec::new();
+        loop {
+            let after = all.last().map(DeadLetter::cursor);
+            let page = self.dead_letters_page(projection, after, PAGE).await?;
+            let full = page.len() == PAGE;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
     /// Removes one dead letter by event id; `false` when there was none.
     ///
     /// # Errors
@@ -323,6 +392,14 @@ macro_rules! forward_view {
 
         #[async_trait]
         impl<T: DeadLetterStore + ?Sized> DeadLetterStore for $ptr<T> {
+            async fn dead_letters_page(
+                &self,
+                projection: &str,
+                after: Option<DeadLetterCursor>,
+                limit: usize,
+            ) -> Result<Vec<DeadLetter>> {
+                (**self).dead_letters_page(projection, after, limit).await
+            }
             async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
                 (**self).dead_letters(projection).await
             }

@@ -137,7 +137,7 @@ impl Mongo {
     /// Creates the framework's own indexes; idempotent (run at every start).
     async fn ensure_indexes(&self) -> Result<()> {
         let model = mongodb::IndexModel::builder()
-            .keys(doc! { "projection": 1, "position": 1 })
+            .keys(doc! { "projection": 1, "position": 1, "event_id": 1 })
             .build();
         self.collection("dead_letters")
             .create_index(model)

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use cqrs_core::view::{commit_in_order, Atomicity, DeadLetter, StoredDoc, UnitOfWork};
-use cqrs_core::{DeadLetterStore, Error, Filter, Order, Query, Result, ViewQuery, ViewStore};
+use cqrs_core::{
+    DeadLetterCursor, DeadLetterStore, Error, Filter, Order, Query, Result, ViewQuery, ViewStore,
+};
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use serde_json::Value;
@@ -273,12 +275,32 @@ impl ViewQuery for MongoViewStore {
 
 #[async_trait]
 impl DeadLetterStore for MongoViewStore {
-    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters_page(
+        &self,
+        projection: &str,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        // Event ids are stored as hyphenated lowercase hex: as strings they sort as the ids do.
+        let filter = match after {
+            None => doc! { "projection": projection },
+            Some(a) => {
+                let position = i64::try_from(a.position).unwrap_or(i64::MAX);
+                doc! {
+                    "projection": projection,
+                    "$or": [
+                        { "position": { "$gt": position } },
+                        { "position": position, "event_id": { "$gt": a.event_id.to_string() } },
+                    ],
+                }
+            }
+        };
         let docs: Vec<Document> = self
             .mongo
             .collection("dead_letters")
-            .find(doc! { "projection": projection })
-            .sort(doc! { "position": 1 })
+            .find(filter)
+            .sort(doc! { "position": 1, "event_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
             .map_err(|e| backend("listing dead letters", e))?
             .try_collect()

@@ -23,6 +23,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "stream owner",
         include_str!("migrations/0005_stream_owner.sql"),
     ),
+    (
+        6,
+        "dead letter order",
+        include_str!("migrations/0006_dead_letter_order.sql"),
+    ),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cqrs_core::view::{DeadLetter, StoredDoc, UnitOfWork};
-use cqrs_core::{DeadLetterStore, Error, Filter, Order, Query, Result, ViewQuery, ViewStore};
+use cqrs_core::{
+    DeadLetterCursor, DeadLetterStore, Error, Filter, Order, Query, Result, ViewQuery, ViewStore,
+};
 use serde_json::Value;
 use sqlx::postgres::PgArguments;
 use sqlx::{Arguments, PgPool, Row};
@@ -413,12 +415,25 @@ impl ViewQuery for PgViewStore {
 
 #[async_trait]
 impl DeadLetterStore for PgViewStore {
-    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+    async fn dead_letters_page(
+        &self,
+        projection: &str,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        // Keyset paging on the (projection, position, event_id) order: no OFFSET to scan.
+        let (position, event_id) = after.map_or((-1, Uuid::nil()), |a| {
+            (i64::try_from(a.position).unwrap_or(i64::MAX), a.event_id)
+        });
         let rows = sqlx::query(self.schema.sql(
             "SELECT envelope::text, reason, at FROM {schema}.dead_letters
-              WHERE projection = $1 ORDER BY position",
+              WHERE projection = $1 AND (position, event_id) > ($2, $3)
+              ORDER BY position, event_id LIMIT $4",
         ))
         .bind(projection)
+        .bind(position)
+        .bind(event_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| db("listing dead letters", e))?;

@@ -144,4 +144,27 @@ impl Ops {
             .dead_letters(projection)
             .await
     }
+
+    /// At most `limit` dead letters of a projection after `after`, oldest first: one page of
+    /// [`dead_letters`](Self::dead_letters).
+    ///
+    /// # Errors
+    /// A backend error.
+    pub async fn dead_letters_page(
+        &self,
+        projection: &str,
+        after: Option<crate::view::DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<crate::view::DeadLetter>> {
+        self.wiring
+            .views
+            .dead_letters
+            .dead_letters_page(projection, after, limit)
+            .await
+    }
+
+    /// The names of the app's projections, in the order they were added.
+    pub fn projections(&self) -> Vec<&str> {
+        self.processors.iter().map(|p| p.name.as_str()).collect()
+    }
 }

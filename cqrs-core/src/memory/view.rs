@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::view::{
-    DeadLetter, DeadLetterStore, Filter, Order, Query, StoredDoc, UnitOfWork, ViewQuery, ViewStore,
+    DeadLetter, DeadLetterCursor, DeadLetterStore, Filter, Order, Query, StoredDoc, UnitOfWork,
+    ViewQuery, ViewStore,
 };
 
 #[derive(Default)]
@@ -267,15 +268,25 @@ impl ViewQuery for MemoryViewStore {
 
 #[async_trait]
 impl DeadLetterStore for MemoryViewStore {
-    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
-        let mut all = self
-            .spaces
-            .read()
-            .get(projection)
-            .map(|s| s.dead.clone())
-            .unwrap_or_default();
-        all.sort_by_key(|d| d.envelope.position);
-        Ok(all)
+    async fn dead_letters_page(
+        &self,
+        projection: &str,
+        after: Option<DeadLetterCursor>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let spaces = self.spaces.read();
+        let Some(space) = spaces.get(projection) else {
+            return Ok(Vec::new());
+        };
+        let mut page: Vec<DeadLetter> = space
+            .dead
+            .iter()
+            .filter(|d| after.is_none_or(|a| d.cursor() > a))
+            .cloned()
+            .collect();
+        page.sort_by_key(DeadLetter::cursor);
+        page.truncate(limit);
+        Ok(page)
     }
 
     async fn remove_dead_letter(&self, projection: &str, event_id: Uuid) -> Result<bool> {

@@ -62,6 +62,7 @@ where
     documents_round_trip(&make().await).await;
     stale_writes_are_refused(&make().await).await;
     dead_letters_are_kept_listed_and_resolved(&make().await).await;
+    dead_letters_are_paged_in_cursor_order(&make().await).await;
     reset_clears_one_projection(&make().await).await;
     queries_filter_sort_and_page(&make().await).await;
 }
@@ -233,6 +234,54 @@ pub async fn dead_letters_are_kept_listed_and_resolved<
         1,
         "dead letters are per projection"
     );
+}
+
+/// Dead letters come page by page in (position, event id) order: every one exactly once,
+/// letters that share a position (messages a bus could not read carry none) included, and a
+/// page after the last is empty.
+pub async fn dead_letters_are_paged_in_cursor_order<S: ViewStore + DeadLetterStore>(store: &S) {
+    let mut letters: Vec<DeadLetter> = (0..7u64)
+        .map(|i| {
+            letter(
+                "p",
+                &format!("s-{i}"),
+                [4, 0, 9, 0, 4, 2, 0][i as usize],
+                "bad",
+            )
+        })
+        .collect();
+    let mut w = work("p", Vec::new());
+    w.dead_letters = letters.clone();
+    store.commit(w).await.expect("commit");
+    let mut w = work("q", Vec::new());
+    w.dead_letters = vec![letter("q", "s-q", 1, "elsewhere")];
+    store.commit(w).await.expect("commit");
+    letters.sort_by_key(DeadLetter::cursor);
+
+    let mut paged: Vec<DeadLetter> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let after = paged.last().map(DeadLetter::cursor);
+        let page = store.dead_letters_page("p", after, 3).await.expect("page");
+        assert!(page.len() <= 3, "a page holds at most its limit");
+        if page.is_empty() {
+            break;
+        }
+        pages += 1;
+        paged.extend(page);
+        assert!(pages <= 3, "paging does not end: {paged:?}");
+    }
+    let cursors = |l: &[DeadLetter]| l.iter().map(DeadLetter::cursor).collect::<Vec<_>>();
+    assert_eq!(
+        cursors(&paged),
+        cursors(&letters),
+        "each once, in cursor order"
+    );
+    assert_eq!(pages, 3);
+    assert_eq!(store.dead_letters("p").await.expect("all").len(), 7);
+    let cursor = letters[2].cursor();
+    let parsed: crate::view::DeadLetterCursor = cursor.to_string().parse().expect("parse");
+    assert_eq!(parsed, cursor, "a cursor reads back as written");
 }
 
 /// A reset deletes one projection's views, checkpoint and dead letters, and nothing else.
