@@ -167,6 +167,16 @@ pub trait Backend {
     fn install(self, wiring: &mut Wiring);
 }
 
+impl<B: Backend> Backend for Option<B> {
+    /// A backend that may not be configured: `None` leaves the wiring as it is (the embedded
+    /// default, or what an earlier `with` gave).
+    fn install(self, wiring: &mut Wiring) {
+        if let Some(backend) = self {
+            backend.install(wiring);
+        }
+    }
+}
+
 impl Backend for MemoryEventBus {
     fn install(self, wiring: &mut Wiring) {
         wiring.event_bus(self);
