@@ -23,18 +23,18 @@ use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use shop::comment::{CommentCommand, COMMENT};
 use shop::product::{ProductCommand, PRODUCT};
 use shop::services::{
-    catalog_service, comment_service, product_service, replay_catalog, serve, Backends, Connections,
+    catalog_service, comment_service, product_service, replay_catalog, Backends, Connections,
 };
 
 /// The shop: product and comment write services, the catalog read service.
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "shop", version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// The whole shop in one process on the embedded backends, with a replay check (the
     /// default).
@@ -125,27 +125,30 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             connections,
         } => {
             init_logging("info");
-            let service = product_service(&Backends::new(connections)).await?;
-            serve("product", service.router.clone(), listen).await?;
-            service.stop().await
+            product_service(&Backends::new(connections))
+                .await?
+                .serve(listen)
+                .await
         }
         Command::Comment {
             listen,
             connections,
         } => {
             init_logging("info");
-            let service = comment_service(&Backends::new(connections)).await?;
-            serve("comment", service.router.clone(), listen).await?;
-            service.stop().await
+            comment_service(&Backends::new(connections))
+                .await?
+                .serve(listen)
+                .await
         }
         Command::Catalog {
             listen,
             connections,
         } => {
             init_logging("info");
-            let service = catalog_service(&Backends::new(connections)).await?;
-            serve("catalog", service.router.clone(), listen).await?;
-            service.stop().await
+            catalog_service(&Backends::new(connections))
+                .await?
+                .serve(listen)
+                .await
         }
         Command::All {
             product_listen,
@@ -159,13 +162,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let comment = comment_service(&backends).await?;
             let catalog = catalog_service(&backends).await?;
             tokio::try_join!(
-                serve("product", product.router.clone(), product_listen),
-                serve("comment", comment.router.clone(), comment_listen),
-                serve("catalog", catalog.router.clone(), catalog_listen),
+                product.serve(product_listen),
+                comment.serve(comment_listen),
+                catalog.serve(catalog_listen),
             )?;
-            product.stop().await?;
-            comment.stop().await?;
-            catalog.stop().await
+            Ok(())
         }
         Command::Replay { connections } => {
             init_logging("warn");

@@ -48,7 +48,7 @@ async fn watch_breaker(
 ) {
     let deadline = Instant::now() + within;
     loop {
-        let state = health(http, service).await.relay.expect("a relay").breaker;
+        let state = health(http, service).await.health.relays[0].breaker;
         if seen.last() != Some(&state) {
             seen.push(state);
         }
@@ -172,7 +172,7 @@ async fn the_read_store_killed_and_restarted_the_catalog_retries_and_converges()
     let catalog_service = env.start("catalog").await;
     seed(&http, &products, &comments, 3).await;
     let before = comment_count(&converged(&env, &http, &catalog_service).await);
-    let position_before = health(&http, &catalog_service).await.processors[0].position;
+    let position_before = health(&http, &catalog_service).await.health.processors[0].position;
 
     // The read store dies while comments stream in.
     server.kill();
@@ -197,7 +197,7 @@ async fn the_read_store_killed_and_restarted_the_catalog_retries_and_converges()
         down.body
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stuck = health(&http, &catalog_service).await.processors[0].position;
+    let stuck = health(&http, &catalog_service).await.health.processors[0].position;
     assert_eq!(
         stuck, position_before,
         "the processor moved past unapplied events"
@@ -210,7 +210,7 @@ async fn the_read_store_killed_and_restarted_the_catalog_retries_and_converges()
     let after = converged(&env, &http, &catalog_service).await;
     let total = comment_count(&after);
     assert_eq!(total, before + 30);
-    let position_after = health(&http, &catalog_service).await.processors[0].position;
+    let position_after = health(&http, &catalog_service).await.health.processors[0].position;
     assert!(position_after > position_before);
     println!(
         "[fault] read store outage: down {:.1} s, 30 comments posted during it; queries 503 \

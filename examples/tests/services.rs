@@ -6,8 +6,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{catalog, client, converged, get, post, post_comment, put, Env};
-use serde_json::json;
+use common::{catalog, client, converged, get, post, post_comment, post_ops, put, Env, OPS_TOKEN};
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_services_converge_survive_a_killed_catalog_and_replay_the_same() {
@@ -169,7 +169,8 @@ async fn flow(env: Env) {
     let last = converged(&env, &http, &catalog_service).await;
     assert_eq!(last.iter().map(|e| e.rating_count).sum::<u64>(), 326);
     let dead = get(&http, &catalog_service.url("/dead-letters")).await;
-    assert_eq!(dead.body, json!([]));
+    assert_eq!(dead.body["items"], json!([]));
+    assert_eq!(dead.body["projection"], "catalog");
 
     drop((comments, catalog_service));
     env.clean_up().await;
@@ -615,7 +616,7 @@ async fn poison_events_are_dead_lettered_with_reason_and_position_while_the_rest
     let dead = loop {
         let entry = get(&http, &catalog_service.url("/products/p-1")).await;
         let dead = get(&http, &catalog_service.url("/dead-letters")).await;
-        let letters = dead.body.as_array().cloned().unwrap_or_default();
+        let letters = dead.body["items"].as_array().cloned().unwrap_or_default();
         if entry.body["rating_count"] == 2 && letters.len() == 2 {
             assert_eq!(entry.body["average_rating"], 3.0);
             break letters;
@@ -648,25 +649,55 @@ async fn poison_events_are_dead_lettered_with_reason_and_position_while_the_rest
         "{letter}"
     );
 
-    // Retrying without a fix: both fail again and stay, with their reasons.
-    let retried = post(
+    // One page at a time: the first page's cursor leads to the second, the last has none.
+    let first = get(&http, &catalog_service.url("/dead-letters?limit=1")).await;
+    let next = first.body["next"]
+        .as_str()
+        .expect("a next cursor")
+        .to_owned();
+    let second = get(
         &http,
-        &catalog_service.url("/dead-letters/retry"),
-        json!({}),
+        &catalog_service.url(&format!("/dead-letters?limit=1&cursor={next}")),
     )
     .await;
+    let paged: Vec<Value> = [&first, &second]
+        .iter()
+        .flat_map(|p| p.body["items"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(paged, dead, "two pages of one give the list");
+    let third = get(
+        &http,
+        &catalog_service.url(&format!(
+            "/dead-letters?limit=1&cursor={}",
+            second.body["next"]
+                .as_str()
+                .expect("a full page has a cursor")
+        )),
+    )
+    .await;
+    assert_eq!(third.body["items"], json!([]));
+    assert_eq!(third.body.get("next"), None);
+
+    // A retry without the token, or with a wrong one, is refused and changes nothing.
+    let retry_url = catalog_service.url("/dead-letters/retry");
+    let without = post_ops(&http, &retry_url, None).await;
+    assert_eq!((without.status, without.code()), (401, "unauthorized"));
+    let wrong = post_ops(&http, &retry_url, Some("not-the-token")).await;
+    assert_eq!((wrong.status, wrong.code()), (401, "unauthorized"));
+    // Retrying without a fix: both fail again and stay, with their reasons.
+    let retried = post_ops(&http, &retry_url, Some(OPS_TOKEN)).await;
     assert_eq!(retried.status, 200, "{:?}", retried.body);
     assert_eq!(retried.body["resolved"], json!([]));
     assert_eq!(retried.body["failed"].as_array().map(Vec::len), Some(2));
-    let one = post(
+    let one = post_ops(
         &http,
         &catalog_service.url(&format!("/dead-letters/{}/retry", uuid::Uuid::new_v4())),
-        json!({}),
+        Some(OPS_TOKEN),
     )
     .await;
     assert_eq!((one.status, one.code()), (404, "not_found"));
     let still = get(&http, &catalog_service.url("/dead-letters")).await;
-    assert_eq!(still.body.as_array().map(Vec::len), Some(2));
+    assert_eq!(still.body["items"].as_array().map(Vec::len), Some(2));
     println!(
         "[fault] poison events (an undecodable payload, an unknown name) through the services: \
          2 dead-lettered with reason and position, the 2 good comments applied; a retry \

@@ -1,18 +1,17 @@
 //! The catalog service: a consumer group on the bus builds the catalog read model; it answers
-//! queries, lists dead letters and retries them.
+//! queries. Its dead letters and their retry are on the ops routes.
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
-use cqrs_core::app::Ops;
-use cqrs_core::{App, BoxError, Error, Projection, RetryReport};
+use cqrs_axum::{ApiError, Json, Path, Query};
+use cqrs_core::BoxError;
 use serde::{Deserialize, Serialize};
 
-use super::{policy, with_common_layers, Backends, Service, MAX_PAGE, MAX_PER_PAGE};
+use super::{policy, Backends, Service, MAX_PAGE, MAX_PER_PAGE};
 use crate::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use crate::comment::COMMENT;
-use crate::http::{check_id, ApiError, Json, Path, Query};
+use crate::http::check_id;
 use crate::product::PRODUCT;
 
 /// `GET /products`'s query.
@@ -44,125 +43,39 @@ pub struct CatalogPage {
     pub items: Vec<CatalogEntry>,
 }
 
-/// A dead letter as `GET /dead-letters` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetterInfo {
-    /// The event's id.
-    pub event_id: uuid::Uuid,
-    /// The event's name.
-    pub event_name: String,
-    /// Its stream.
-    pub stream_id: String,
-    /// Its version in the stream.
-    pub version: u64,
-    /// Its global position.
-    pub position: u64,
-    /// Why it could not be applied.
-    pub reason: String,
-}
-
-#[derive(Clone)]
-struct CatalogState {
-    queries: CatalogQueries,
-    ops: Ops,
-}
-
-async fn list_products(
-    State(state): State<CatalogState>,
-    Query(paging): Query<Paging>,
+async fn list(
+    State(queries): State<CatalogQueries>,
+    Query(Paging { page, per_page }): Query<Paging>,
 ) -> Result<Json<CatalogPage>, ApiError> {
-    if paging.page > MAX_PAGE {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_query",
-            format!("`page` must be at most {MAX_PAGE}"),
-        ));
+    if page > MAX_PAGE {
+        let message = format!("`page` must be at most {MAX_PAGE}");
+        return Err(ApiError::bad_request("bad_query", message));
     }
-    if !(1..=MAX_PER_PAGE).contains(&paging.per_page) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_query",
-            format!("`per_page` must be from 1 to {MAX_PER_PAGE}"),
-        ));
+    if !(1..=MAX_PER_PAGE).contains(&per_page) {
+        let message = format!("`per_page` must be from 1 to {MAX_PER_PAGE}");
+        return Err(ApiError::bad_request("bad_query", message));
     }
-    let unavailable = |e: Error| ApiError::from_framework(&e);
-    let total = state.queries.count().await.map_err(unavailable)?;
-    let items = state
-        .queries
-        .list(paging.page, paging.per_page)
-        .await
-        .map_err(unavailable)?;
+    let total = queries.count().await?;
+    let items = queries.list(page, per_page).await?;
     Ok(Json(CatalogPage {
-        page: paging.page,
-        per_page: paging.per_page,
+        page,
+        per_page,
         total,
         items,
     }))
 }
 
-async fn get_product(
-    State(state): State<CatalogState>,
+async fn entry(
+    State(queries): State<CatalogQueries>,
     Path(product_id): Path<String>,
 ) -> Result<Json<CatalogEntry>, ApiError> {
     check_id("product_id", &product_id)?;
-    match state.queries.entry(&product_id).await {
-        Ok(Some(entry)) => Ok(Json(entry)),
-        Ok(None) => Err(ApiError::not_found(format!(
-            "product `{product_id}` is not in the catalog"
-        ))),
-        Err(e) => Err(ApiError::from_framework(&e)),
-    }
-}
-
-async fn list_dead_letters(
-    State(state): State<CatalogState>,
-) -> Result<Json<Vec<DeadLetterInfo>>, ApiError> {
-    let letters = state
-        .ops
-        .dead_letters(Catalog::NAME)
-        .await
-        .map_err(|e| ApiError::from_framework(&e))?;
-    Ok(Json(
-        letters
-            .into_iter()
-            .map(|d| DeadLetterInfo {
-                event_id: d.envelope.metadata.event_id,
-                event_name: d.envelope.event_name,
-                stream_id: d.envelope.stream_id,
-                version: d.envelope.version,
-                position: d.envelope.position,
-                reason: d.reason,
-            })
-            .collect(),
-    ))
-}
-
-async fn retry_dead_letters(
-    State(state): State<CatalogState>,
-) -> Result<Json<RetryReport>, ApiError> {
-    state
-        .ops
-        .retry_dead_letters(Catalog::NAME, None)
-        .await
+    let missing = || ApiError::not_found(format!("product `{product_id}` is not in the catalog"));
+    queries
+        .entry(&product_id)
+        .await?
         .map(Json)
-        .map_err(|e| ApiError::from_framework(&e))
-}
-
-async fn retry_dead_letter(
-    State(state): State<CatalogState>,
-    Path(event_id): Path<uuid::Uuid>,
-) -> Result<Json<RetryReport>, ApiError> {
-    let report = state
-        .ops
-        .retry_dead_letters(Catalog::NAME, Some(event_id))
-        .await
-        .map_err(|e| ApiError::from_framework(&e))?;
-    if report.resolved.is_empty() && report.failed.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no dead letter for event `{event_id}`"
-        )));
-    }
-    Ok(Json(report))
+        .ok_or_else(missing)
 }
 
 /// Starts the catalog service: a consumer group on the bus feeding the catalog projection
@@ -172,27 +85,16 @@ async fn retry_dead_letter(
 /// A backend cannot be reached.
 pub async fn catalog_service(backends: &Backends) -> Result<Service, BoxError> {
     let group = backends.group("catalog");
-    let app = backends.read_side(App::builder()).await?;
     let app = backends
-        .bus(app)
+        .read_side()
         .await?
         .projection(Catalog, |p| {
             p.from_bus(group, [PRODUCT, COMMENT]).error_policy(policy())
         })
         .build()?;
-    let state = CatalogState {
-        queries: CatalogQueries::new(app.read_model::<Catalog>()?),
-        ops: app.ops(),
-    };
     let routes = Router::new()
-        .route("/products", get(list_products))
-        .route("/products/{id}", get(get_product))
-        .route("/dead-letters", get(list_dead_letters))
-        .route("/dead-letters/retry", post(retry_dead_letters))
-        .route("/dead-letters/{event_id}/retry", post(retry_dead_letter))
-        .with_state(state);
-    Ok(Service {
-        router: with_common_layers(routes, "catalog", app.ops()),
-        app,
-    })
+        .route("/products", get(list))
+        .route("/products/{id}", get(entry))
+        .with_state(CatalogQueries::new(app.read_model::<Catalog>()?));
+    Ok(backends.service("catalog", app, routes))
 }

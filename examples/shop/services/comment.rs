@@ -1,20 +1,17 @@
 //! The comment service: post, edit and delete rated comments on products it knows, from its
 //! own projection of the product events on the bus.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::routing::{post, put};
 use axum::Router;
-use cqrs_core::{registry, App, BoxError, CommandGateway, ReadModel};
+use cqrs_axum::{send, Accepted, ApiError, Json, Path};
+use cqrs_core::{registry, BoxError, CommandGateway, ReadModel};
 use serde::Deserialize;
 
-use super::product::send;
-use super::{policy, relay_backoff, with_common_layers, Backends, Service, MAX_NAME, MAX_TEXT};
+use super::{policy, relay_backoff, Backends, Service, MAX_NAME, MAX_TEXT};
 use crate::comment::{CommentCommand, CommentError, KnownProducts, COMMENT};
-use crate::http::{check_id, check_len, Accepted, ApiError, Json, Path};
+use crate::http::{check_id, check_len};
 use crate::product::PRODUCT;
 
 /// `POST /comments`.
@@ -54,53 +51,39 @@ fn check_rating(rating: i64) -> Result<u8, ApiError> {
     }
 }
 
-fn comment_rejected(error: CommentError) -> ApiError {
-    let message = error.to_string();
-    match error {
-        CommentError::RatingOutOfRange(_) => ApiError::invalid("rating_out_of_range", message),
-        CommentError::EmptyText => ApiError::invalid("empty_text", message),
-        CommentError::EmptyAuthor => ApiError::invalid("empty_author", message),
-        CommentError::NoProduct => ApiError::invalid("no_product", message),
-        CommentError::AlreadyExists(_) => {
-            ApiError::new(StatusCode::CONFLICT, "already_exists", message)
+impl From<CommentError> for ApiError {
+    fn from(error: CommentError) -> Self {
+        let message = error.to_string();
+        match error {
+            CommentError::RatingOutOfRange(_) => ApiError::invalid("rating_out_of_range", message),
+            CommentError::EmptyText => ApiError::invalid("empty_text", message),
+            CommentError::EmptyAuthor => ApiError::invalid("empty_author", message),
+            CommentError::NoProduct => ApiError::invalid("no_product", message),
+            CommentError::AlreadyExists(_) => ApiError::conflict("already_exists", message),
+            CommentError::NotFound(_) => ApiError::not_found(message),
+            CommentError::Deleted(_) => ApiError::new(StatusCode::GONE, "deleted", message),
         }
-        CommentError::NotFound(_) => ApiError::not_found(message),
-        CommentError::Deleted(_) => ApiError::new(StatusCode::GONE, "deleted", message),
     }
 }
 
 #[derive(Clone)]
-struct CommentState {
-    gateway: Arc<CommandGateway>,
+struct Comments {
+    gateway: CommandGateway,
     products: ReadModel<KnownProducts>,
 }
 
-async fn send_comment(
-    gateway: &CommandGateway,
-    command: CommentCommand,
-) -> Result<Json<Accepted>, ApiError> {
-    send(gateway, command, comment_rejected).await
-}
-
-async fn post_comment(
-    State(state): State<CommentState>,
+async fn create(
+    State(state): State<Comments>,
     Json(body): Json<PostComment>,
-) -> Result<impl IntoResponse, ApiError> {
-    let comment_id = body
-        .comment_id
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let comment_id = body.comment_id.unwrap_or_else(super::new_id);
     check_id("comment_id", &comment_id)?;
     check_id("product_id", &body.product_id)?;
     check_len("author", &body.author, MAX_NAME)?;
     check_len("text", &body.text, MAX_TEXT)?;
     let rating = check_rating(body.rating)?;
     // The service's own projection of product events answers, not the product service.
-    let known = state
-        .products
-        .get(&body.product_id)
-        .await
-        .map_err(|e| ApiError::from_framework(&e))?;
-    if known.is_none() {
+    if state.products.get(&body.product_id).await?.is_none() {
         return Err(ApiError::invalid(
             "unknown_product",
             format!(
@@ -110,44 +93,42 @@ async fn post_comment(
             ),
         ));
     }
+    let (product_id, author, text) = (body.product_id, body.author, body.text);
     let command = CommentCommand::Post {
         comment_id,
-        product_id: body.product_id,
-        author: body.author,
-        text: body.text,
+        product_id,
+        author,
+        text,
         rating,
     };
-    Ok((
-        StatusCode::CREATED,
-        send_comment(&state.gateway, command).await?,
-    ))
+    Ok((StatusCode::CREATED, send(&state.gateway, command).await?))
 }
 
-async fn edit_comment(
-    State(state): State<CommentState>,
+async fn edit(
+    State(state): State<Comments>,
     Path(comment_id): Path<String>,
-    Json(body): Json<EditComment>,
+    Json(EditComment { text, rating }): Json<EditComment>,
 ) -> Result<Json<Accepted>, ApiError> {
     check_id("comment_id", &comment_id)?;
-    check_len("text", &body.text, MAX_TEXT)?;
-    let rating = check_rating(body.rating)?;
-    send_comment(
+    check_len("text", &text, MAX_TEXT)?;
+    let rating = check_rating(rating)?;
+    send(
         &state.gateway,
         CommentCommand::Edit {
             comment_id,
-            text: body.text,
+            text,
             rating,
         },
     )
     .await
 }
 
-async fn delete_comment(
-    State(state): State<CommentState>,
+async fn delete(
+    State(state): State<Comments>,
     Path(comment_id): Path<String>,
 ) -> Result<Json<Accepted>, ApiError> {
     check_id("comment_id", &comment_id)?;
-    send_comment(&state.gateway, CommentCommand::Delete { comment_id }).await
+    send(&state.gateway, CommentCommand::Delete { comment_id }).await
 }
 
 /// Starts the comment service: the gateway, the relay of comment events, and its own
@@ -156,13 +137,9 @@ async fn delete_comment(
 /// # Errors
 /// A backend cannot be reached, or the store holds events this build does not know.
 pub async fn comment_service(backends: &Backends) -> Result<Service, BoxError> {
-    let store = backends.event_store().await?;
-    registry()
-        .check_store_for(store.as_ref(), &[COMMENT])
-        .await?;
     let group = backends.group("comment-service");
     let app = backends
-        .write_side(App::builder())
+        .write_side()
         .await?
         .relay("comment-relay", |r| {
             r.only([COMMENT]).backoff(relay_backoff())
@@ -171,16 +148,16 @@ pub async fn comment_service(backends: &Backends) -> Result<Service, BoxError> {
             p.from_bus(group, [PRODUCT]).error_policy(policy())
         })
         .build()?;
-    let state = CommentState {
-        gateway: Arc::new(app.gateway().clone()),
+    registry()
+        .check_store_for(app.event_store().as_ref(), &[COMMENT])
+        .await?;
+    let state = Comments {
+        gateway: app.gateway().clone(),
         products: app.read_model::<KnownProducts>()?,
     };
     let routes = Router::new()
-        .route("/comments", post(post_comment))
-        .route("/comments/{id}", put(edit_comment).delete(delete_comment))
+        .route("/comments", post(create))
+        .route("/comments/{id}", put(edit).delete(delete))
         .with_state(state);
-    Ok(Service {
-        router: with_common_layers(routes, "comment", app.ops()),
-        app,
-    })
+    Ok(backends.service("comment", app, routes))
 }

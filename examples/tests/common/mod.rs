@@ -78,6 +78,7 @@ impl Env {
             ("--schema", &self.name),
             ("--topic-prefix", &format!("{}.", self.name)),
             ("--mongo-database", &self.name),
+            ("--ops-token", &OPS_TOKEN.to_owned()),
         ]
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_owned(), value.clone()])
@@ -290,6 +291,18 @@ pub async fn post(client: &reqwest::Client, url: &str, body: Value) -> Answer {
     answer(client.post(url).json(&body).send().await.expect("POST")).await
 }
 
+/// The ops token the tests start the services with.
+pub const OPS_TOKEN: &str = "shop-test-ops-token";
+
+/// A `POST` to an ops route, with `token` as its bearer token (none without).
+pub async fn post_ops(client: &reqwest::Client, url: &str, token: Option<&str>) -> Answer {
+    let mut request = client.post(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    answer(request.send().await.expect("POST")).await
+}
+
 pub async fn put(client: &reqwest::Client, url: &str, body: Value) -> Answer {
     answer(client.put(url).json(&body).send().await.expect("PUT")).await
 }
@@ -452,7 +465,7 @@ fn signal(child: &Child, signal: &str) {
 }
 
 /// A service's `GET /health`.
-pub async fn health(client: &reqwest::Client, service: &Service) -> shop::http::Health {
+pub async fn health(client: &reqwest::Client, service: &Service) -> cqrs_axum::HealthAnswer {
     let answer = get(client, &service.url("/health")).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     serde_json::from_value(answer.body).expect("health")
