@@ -47,6 +47,7 @@ mod command;
 mod error;
 mod extract;
 mod ops;
+mod service;
 
 use std::future::Future;
 
@@ -57,6 +58,7 @@ pub use crate::ops::{
     DeadLetterInfo, DeadLetterPage, HealthAnswer, OpsApi, DEFAULT_DEAD_LETTERS_PAGE,
     MAX_DEAD_LETTERS_PAGE,
 };
+pub use crate::service::{Service, DEFAULT_MAX_BODY};
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM ([`shutdown_signal`]), then lets
 /// the requests in flight finish. Stop the app's relays and processors after it returns.

@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use cqrs_axum::Service;
 use cqrs_core::memory::{MemoryEventBus, MemoryEventStore, MemoryViewStore};
-use cqrs_core::{registry, App, BoxError, ReadModel, TrackingProcessor};
+use cqrs_core::{registry, App, BoxError, Projection as _, ReadModel, TrackingProcessor};
 use indicatif::{ProgressBar, ProgressStyle};
 use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use shop::comment::{CommentCommand, COMMENT};
@@ -84,6 +85,18 @@ enum Command {
     },
 }
 
+/// Serves a service on `listen` until Ctrl-C or SIGTERM, then stops it. Prints `<service>
+/// listening on http://<address>` once it accepts connections.
+async fn serve(service: Service, listen: SocketAddr) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "{} listening on http://{}",
+        service.name(),
+        listener.local_addr()?
+    );
+    service.serve(listener).await
+}
+
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -125,30 +138,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             connections,
         } => {
             init_logging("info");
-            product_service(&Backends::new(connections))
-                .await?
-                .serve(listen)
-                .await
+            serve(product_service(&Backends::new(connections)).await?, listen).await
         }
         Command::Comment {
             listen,
             connections,
         } => {
             init_logging("info");
-            comment_service(&Backends::new(connections))
-                .await?
-                .serve(listen)
-                .await
+            serve(comment_service(&Backends::new(connections)).await?, listen).await
         }
         Command::Catalog {
             listen,
             connections,
         } => {
             init_logging("info");
-            catalog_service(&Backends::new(connections))
-                .await?
-                .serve(listen)
-                .await
+            serve(catalog_service(&Backends::new(connections)).await?, listen).await
         }
         Command::All {
             product_listen,
@@ -162,9 +166,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let comment = comment_service(&backends).await?;
             let catalog = catalog_service(&backends).await?;
             tokio::try_join!(
-                product.serve(product_listen),
-                comment.serve(comment_listen),
-                catalog.serve(catalog_listen),
+                serve(product, product_listen),
+                serve(comment, comment_listen),
+                serve(catalog, catalog_listen),
             )?;
             Ok(())
         }
@@ -193,19 +197,14 @@ async fn replay(connections: Connections) -> Result<(), BoxError> {
         .progress_chars("=> "),
     );
     let started = Instant::now();
-    let events = replay_catalog(&backends, |p| {
+    let (events, app) = replay_catalog(&backends, |p| {
         bar.set_message(format!("{} events", p.events));
         bar.set_position((p.fraction() * 1000.0) as u64);
     })
     .await?;
     bar.finish_and_clear();
-    let views = backends.read_views().await?;
-    let dead = views
-        .dead_letters
-        .dead_letters(<Catalog as cqrs_core::Projection>::NAME)
-        .await?
-        .len();
-    let entries = CatalogQueries::new(ReadModel::<Catalog>::new(views.query))
+    let dead = app.ops().dead_letters(Catalog::NAME).await?.len();
+    let entries = CatalogQueries::new(ReadModel::<Catalog>::new(app.views().query.clone()))
         .count()
         .await?;
     println!(
@@ -258,7 +257,7 @@ async fn demo() -> Result<(), BoxError> {
         .projection(Catalog, |p| p.from_bus("catalog", [PRODUCT, COMMENT]))
         .build()?;
     let gateway = app.gateway().clone();
-    let queries = CatalogQueries::new(app.read_model::<Catalog>()?);
+    let queries = CatalogQueries::new(ReadModel::<Catalog>::new(app.views().query.clone()));
 
     // The scenario.
     let products = [

@@ -8,16 +8,15 @@ mod catalog;
 mod comment;
 mod product;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use cqrs_axum::OpsApi;
-use cqrs_core::app::{AppBuilder, Views};
+use cqrs_axum::Service;
+use cqrs_core::app::AppBuilder;
 use cqrs_core::memory::Embedded;
 use cqrs_core::{App, TrackingProcessor};
-use cqrs_core::{Backoff, BoxError, CatchUpProgress, Error, ErrorPolicy, EventReader, EventStore};
+use cqrs_core::{Backoff, BoxError, CatchUpProgress, Error, ErrorPolicy, EventReader};
 use cqrs_kafka::{KafkaBus, KafkaConfig};
 use cqrs_mongo::Mongo;
 use cqrs_postgres::Postgres;
@@ -28,8 +27,6 @@ pub use self::comment::{comment_service, EditComment, PostComment};
 pub use self::product::{product_service, ChangePrice, CreateProduct, RenameProduct};
 use crate::catalog::Catalog;
 
-/// The largest request body the services accept (bytes).
-pub const MAX_BODY: usize = 16 * 1024;
 /// The longest product name, in characters.
 pub const MAX_NAME: usize = 200;
 /// The longest comment, in characters.
@@ -155,26 +152,14 @@ impl Backends {
         self.with_bus(app.with(self.mongo().await?))
     }
 
-    /// The event store: PostgreSQL, or the embedded one.
-    ///
-    /// # Errors
-    /// PostgreSQL cannot be reached or migrated.
-    pub async fn event_store(&self) -> cqrs_core::Result<Arc<dyn EventStore>> {
-        Ok(match self.postgres().await? {
-            Some(pg) => Arc::new(pg.event_store()),
-            None => self.embedded.store.clone(),
-        })
-    }
-
-    /// The catalog's read model, as its three halves.
-    ///
-    /// # Errors
-    /// MongoDB cannot be reached.
-    pub async fn read_views(&self) -> cqrs_core::Result<Views> {
-        Ok(match self.mongo().await? {
-            Some(mongo) => Views::of(mongo.view_store()),
-            None => Views::of(self.embedded.views.clone()),
-        })
+    /// The event store and the catalog's views, no bus: what the replay reads and writes.
+    async fn stores(&self) -> cqrs_core::Result<App> {
+        let app = App::builder()
+            .with(self.embedded.clone())
+            .with(self.postgres().await?);
+        app.with(self.embedded.views.clone())
+            .with(self.mongo().await?)
+            .build()
     }
 
     /// The bus between the services: Kafka, RabbitMQ, or the embedded one.
@@ -213,41 +198,10 @@ impl Backends {
         format!("{}{name}", self.connections.topic_prefix)
     }
 
-    /// A service of `app` answering `routes`, with the ops routes (retries behind
-    /// `--ops-token`), JSON errors and the body limit.
-    fn service(&self, name: &'static str, app: App, routes: Router) -> Service {
-        let ops = OpsApi::new(name, app.ops()).token(self.connections.ops_token.clone());
-        let router = cqrs_axum::json_service(routes.merge(ops.router()), MAX_BODY);
-        Service { name, router, app }
-    }
-}
-
-/// A running service: its HTTP routes, and the app behind them.
-#[derive(Debug)]
-pub struct Service {
-    /// Which service this is.
-    pub name: &'static str,
-    /// The HTTP routes.
-    pub router: Router,
-    /// The relays and processors, the gateway.
-    pub app: App,
-}
-
-impl Service {
-    /// Serves on `listen` until Ctrl-C or SIGTERM, then stops the relays and processors after
-    /// the work under way. Prints `<service> listening on http://<address>` once it accepts
-    /// connections.
-    ///
-    /// # Errors
-    /// The address cannot be bound; the error that had stopped a relay or processor.
-    pub async fn serve(self, listen: SocketAddr) -> Result<(), BoxError> {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let address = listener.local_addr()?;
-        println!("{} listening on http://{address}", self.name);
-        tracing::info!(service = self.name, %address, "listening");
-        cqrs_axum::serve(listener, self.router).await?;
-        tracing::info!(service = self.name, "stopped");
-        Ok(self.app.shutdown().await?)
+    /// A service of `app` answering `routes`, with the ops API (retries behind
+    /// `--ops-token`).
+    fn service(&self, name: &str, app: App, routes: Router) -> Service {
+        Service::new(name, app, routes).ops_token(self.connections.ops_token.clone())
     }
 }
 
@@ -268,25 +222,24 @@ fn relay_backoff() -> Backoff {
 }
 
 /// Rebuilds the catalog from the event store: wipes it, then replays every committed event,
-/// calling `progress` after each batch. Returns the number of events replayed. The views
-/// record each stream's version, so the catalog service's consumer group takes over where the
-/// replay ended without applying anything twice. Stop the catalog service while it runs.
+/// calling `progress` after each batch. Returns the number of events replayed and the app whose
+/// views hold the catalog. The views record each stream's version, so the catalog service's
+/// consumer group takes over where the replay ended without applying anything twice. Stop the
+/// catalog service while it runs.
 ///
 /// # Errors
 /// A backend error.
 pub async fn replay_catalog(
     backends: &Backends,
     progress: impl FnMut(CatchUpProgress) + Send,
-) -> Result<u64, BoxError> {
+) -> Result<(u64, App), BoxError> {
     // No start-up check of the store: an event the catalog cannot decode is dead-lettered
     // with its reason, as the live service does, rather than stopping the replay.
-    let store = backends.event_store().await?;
-    let views = backends.read_views().await?;
-    let replay = TrackingProcessor::new(Catalog, views.store)
+    let app = backends.stores().await?;
+    let replay = TrackingProcessor::new(Catalog, app.views().store.clone())
         .track_stream_versions()
         .error_policy(policy());
     replay.reset().await?;
-    Ok(replay
-        .catch_up_with_progress(store as Arc<dyn EventReader>, progress)
-        .await?)
+    let store: Arc<dyn EventReader> = app.event_store().clone();
+    Ok((replay.catch_up_with_progress(store, progress).await?, app))
 }
