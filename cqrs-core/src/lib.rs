@@ -9,6 +9,7 @@ pub mod error;
 pub mod event;
 pub mod gateway;
 pub mod memory;
+pub mod metrics;
 pub mod processor;
 pub mod projection;
 pub mod registry;

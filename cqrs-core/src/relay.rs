@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
@@ -135,7 +136,7 @@ impl Relay {
             };
             let published = match &self.only {
                 None => {
-                    self.bus.publish(&events).await?;
+                    self.publish(&events).await?;
                     events.len()
                 }
                 Some(types) => {
@@ -144,16 +145,43 @@ impl Relay {
                         .filter(|e| types.contains(&e.aggregate_type))
                         .collect();
                     if !mine.is_empty() {
-                        self.bus.publish(&mine).await?;
+                        self.publish(&mine).await?;
                     }
                     mine.len()
                 }
             };
             self.checkpoints.save(&self.name, last).await?;
             self.position.send_replace(last);
+            crate::metrics::published(&self.name, published);
             total += published as u64;
             after = last;
         }
+    }
+
+    /// Publishes one batch in a `relay.publish` span; at debug level each event is logged
+    /// with its correlation id, to follow a request from its command to its projections.
+    async fn publish(&self, events: &[crate::envelope::Envelope]) -> Result<()> {
+        let span = tracing::debug_span!(
+            "relay.publish",
+            relay = %self.name,
+            events = events.len(),
+            last = events.last().map(|e| e.position),
+        );
+        self.bus.publish(events).instrument(span.clone()).await?;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let _entered = span.enter();
+            for e in events {
+                tracing::debug!(
+                    correlation_id = %e.metadata.correlation_id,
+                    event_id = %e.metadata.event_id,
+                    event = %e.event_name,
+                    stream = %e.stream_id,
+                    position = e.position,
+                    "published"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Runs until `stop` is cancelled. Failures are retried with backoff; after
@@ -175,9 +203,12 @@ impl Relay {
                         tracing::info!(relay = %self.name, failures, "relay recovered; circuit closed");
                     }
                     failures = 0;
-                    self.breaker.send_if_modified(|b| {
+                    let closed = self.breaker.send_if_modified(|b| {
                         std::mem::replace(b, Breaker::Closed) != Breaker::Closed
                     });
+                    if closed {
+                        crate::metrics::breaker(&self.name, Breaker::Closed);
+                    }
                     let after = *self.position.borrow();
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
@@ -186,12 +217,14 @@ impl Relay {
                 }
                 Err(e) if e.is_transient() => {
                     failures = failures.saturating_add(1);
+                    crate::metrics::relay_failure(&self.name);
                     let delay = self.backoff.delay(failures - 1);
                     if failures >= self.open_after {
                         if *self.breaker.borrow() != Breaker::Open {
                             tracing::warn!(relay = %self.name, error = %e, ?delay, "relay circuit open; events wait in the store");
                         }
                         self.breaker.send_replace(Breaker::Open);
+                        crate::metrics::breaker(&self.name, Breaker::Open);
                     } else {
                         tracing::warn!(relay = %self.name, error = %e, ?delay, "relay failed; retrying");
                     }
@@ -201,6 +234,7 @@ impl Relay {
                     }
                     if failures >= self.open_after {
                         self.breaker.send_replace(Breaker::HalfOpen);
+                        crate::metrics::breaker(&self.name, Breaker::HalfOpen);
                     }
                 }
                 Err(e) => return Err(e),

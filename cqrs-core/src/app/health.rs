@@ -66,6 +66,10 @@ pub struct ProcessorHealth {
     /// head cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
+    /// Seconds behind: now minus the timestamp of the last event applied while batches come
+    /// full, 0 once a batch drained the feed; `None` before the first batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
     /// Why it stopped, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,

@@ -213,6 +213,7 @@ impl AppBuilder {
                 name: pending.options.name.clone(),
                 source: pending.options.source.clone(),
                 position: started.handle.watch_position(),
+                lag: started.handle.watch_lag(),
                 ended: started.handle.watch_ended(),
                 retry: started.retry,
             });

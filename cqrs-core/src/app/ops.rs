@@ -9,7 +9,7 @@ use super::health::{Health, ProcessorHealth, RelayHealth, Status};
 use super::parts::{RetryDeadLetters, Source};
 use super::wiring::Wiring;
 use crate::error::{Error, Result};
-use crate::processor::{EndWatch, RetryReport};
+use crate::processor::{EndWatch, LagWatch, RetryReport};
 use crate::relay::Breaker;
 
 /// An app's health and dead-letter retries, shareable apart from the [`App`](super::App)
@@ -42,6 +42,7 @@ pub(super) struct ProcessorWatch {
     pub(super) name: String,
     pub(super) source: Source,
     pub(super) position: watch::Receiver<u64>,
+    pub(super) lag: LagWatch,
     pub(super) ended: EndWatch,
     pub(super) retry: Arc<dyn RetryDeadLetters>,
 }
@@ -71,7 +72,11 @@ impl Ops {
             .map(|r| RelayHealth {
                 name: r.name.clone(),
                 breaker: *r.breaker.borrow(),
-                position: *r.position.borrow(),
+                position: {
+                    let position = *r.position.borrow();
+                    crate::metrics::relay_state(&r.name, *r.breaker.borrow(), position);
+                    position
+                },
                 // The relay owns the sender: gone means its task ended.
                 stopped: r
                     .position
@@ -86,13 +91,16 @@ impl Ops {
             .map(|p| {
                 let position = *p.position.borrow();
                 let on_store = p.source == Source::Store;
+                let lag = head
+                    .filter(|_| on_store)
+                    .map(|head| head.saturating_sub(position));
+                crate::metrics::processor_position(&p.name, position, lag);
                 ProcessorHealth {
                     name: p.name.clone(),
                     feed: if on_store { "store" } else { "bus" }.into(),
                     position,
-                    lag: head
-                        .filter(|_| on_store)
-                        .map(|head| head.saturating_sub(position)),
+                    lag,
+                    lag_seconds: p.lag.seconds(),
                     stopped: p.ended.why(),
                 }
             })

@@ -265,8 +265,10 @@ impl CommandGateway {
             command = ctx.command_name,
             aggregate = A::TYPE,
             id = %ctx.aggregate_id,
+            correlation_id = tracing::field::Empty,
         );
-        async move {
+        let started = std::time::Instant::now();
+        let outcome = async move {
             for mw in &self.inner.middleware {
                 if let Err(reason) = mw.before(&mut ctx).await {
                     self.after(&ctx, &Outcome::Refused(reason.clone())).await;
@@ -287,7 +289,16 @@ impl CommandGateway {
             outcome
         }
         .instrument(span)
-        .await
+        .await;
+        let label = match &outcome {
+            Ok(_) => "committed",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Refused(_)) => "refused",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        crate::metrics::command(A::TYPE, label, started.elapsed());
+        outcome
     }
 
     async fn after(&self, ctx: &CommandContext<'_>, outcome: &Outcome<'_>) {
@@ -304,6 +315,7 @@ impl CommandGateway {
         let id = ctx.aggregate_id.as_str();
         let command_id = ctx.metadata.command_id.unwrap_or_else(Uuid::new_v4);
         let correlation_id = ctx.metadata.correlation_id.unwrap_or(command_id);
+        tracing::Span::current().record("correlation_id", tracing::field::display(correlation_id));
         let causation_id = ctx.metadata.causation_id.unwrap_or(command_id);
         let key = ctx.metadata.idempotency_key.as_deref();
         if let Some(reserved) = ctx
@@ -357,10 +369,13 @@ impl CommandGateway {
                     },
                 });
             }
+            let append =
+                tracing::debug_span!("append", events = new_events.len(), version, attempt);
             let appended = self
                 .inner
                 .store
                 .append(A::TYPE, id, ExpectedVersion::Exact(version), new_events)
+                .instrument(append)
                 .await;
             match appended {
                 Ok(committed) => {
@@ -375,7 +390,9 @@ impl CommandGateway {
                     if let Some(cache) = &self.inner.cache {
                         cache.evict::<A>(id);
                     }
-                    if attempt > self.inner.max_retries {
+                    let retried = attempt <= self.inner.max_retries;
+                    crate::metrics::command_conflict(A::TYPE, retried);
+                    if !retried {
                         return Err(CommandError::Conflict {
                             attempts: attempt,
                             source: e,

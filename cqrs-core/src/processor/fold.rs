@@ -254,6 +254,14 @@ pub(super) async fn fold<P: Projection>(
                     record(&mut doc.state, envelope, ordered);
                     doc.applied_now.push(i);
                     applied += 1;
+                    tracing::debug!(
+                        projection = %name,
+                        correlation_id = %envelope.metadata.correlation_id,
+                        event_id = %envelope.metadata.event_id,
+                        event = %envelope.event_name,
+                        view = %id,
+                        "applied"
+                    );
                     break;
                 }
                 Err(reason) => {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -100,10 +101,46 @@ pub struct ProcessorHandle {
     pub(super) stop: CancellationToken,
     pub(super) task: JoinHandle<Result<()>>,
     pub(super) position: watch::Receiver<u64>,
+    pub(super) lag: watch::Receiver<Lag>,
     pub(super) ended: watch::Receiver<Option<String>>,
     /// Whether the feed has one global order (the store's log).
     pub(super) ordered: bool,
     pub(super) progress: Arc<Progress>,
+}
+
+/// How far behind a processor is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Lag {
+    /// No batch yet.
+    Unknown,
+    /// The feed had nothing more.
+    CaughtUp,
+    /// The timestamp of the last event applied.
+    Behind(DateTime<Utc>),
+}
+
+impl Lag {
+    pub(crate) fn seconds(&self) -> Option<f64> {
+        match self {
+            Lag::Unknown => None,
+            Lag::CaughtUp => Some(0.0),
+            Lag::Behind(at) => {
+                let behind = Utc::now().signed_duration_since(*at);
+                Some((behind.num_milliseconds().max(0) as f64) / 1000.0)
+            }
+        }
+    }
+}
+
+/// A processor's lag, readable from anywhere ([`ProcessorHandle::watch_lag`]).
+#[derive(Debug, Clone)]
+pub struct LagWatch(watch::Receiver<Lag>);
+
+impl LagWatch {
+    /// As [`ProcessorHandle::lag_seconds`].
+    pub fn seconds(&self) -> Option<f64> {
+        self.0.borrow().seconds()
+    }
 }
 
 impl ProcessorHandle {
@@ -120,6 +157,18 @@ impl ProcessorHandle {
     /// A receiver of the largest global position committed so far, to wait on from elsewhere.
     pub fn watch_position(&self) -> watch::Receiver<u64> {
         self.position.clone()
+    }
+
+    /// How far behind the processor is, in seconds: now minus the timestamp of the last event
+    /// it applied while its batches come full, 0 once a batch drained the feed, `None` before
+    /// its first batch.
+    pub fn lag_seconds(&self) -> Option<f64> {
+        self.lag.borrow().seconds()
+    }
+
+    /// A receiver of the processor's lag, to read from elsewhere (a health report).
+    pub fn watch_lag(&self) -> LagWatch {
+        LagWatch(self.lag.clone())
     }
 
     /// Waits until the processor has committed everything up to `position` of the store's

@@ -20,10 +20,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use self::catch_up::CatchUpProgress;
-use self::handle::Progress;
-pub use self::handle::{EndWatch, ProcessorHandle};
+pub use self::handle::{EndWatch, LagWatch, ProcessorHandle};
+use self::handle::{Lag, Progress};
 pub use self::policy::{Backoff, ErrorPolicy, OnFailure};
 pub use self::retry::RetryReport;
 pub use self::source::{Batch, EventSource, Feed, Rejected, StoreFeed};
@@ -44,6 +45,8 @@ pub struct TrackingProcessor<P: Projection> {
     backend_backoff: Backoff,
     idle: Duration,
     position: watch::Sender<u64>,
+    /// How far behind it is, for the health report.
+    lag: watch::Sender<Lag>,
     cache: Mutex<HashMap<String, fold::Cached<P::View>>>,
     cache_capacity: usize,
     track_streams: bool,
@@ -82,6 +85,7 @@ impl<P: Projection> TrackingProcessor<P> {
             backend_backoff: Backoff::default(),
             idle: Duration::from_millis(500),
             position: watch::Sender::new(0),
+            lag: watch::Sender::new(Lag::Unknown),
             cache: Mutex::new(HashMap::new()),
             cache_capacity: 10_000,
             track_streams: false,
@@ -189,6 +193,7 @@ impl<P: Projection> TrackingProcessor<P> {
         if batch.events.is_empty() && batch.rejected.is_empty() && batch.checkpoint.is_none() {
             return Ok((0, Vec::new()));
         }
+        let started = std::time::Instant::now();
         let max_position = batch.events.iter().map(|e| e.position).max();
         let mut attempt = 0u32;
         // A store without transactions writes dead letters before the views: when a later
@@ -232,6 +237,7 @@ impl<P: Projection> TrackingProcessor<P> {
                     break (folded.applied, dead_letters);
                 }
                 Err(e @ Error::ViewConflict { .. }) => {
+                    crate::metrics::view_conflict(&self.name);
                     attempt = attempt.saturating_add(1);
                     if attempt > 3 {
                         tracing::warn!(projection = %self.name, error = %e, attempt, "views keep changing concurrently; folding again");
@@ -259,7 +265,20 @@ impl<P: Projection> TrackingProcessor<P> {
         if self.record_streams {
             self.progress.record(batch);
         }
+        crate::metrics::batch(&self.name, outcome.0, outcome.1.len(), started.elapsed());
         Ok(outcome)
+    }
+
+    /// After a committed batch: a batch smaller than the batch size drained the feed (caught
+    /// up); a full one leaves the processor as far behind as its last event is old.
+    fn record_lag(&self, batch: &Batch) {
+        let last = batch.events.iter().map(|e| e.metadata.timestamp).max();
+        let lag = match last {
+            Some(at) if batch.events.len() >= self.batch_size => Lag::Behind(at),
+            _ => Lag::CaughtUp,
+        };
+        self.lag.send_replace(lag);
+        crate::metrics::lag_seconds(&self.name, lag.seconds().unwrap_or(0.0));
     }
 
     fn cache_views(&self, views: Vec<(String, fold::Cached<P::View>)>) {
@@ -373,9 +392,19 @@ impl<P: Projection> TrackingProcessor<P> {
                 Err(e) => return Err(e),
             };
             if batch.events.is_empty() && batch.rejected.is_empty() {
+                // The feed has nothing more: caught up (the gauge set again on every idle
+                // round, for a recorder installed late).
+                self.lag.send_replace(Lag::CaughtUp);
+                crate::metrics::lag_seconds(&self.name, 0.0);
                 continue;
             }
-            let (_, dead_letters) = self.process_batch(&batch).await?;
+            let span = tracing::debug_span!(
+                "processor.batch",
+                projection = %self.name,
+                events = batch.events.len()
+            );
+            let (_, dead_letters) = self.process_batch(&batch).instrument(span).await?;
+            self.record_lag(&batch);
             if !dead_letters.is_empty() {
                 let mut attempt = 0u32;
                 while let Err(e) = source.dead_letter(&dead_letters).await {
@@ -416,6 +445,7 @@ impl<P: Projection> TrackingProcessor<P> {
     pub fn spawn(mut self, feed: Arc<dyn Feed>) -> ProcessorHandle {
         let stop = CancellationToken::new();
         let position = self.watch_position();
+        let lag = self.lag.subscribe();
         let token = stop.clone();
         let name = self.name.clone();
         let progress = self.progress.clone();
@@ -439,6 +469,7 @@ impl<P: Projection> TrackingProcessor<P> {
             stop,
             task,
             position,
+            lag,
             ended,
             ordered,
             progress,
