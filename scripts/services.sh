@@ -153,8 +153,22 @@ start_rabbitmq() {
   wait_port 127.0.0.1 5672 60 RabbitMQ
 }
 
+# Chromium and its WebDriver for the console's browser test: CQRS_CHROMIUM and
+# CQRS_CHROMEDRIVER first, else Debian's packages (installed when missing).
+find_chromium() {
+  export CQRS_CHROMIUM="${CQRS_CHROMIUM:-/usr/bin/chromium}" CQRS_CHROMEDRIVER="${CQRS_CHROMEDRIVER:-/usr/bin/chromedriver}"
+  if [[ -x "$CQRS_CHROMIUM" && -x "$CQRS_CHROMEDRIVER" ]]; then
+    log "Chromium: $CQRS_CHROMIUM, $CQRS_CHROMEDRIVER"
+    return 0
+  fi
+  log "Chromium: installing Debian's chromium and chromium-driver"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null || return 1
+  [[ -x "$CQRS_CHROMIUM" && -x "$CQRS_CHROMEDRIVER" ]]
+}
+
 start_services() {
   local failed=0
+  find_chromium || { log "Chromium and its WebDriver could not be installed"; failed=1; }
   start_postgres || { log "PostgreSQL could not be started"; failed=1; }
   start_kafka || { log "the Kafka-API broker could not be started"; failed=1; }
   start_mongo || { log "the MongoDB-API server could not be started"; failed=1; }

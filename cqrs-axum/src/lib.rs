@@ -44,8 +44,10 @@
 //! ```
 
 mod command;
+mod console;
 mod error;
 mod extract;
+mod metrics;
 mod ops;
 mod service;
 
@@ -54,11 +56,13 @@ use std::future::Future;
 pub use crate::command::{send, send_to, Accepted};
 pub use crate::error::ApiError;
 pub use crate::extract::{json_service, Json, Path, Query};
+pub use crate::metrics::prometheus;
 pub use crate::ops::{
     DeadLetterInfo, DeadLetterPage, HealthAnswer, OpsApi, DEFAULT_DEAD_LETTERS_PAGE,
     MAX_DEAD_LETTERS_PAGE,
 };
 pub use crate::service::{Service, DEFAULT_MAX_BODY};
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM ([`shutdown_signal`]), then lets
 /// the requests in flight finish. Stop the app's relays and processors after it returns.

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use cqrs_core::app::{Health, Ops, ProcessorHealth};
 use cqrs_core::view::DeadLetter;
 use cqrs_core::{DeadLetterCursor, RetryReport};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 
@@ -29,6 +30,8 @@ pub const DEFAULT_DEAD_LETTERS_PAGE: usize = 50;
 /// |---|---|
 /// | `GET /health` | [`HealthAnswer`]: 200 while everything runs, 503 with the reason once a processor or relay stopped |
 /// | `GET /processors` | each processor's position, lag and state ([`ProcessorHealth`]) |
+/// | `GET /metrics` | the framework's metrics, Prometheus text ([`cqrs_core::metrics`]) |
+/// | `GET /console` | a page for operators over these routes: processors with a lag bar, relays with their breaker, dead letters with a retry button |
 /// | `GET /dead-letters?projection=&limit=&cursor=` | a [`DeadLetterPage`], oldest first |
 /// | `POST /dead-letters/retry?projection=` | retries them all: a [`RetryReport`] (token) |
 /// | `POST /dead-letters/{event_id}/retry?projection=` | retries one; 404 when there is none (token) |
@@ -49,6 +52,7 @@ pub struct OpsApi {
     service: String,
     ops: Ops,
     token: Option<Arc<str>>,
+    metrics: Option<PrometheusHandle>,
 }
 
 impl std::fmt::Debug for OpsApi {
@@ -56,6 +60,7 @@ impl std::fmt::Debug for OpsApi {
         f.debug_struct("OpsApi")
             .field("service", &self.service)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("metrics", &self.metrics.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -131,13 +136,29 @@ struct ProjectionQuery {
 
 impl OpsApi {
     /// The ops API of `ops`, answering as service `service`; retries disabled until a token
-    /// is given.
+    /// is given. `/metrics` renders the process's recorder ([`prometheus`](crate::prometheus));
+    /// when another recorder was installed first it answers 503 until given its handle
+    /// ([`metrics`](Self::metrics)).
     pub fn new(service: impl Into<String>, ops: Ops) -> Self {
+        let metrics = match crate::prometheus() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "GET /metrics is unavailable");
+                None
+            }
+        };
         OpsApi {
             service: service.into(),
             ops,
             token: None,
+            metrics,
         }
+    }
+
+    /// Renders `/metrics` from this Prometheus handle (a recorder the service installed).
+    pub fn metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
     }
 
     /// The bearer token the mutating routes require. `None` or an empty token disables them.
@@ -154,9 +175,11 @@ impl OpsApi {
         Router::new()
             .route("/health", get(health))
             .route("/processors", get(processors))
+            .route("/metrics", get(metrics))
             .route("/dead-letters", get(dead_letters))
             .route("/dead-letters/retry", post(retry_all))
             .route("/dead-letters/{event_id}/retry", post(retry_one))
+            .merge(crate::console::routes())
             .with_state(self)
     }
 
@@ -219,6 +242,10 @@ async fn health(State(api): State<OpsApi>) -> Response {
         health,
     };
     (code, Json(answer)).into_response()
+}
+
+async fn metrics(State(api): State<OpsApi>) -> Response {
+    crate::metrics::render(&api.ops, api.metrics.as_ref()).await
 }
 
 async fn processors(State(api): State<OpsApi>) -> Json<Vec<ProcessorHealth>> {

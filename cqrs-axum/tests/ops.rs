@@ -283,3 +283,137 @@ async fn health_reports_a_stopped_processor() {
         "the processor's error comes back"
     );
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Added {
+    pub n: u32,
+}
+cqrs_core::event!(Added, "ops.Added");
+
+pub struct Add {
+    pub id: String,
+    pub n: u32,
+}
+impl cqrs_core::Command for Add {
+    type Aggregate = Counter;
+    fn aggregate_id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("adding nothing")]
+pub struct Nothing;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Counter {
+    total: u64,
+}
+impl cqrs_core::Aggregate for Counter {
+    const TYPE: &'static str = "ops-counter";
+    type Command = Add;
+    type Event = Added;
+    type Error = Nothing;
+    fn handle(&self, c: &Add) -> Result<Vec<Added>, Nothing> {
+        if c.n == 0 {
+            return Err(Nothing);
+        }
+        Ok(vec![Added { n: c.n }])
+    }
+    fn apply(&mut self, e: &Added) {
+        self.total += u64::from(e.n);
+    }
+}
+
+struct Totals;
+impl cqrs_core::Fold for Totals {
+    const NAME: &'static str = "ops-totals";
+    type Event = Added;
+    type View = u64;
+    fn fold(&self, total: &mut u64, e: &Added, _: &Envelope) {
+        *total += u64::from(e.n);
+    }
+}
+
+/// The value of one sample line of a Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Commands, the relay and the processor each leave their figures on `/metrics`, under the
+/// documented names and labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_commands_relays_and_processors() {
+    // Installed before the app runs, as a service does: what happens earlier is not recorded.
+    cqrs_axum::prometheus().expect("recorder");
+    let mut app = App::builder()
+        .with(Arc::new(MemoryEventStore::new()))
+        .with(cqrs_core::memory::MemoryEventBus::new(2))
+        .relay("ops-relay", |r| r)
+        .projection(Totals, |p| p.idle_wait(Duration::from_millis(20)))
+        .build()
+        .expect("build");
+    for (id, n) in [("a", 1), ("a", 2), ("b", 3), ("b", 0)] {
+        let _ = app.gateway().send(Add { id: id.into(), n }).await;
+    }
+    app.caught_up(Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let url = serve(OpsApi::new("ops", app.ops()).router()).await;
+    until("the lag back to 0 and the relay done", async || {
+        let page = reqwest::get(format!("{url}/metrics")).await.expect("GET");
+        let page = page.text().await.expect("text");
+        sample(
+            &page,
+            r#"cqrs_processor_lag_seconds{projection="ops-totals"}"#,
+        ) == Some(0.0)
+            && sample(
+                &page,
+                r#"cqrs_relay_events_published_total{relay="ops-relay"}"#,
+            ) == Some(3.0)
+    })
+    .await;
+    let answer = reqwest::get(format!("{url}/metrics")).await.expect("GET");
+    let kind = answer.headers()["content-type"]
+        .to_str()
+        .expect("type")
+        .to_owned();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    let page = answer.text().await.expect("text");
+    let expect = [
+        (
+            r#"cqrs_processor_events_applied_total{projection="ops-totals"}"#,
+            3.0,
+        ),
+        (r#"cqrs_processor_position{projection="ops-totals"}"#, 3.0),
+        (r#"cqrs_processor_lag_events{projection="ops-totals"}"#, 0.0),
+        (r#"cqrs_relay_breaker{relay="ops-relay"}"#, 0.0),
+        (r#"cqrs_relay_position{relay="ops-relay"}"#, 3.0),
+        (
+            r#"cqrs_command_seconds_count{aggregate="ops-counter",outcome="committed"}"#,
+            3.0,
+        ),
+        (
+            r#"cqrs_command_seconds_count{aggregate="ops-counter",outcome="rejected"}"#,
+            1.0,
+        ),
+    ];
+    for (series, value) in expect {
+        assert_eq!(sample(&page, series), Some(value), "{series} in\n{page}");
+    }
+    assert!(
+        page.contains(
+            r#"cqrs_processor_batch_seconds_bucket{projection="ops-totals",le="0.0001"}"#
+        ),
+        "durations are histograms:\n{page}"
+    );
+    let processors: Value = reqwest::get(format!("{url}/processors"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(processors[0]["lag_seconds"], 0.0, "{processors}\n{page}");
+    app.shutdown().await.expect("shutdown");
+}

@@ -128,6 +128,9 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
+    // The metrics recorder first, so that it sees everything the services do. Should another
+    // recorder be installed, each service's ops API says so in its log and on `/metrics`.
+    let _recorder = cqrs_axum::prometheus();
     match cli.command.unwrap_or(Command::Demo) {
         Command::Demo => {
             init_logging("warn");

@@ -19,6 +19,12 @@ async fn the_same_over_rabbitmq() {
     flow(Env::over_rabbitmq("rabbit")).await;
 }
 
+async fn metrics_page(http: &reqwest::Client, service: &common::Service) -> String {
+    let answer = http.get(service.url("/metrics")).send().await.expect("GET");
+    assert_eq!(answer.status(), 200);
+    answer.text().await.expect("text")
+}
+
 async fn flow(env: Env) {
     let http = client();
     let products = env.start("product").await;
@@ -49,6 +55,20 @@ async fn flow(env: Env) {
     }
     let first = converged(&env, &http, &catalog_service).await;
     assert_eq!(first.len(), 8);
+    // Each service's figures on /metrics: 8 products created through the gateway and 8
+    // events relayed, 8 + 24 applied to the catalog.
+    let metric = |page: &str, series: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+    };
+    let page = metrics_page(&http, &products).await;
+    let created = r#"cqrs_command_seconds_count{aggregate="product",outcome="committed"}"#;
+    assert_eq!(metric(&page, created), Some(8.0), "{page}");
+    let relayed = r#"cqrs_relay_events_published_total{relay="product-relay"}"#;
+    assert_eq!(metric(&page, relayed), Some(8.0), "{page}");
+    let page = metrics_page(&http, &catalog_service).await;
+    let applied = r#"cqrs_processor_events_applied_total{projection="catalog"}"#;
+    assert_eq!(metric(&page, applied), Some(32.0), "{page}");
     let p3 = first.iter().find(|e| e.product_id == "p-3").expect("p-3");
     assert_eq!(p3.name.as_deref(), Some("Product 3"));
     assert_eq!(p3.rating_count, 3);
