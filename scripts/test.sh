@@ -11,3 +11,5 @@ if ! start_services; then
   exit 1
 fi
 cargo test --workspace "$@"
+# The optional OpenTelemetry export of cqrs-axum.
+cargo test -p cqrs-axum --features otel --test otel "$@"

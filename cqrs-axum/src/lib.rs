@@ -49,6 +49,8 @@ mod error;
 mod extract;
 mod metrics;
 mod ops;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod service;
 
 use std::future::Future;

@@ -59,9 +59,11 @@ pub const COMMAND_RETRIES: &str = "cqrs_command_retries_total";
 /// A committed batch of a projection.
 pub(crate) fn batch(projection: &str, applied: usize, dead: usize, took: Duration) {
     let label = ("projection", projection.to_owned());
-    metrics::counter!(PROCESSOR_EVENTS_APPLIED, std::slice::from_ref(&label)).increment(applied as u64);
+    metrics::counter!(PROCESSOR_EVENTS_APPLIED, std::slice::from_ref(&label))
+        .increment(applied as u64);
     if dead > 0 {
-        metrics::counter!(PROCESSOR_DEAD_LETTERS, std::slice::from_ref(&label)).increment(dead as u64);
+        metrics::counter!(PROCESSOR_DEAD_LETTERS, std::slice::from_ref(&label))
+            .increment(dead as u64);
     }
     metrics::histogram!(PROCESSOR_BATCH_SECONDS, &[label]).record(took.as_secs_f64());
 }
