@@ -63,7 +63,7 @@ pub use crate::ops::{
     DeadLetterInfo, DeadLetterPage, HealthAnswer, OpsApi, DEFAULT_DEAD_LETTERS_PAGE,
     MAX_DEAD_LETTERS_PAGE,
 };
-pub use crate::service::{Service, DEFAULT_MAX_BODY};
+pub use crate::service::{Service, DEFAULT_DRAIN, DEFAULT_MAX_BODY};
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Serves `router` on `listener` until Ctrl-C or SIGTERM ([`shutdown_signal`]), then lets

@@ -269,8 +269,14 @@ async fn dead_letters(
         .map(|c| c.parse::<DeadLetterCursor>())
         .transpose()
         .map_err(|e| ApiError::bad_request("bad_query", e.to_string()))?;
-    let page = api.ops.dead_letters_page(&projection, after, limit).await?;
-    let next = (page.len() == limit)
+    // One more than the page tells whether another follows.
+    let mut page = api
+        .ops
+        .dead_letters_page(&projection, after, limit + 1)
+        .await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = more
         .then(|| page.last().map(|d| d.cursor().to_string()))
         .flatten();
     Ok(Json(DeadLetterPage {

@@ -2,6 +2,7 @@
 //! stopped in order.
 
 use std::future::Future;
+use std::time::Duration;
 
 use axum::Router;
 use cqrs_core::{App, BoxError};
@@ -11,9 +12,18 @@ use crate::OpsApi;
 /// The largest request body a [`Service`] accepts unless told otherwise (bytes).
 pub const DEFAULT_MAX_BODY: usize = 16 * 1024;
 
+/// How long a [`Service`] lets the requests in flight finish after a stop signal, unless told
+/// otherwise; then the app shuts down anyway.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
 /// A service: the app (its gateway, relays and processors) and the HTTP routes over it. Its
 /// router is the service's routes, the ops API of the app ([`OpsApi`]) and the JSON
-/// conventions ([`json_service`](crate::json_service)).
+/// conventions ([`json_service`](crate::json_service)); the service's own routes must not
+/// take the ops API's paths (`/health`, `/processors`, `/metrics`, `/dead-letters...`,
+/// `/console...`): axum refuses overlapping routes.
+///
+/// Install the metrics recorder ([`prometheus`](crate::prometheus)) before building the app:
+/// what the app does before it is installed is not counted.
 ///
 /// ```no_run
 /// # async fn run(app: cqrs_core::App, routes: axum::Router) -> Result<(), cqrs_core::BoxError> {
@@ -23,13 +33,25 @@ pub const DEFAULT_MAX_BODY: usize = 16 * 1024;
 /// service.serve(listener).await // until Ctrl-C or SIGTERM; then the app stops
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct Service {
     name: String,
     app: App,
     routes: Router,
     token: Option<String>,
     max_body: usize,
+    drain: Duration,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("app", &self.app)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("max_body", &self.max_body)
+            .field("drain", &self.drain)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Service {
@@ -41,7 +63,15 @@ impl Service {
             routes,
             token: None,
             max_body: DEFAULT_MAX_BODY,
+            drain: DEFAULT_DRAIN,
         }
+    }
+
+    /// How long the requests in flight may take to finish after a stop signal (default
+    /// [`DEFAULT_DRAIN`]); then the app shuts down whatever they do.
+    pub fn drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
     }
 
     /// The bearer token of the ops API's retries; `None` (the default) disables them.
@@ -92,7 +122,27 @@ impl Service {
     ) -> Result<(), BoxError> {
         let address = listener.local_addr()?;
         tracing::info!(service = %self.name, %address, "listening");
-        let served = crate::serve_until(listener, self.router(), stop).await;
+        // The signal starts the drain's clock: requests still running after it are dropped.
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            stop.await;
+            let _ = stopped_tx.send(());
+        };
+        let serving = crate::serve_until(listener, self.router(), stop);
+        let deadline = async {
+            if stopped_rx.await.is_ok() {
+                tokio::time::sleep(self.drain).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = deadline => {
+                tracing::warn!(service = %self.name, drain = ?self.drain, "requests still running after the drain; stopping anyway");
+                Ok(())
+            }
+        };
         tracing::info!(service = %self.name, "stopping");
         // The app stops whatever the listener did; a listener error comes first.
         let stopped = self.app.shutdown().await;

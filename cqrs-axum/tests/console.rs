@@ -207,6 +207,8 @@ async fn the_console_shows_a_dead_letter_and_retries_it_with_the_token() {
         text(&page, "#message").await.contains("Bearer"),
         "the 401's message"
     );
+    // Past the page's next refresh (every 2 s), the dead letter is still listed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     until_present(&page, &row, false).await;
     assert_eq!(
         app.ops().dead_letters("scores").await.expect("list").len(),

@@ -214,17 +214,36 @@ async fn without_a_token_retries_are_disabled_not_open() {
         .projection(Scores, |p| p)
         .build()
         .expect("build");
-    let url = serve(OpsApi::new("scores", app.ops()).token(Some("")).router()).await;
     let http = reqwest::Client::new();
-    for auth in [None, Some("Bearer "), Some("Bearer anything")] {
-        let mut request = http.post(format!("{url}/dead-letters/retry"));
-        if let Some(auth) = auth {
-            request = request.header("authorization", auth);
+    for configured in [None, Some("")] {
+        let url = serve(OpsApi::new("scores", app.ops()).token(configured).router()).await;
+        let one = uuid::Uuid::new_v4();
+        for route in [
+            "/dead-letters/retry".to_owned(),
+            format!("/dead-letters/{one}/retry"),
+        ] {
+            for auth in [None, Some("Bearer "), Some("Bearer anything")] {
+                let mut request = http.post(format!("{url}{route}"));
+                if let Some(auth) = auth {
+                    request = request.header("authorization", auth);
+                }
+                let answer = request.send().await.expect("POST");
+                assert_eq!(
+                    answer.status().as_u16(),
+                    403,
+                    "{configured:?} {route} {auth:?}"
+                );
+                let body: Value = answer.json().await.expect("json");
+                assert_eq!(body["error"], "disabled");
+            }
         }
-        let answer = request.send().await.expect("POST");
-        assert_eq!(answer.status().as_u16(), 403, "{auth:?}");
-        let body: Value = answer.json().await.expect("json");
-        assert_eq!(body["error"], "disabled");
+        // Reading stays open.
+        let listed = http
+            .get(format!("{url}/dead-letters"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(listed.status().as_u16(), 200);
     }
     app.shutdown().await.expect("shutdown");
 }

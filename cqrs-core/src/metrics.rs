@@ -12,7 +12,7 @@
 //! | `cqrs_processor_batch_seconds` | histogram | projection | one batch: fold, commit, retries included |
 //! | `cqrs_processor_dead_letters_total` | counter | projection | events dead-lettered |
 //! | `cqrs_processor_view_conflicts_total` | counter | projection | units of work refused because a view changed concurrently (folded again) |
-//! | `cqrs_processor_lag_seconds` | gauge | projection | now minus the timestamp of the last applied event while batches come full; 0 once a batch drained the feed |
+//! | `cqrs_processor_lag_seconds` | gauge | projection | now minus the timestamp of the last applied event (of the oldest in the batch under way, so a stall grows it); 0 once the feed had nothing more (set as it changes and on each health report) |
 //! | `cqrs_processor_lag_events` | gauge | projection | store feeds: the log's head minus the position (set on each health report) |
 //! | `cqrs_processor_position` | gauge | projection | the largest position committed (set on each health report) |
 //! | `cqrs_relay_events_published_total` | counter | relay | events the bus confirmed |
@@ -78,10 +78,18 @@ pub(crate) fn lag_seconds(projection: &str, seconds: f64) {
     metrics::gauge!(PROCESSOR_LAG_SECONDS, "projection" => projection.to_owned()).set(seconds);
 }
 
-/// A processor's position and, for a store feed, its lag in events.
-pub(crate) fn processor_position(projection: &str, position: u64, lag: Option<u64>) {
+/// A processor's position, its lag in seconds and, for a store feed, in events.
+pub(crate) fn processor_position(
+    projection: &str,
+    position: u64,
+    lag: Option<u64>,
+    seconds: Option<f64>,
+) {
     let label = ("projection", projection.to_owned());
     metrics::gauge!(PROCESSOR_POSITION, std::slice::from_ref(&label)).set(position as f64);
+    if let Some(seconds) = seconds {
+        metrics::gauge!(PROCESSOR_LAG_SECONDS, std::slice::from_ref(&label)).set(seconds);
+    }
     if let Some(lag) = lag {
         metrics::gauge!(PROCESSOR_LAG_EVENTS, &[label]).set(lag as f64);
     }

@@ -320,7 +320,7 @@ pub trait ViewQuery: Send + Sync {
 #[async_trait]
 pub trait DeadLetterStore: Send + Sync {
     /// At most `limit` dead letters of a projection after `after` (from the first without
-    /// it), in [`DeadLetterCursor`] order: oldest position first.
+    /// it), in [`DeadLetterCursor`] order: oldest position first. A `limit` of 0 gives none.
     ///
     /// # Errors
     /// A backend error.

@@ -57,7 +57,32 @@ impl std::fmt::Debug for Mongo {
 }
 
 pub(crate) fn backend(what: &str, e: mongodb::error::Error) -> Error {
-    Error::backend("mongo", what, e)
+    Error::backend("mongo", what, Driver(e))
+}
+
+/// The driver's error, told in one line: a server's refusal by its code name, code and
+/// message (the driver's own `Display` adds the raw server response); the whole error stays
+/// the source.
+#[derive(Debug)]
+struct Driver(mongodb::error::Error);
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use mongodb::error::{ErrorKind, WriteFailure};
+        match self.0.kind.as_ref() {
+            ErrorKind::Command(c) => write!(f, "{} ({}): {}", c.code_name, c.code, c.message),
+            ErrorKind::Write(WriteFailure::WriteError(w)) => {
+                write!(f, "write error {}: {}", w.code, w.message)
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+impl std::error::Error for Driver {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 impl Mongo {

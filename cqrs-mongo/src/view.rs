@@ -281,6 +281,10 @@ impl DeadLetterStore for MongoViewStore {
         after: Option<DeadLetterCursor>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>> {
+        if limit == 0 {
+            // MongoDB reads a limit of 0 as none at all.
+            return Ok(Vec::new());
+        }
         // Event ids are stored as hyphenated lowercase hex: as strings they sort as the ids do.
         let filter = match after {
             None => doc! { "projection": projection },

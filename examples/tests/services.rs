@@ -685,18 +685,7 @@ async fn poison_events_are_dead_lettered_with_reason_and_position_while_the_rest
         .flat_map(|p| p.body["items"].as_array().cloned().unwrap_or_default())
         .collect();
     assert_eq!(paged, dead, "two pages of one give the list");
-    let third = get(
-        &http,
-        &catalog_service.url(&format!(
-            "/dead-letters?limit=1&cursor={}",
-            second.body["next"]
-                .as_str()
-                .expect("a full page has a cursor")
-        )),
-    )
-    .await;
-    assert_eq!(third.body["items"], json!([]));
-    assert_eq!(third.body.get("next"), None);
+    assert_eq!(second.body.get("next"), None, "the last page has no cursor");
 
     // A retry without the token, or with a wrong one, is refused and changes nothing.
     let retry_url = catalog_service.url("/dead-letters/retry");

@@ -6,6 +6,8 @@ const REFRESH_MS = 2000;
 const PAGE = 50;
 let projection = null;
 let cursors = [null];
+// Answers to older requests are dropped: a slow one must not redraw what a retry removed.
+let generation = 0;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -82,13 +84,20 @@ async function refreshHealth() {
 
 async function refreshDeadLetters() {
   if (!projection) return;
+  const asked = ++generation;
   const after = cursors[cursors.length - 1];
   const query = "?projection=" + encodeURIComponent(projection) + "&limit=" + PAGE +
     (after ? "&cursor=" + encodeURIComponent(after) : "");
   const { status, body } = await getJson("dead-letters" + query);
+  if (asked !== generation) return;
   if (status !== 200) {
     say(body.message || "cannot list the dead letters", true);
     return;
+  }
+  if (body.items.length === 0 && cursors.length > 1) {
+    // This page emptied (its letters were retried): back to the one before.
+    cursors.pop();
+    return refreshDeadLetters();
   }
   // Unchanged rows stay as they are (a button under the pointer is not replaced).
   const shown = JSON.stringify(body.items);
@@ -131,13 +140,17 @@ async function retry(eventId) {
   }
   const path = (eventId ? "dead-letters/" + eventId + "/retry" : "dead-letters/retry") +
     "?projection=" + encodeURIComponent(projection);
-  const answer = await fetch(path, { method: "POST", headers: { authorization: "Bearer " + value } });
-  const body = await answer.json();
-  if (answer.status !== 200) {
-    say(body.message || "the retry failed", true);
-  } else {
-    const failed = body.failed.map(([id, why]) => id + ": " + why).join("; ");
-    say(body.resolved.length + " resolved" + (failed ? ", failed again: " + failed : ""), false);
+  try {
+    const answer = await fetch(path, { method: "POST", headers: { authorization: "Bearer " + value } });
+    const body = await answer.json();
+    if (answer.status !== 200) {
+      say(body.message || "the retry failed", true);
+    } else {
+      const failed = body.failed.map(([id, why]) => id + ": " + why).join("; ");
+      say(body.resolved.length + " resolved" + (failed ? ", failed again: " + failed : ""), false);
+    }
+  } catch (e) {
+    say("The retry did not get an answer: " + e, true);
   }
   cursors = [null];
   await refreshDeadLetters();

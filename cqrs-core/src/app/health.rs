@@ -66,8 +66,9 @@ pub struct ProcessorHealth {
     /// head cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<u64>,
-    /// Seconds behind: now minus the timestamp of the last event applied while batches come
-    /// full, 0 once a batch drained the feed; `None` before the first batch.
+    /// Seconds behind: now minus the timestamp of the last event applied (of the oldest in the
+    /// batch under way, so a stall shows), 0 once the feed had nothing more; `None` before the
+    /// first poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
     /// Why it stopped, once it has.

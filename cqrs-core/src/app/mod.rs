@@ -123,6 +123,21 @@ impl AppBuilder {
         self
     }
 
+    /// Checks, before anything starts, that every stored event of these aggregate types has a
+    /// registered type that decodes it (see
+    /// [`Registry::check_store_for`](crate::registry::Registry::check_store_for)): a build
+    /// older than its data refuses to start rather than dead-letter or stop later.
+    ///
+    /// # Errors
+    /// [`Error::UnknownEvent`](crate::Error::UnknownEvent) naming the first unknown name; a
+    /// backend error.
+    pub async fn check_store_for(self, aggregate_types: &[&str]) -> Result<Self> {
+        crate::registry::registry()
+            .check_store_for(self.wiring.store.as_ref(), aggregate_types)
+            .await?;
+        Ok(self)
+    }
+
     /// Tunes the command gateway (retries, cache, middleware).
     pub fn gateway(
         mut self,

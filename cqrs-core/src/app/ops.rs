@@ -94,13 +94,14 @@ impl Ops {
                 let lag = head
                     .filter(|_| on_store)
                     .map(|head| head.saturating_sub(position));
-                crate::metrics::processor_position(&p.name, position, lag);
+                let lag_seconds = p.lag.seconds();
+                crate::metrics::processor_position(&p.name, position, lag, lag_seconds);
                 ProcessorHealth {
                     name: p.name.clone(),
                     feed: if on_store { "store" } else { "bus" }.into(),
                     position,
                     lag,
-                    lag_seconds: p.lag.seconds(),
+                    lag_seconds,
                     stopped: p.ended.why(),
                 }
             })

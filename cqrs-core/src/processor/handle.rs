@@ -160,8 +160,8 @@ impl ProcessorHandle {
     }
 
     /// How far behind the processor is, in seconds: now minus the timestamp of the last event
-    /// it applied while its batches come full, 0 once a batch drained the feed, `None` before
-    /// its first batch.
+    /// it applied (of the oldest in the batch it is working on), 0 once its feed had nothing
+    /// more, `None` before its first poll.
     pub fn lag_seconds(&self) -> Option<f64> {
         self.lag.borrow().seconds()
     }

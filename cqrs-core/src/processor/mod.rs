@@ -269,14 +269,10 @@ impl<P: Projection> TrackingProcessor<P> {
         Ok(outcome)
     }
 
-    /// After a committed batch: a batch smaller than the batch size drained the feed (caught
-    /// up); a full one leaves the processor as far behind as its last event is old.
-    fn record_lag(&self, batch: &Batch) {
-        let last = batch.events.iter().map(|e| e.metadata.timestamp).max();
-        let lag = match last {
-            Some(at) if batch.events.len() >= self.batch_size => Lag::Behind(at),
-            _ => Lag::CaughtUp,
-        };
+    /// A processor with a batch in hand is as far behind as the oldest event of it while it
+    /// works on it (a stall shows as a growing lag), and as the newest once committed; it is
+    /// caught up only when its feed had nothing more.
+    fn record_lag(&self, lag: Lag) {
         self.lag.send_replace(lag);
         crate::metrics::lag_seconds(&self.name, lag.seconds().unwrap_or(0.0));
     }
@@ -394,8 +390,7 @@ impl<P: Projection> TrackingProcessor<P> {
             if batch.events.is_empty() && batch.rejected.is_empty() {
                 // The feed has nothing more: caught up (the gauge set again on every idle
                 // round, for a recorder installed late).
-                self.lag.send_replace(Lag::CaughtUp);
-                crate::metrics::lag_seconds(&self.name, 0.0);
+                self.record_lag(Lag::CaughtUp);
                 continue;
             }
             let span = tracing::debug_span!(
@@ -403,8 +398,14 @@ impl<P: Projection> TrackingProcessor<P> {
                 projection = %self.name,
                 events = batch.events.len()
             );
+            let stamps = batch.events.iter().map(|e| e.metadata.timestamp);
+            if let Some(oldest) = stamps.clone().min() {
+                self.record_lag(Lag::Behind(oldest));
+            }
             let (_, dead_letters) = self.process_batch(&batch).instrument(span).await?;
-            self.record_lag(&batch);
+            if let Some(newest) = stamps.max() {
+                self.record_lag(Lag::Behind(newest));
+            }
             if !dead_letters.is_empty() {
                 let mut attempt = 0u32;
                 while let Err(e) = source.dead_letter(&dead_letters).await {

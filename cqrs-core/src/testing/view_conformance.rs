@@ -279,6 +279,14 @@ pub async fn dead_letters_are_paged_in_cursor_order<S: ViewStore + DeadLetterSto
     );
     assert_eq!(pages, 3);
     assert_eq!(store.dead_letters("p").await.expect("all").len(), 7);
+    assert!(
+        store
+            .dead_letters_page("p", None, 0)
+            .await
+            .expect("page")
+            .is_empty(),
+        "a limit of 0 gives none"
+    );
     let cursor = letters[2].cursor();
     let parsed: crate::view::DeadLetterCursor = cursor.to_string().parse().expect("parse");
     assert_eq!(parsed, cursor, "a cursor reads back as written");

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::Router;
 use cqrs_axum::{send, Accepted, ApiError, Json, Path};
-use cqrs_core::{registry, BoxError, CommandGateway, ReadModel};
+use cqrs_core::{BoxError, CommandGateway, ReadModel};
 use serde::Deserialize;
 
 use super::{policy, relay_backoff, Backends, Service, MAX_NAME, MAX_TEXT};
@@ -141,6 +141,8 @@ pub async fn comment_service(backends: &Backends) -> Result<Service, BoxError> {
     let app = backends
         .write_side()
         .await?
+        .check_store_for(&[COMMENT])
+        .await?
         .relay("comment-relay", |r| {
             r.only([COMMENT]).backoff(relay_backoff())
         })
@@ -148,9 +150,6 @@ pub async fn comment_service(backends: &Backends) -> Result<Service, BoxError> {
             p.from_bus(group, [PRODUCT]).error_policy(policy())
         })
         .build()?;
-    registry()
-        .check_store_for(app.event_store().as_ref(), &[COMMENT])
-        .await?;
     let state = Comments {
         gateway: app.gateway().clone(),
         products: app.read_model::<KnownProducts>()?,

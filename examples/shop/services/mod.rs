@@ -21,6 +21,7 @@ use cqrs_kafka::{KafkaBus, KafkaConfig};
 use cqrs_mongo::Mongo;
 use cqrs_postgres::Postgres;
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
+use tokio::sync::OnceCell;
 
 pub use self::catalog::{catalog_service, CatalogPage, Paging};
 pub use self::comment::{comment_service, EditComment, PostComment};
@@ -101,11 +102,16 @@ impl Connections {
     }
 }
 
-/// The backends of one process: each server the connections name, and the embedded backends
-/// (shared by the services of one process) for the parts they do not.
+/// The backends of one process: each server the connections name (connected on first use,
+/// then shared by the services of the process), and the embedded backends for the parts they
+/// do not name.
 pub struct Backends {
     connections: Connections,
     embedded: Embedded,
+    postgres: OnceCell<Option<Postgres>>,
+    mongo: OnceCell<Option<Mongo>>,
+    kafka: OnceCell<KafkaBus>,
+    rabbit: OnceCell<RabbitBus>,
 }
 
 impl Backends {
@@ -114,6 +120,10 @@ impl Backends {
         Backends {
             connections,
             embedded: Embedded::default(),
+            postgres: OnceCell::new(),
+            mongo: OnceCell::new(),
+            kafka: OnceCell::new(),
+            rabbit: OnceCell::new(),
         }
     }
 
@@ -123,33 +133,40 @@ impl Backends {
     }
 
     async fn postgres(&self) -> cqrs_core::Result<Option<Postgres>> {
-        let Some(url) = &self.connections.database_url else {
-            return Ok(None);
+        let c = &self.connections;
+        let connect = || async {
+            let Some(url) = &c.database_url else {
+                return Ok(None);
+            };
+            let pg = Postgres::connect(url, &c.schema).await?;
+            pg.migrate().await?;
+            Ok::<_, Error>(Some(pg))
         };
-        let pg = Postgres::connect(url, &self.connections.schema).await?;
-        pg.migrate().await?;
-        Ok(Some(pg))
+        Ok(self.postgres.get_or_try_init(connect).await?.clone())
     }
 
     async fn mongo(&self) -> cqrs_core::Result<Option<Mongo>> {
         let c = &self.connections;
-        match &c.mongodb_uri {
-            Some(uri) => Ok(Some(Mongo::connect(uri, &c.mongo_database, "").await?)),
-            None => Ok(None),
-        }
+        let connect = || async {
+            match &c.mongodb_uri {
+                Some(uri) => Ok(Some(Mongo::connect(uri, &c.mongo_database, "").await?)),
+                None => Ok::<_, Error>(None),
+            }
+        };
+        Ok(self.mongo.get_or_try_init(connect).await?.clone())
     }
 
     /// A write service's builder: PostgreSQL (events, checkpoints, its own views) or the
     /// embedded backends, and the bus.
     async fn write_side(&self) -> cqrs_core::Result<AppBuilder> {
         let app = App::builder().with(self.embedded.clone());
-        self.with_bus(app.with(self.postgres().await?))
+        self.with_bus(app.with(self.postgres().await?)).await
     }
 
     /// The catalog's builder: MongoDB or the embedded views, and the bus.
     async fn read_side(&self) -> cqrs_core::Result<AppBuilder> {
         let app = App::builder().with(self.embedded.views.clone());
-        self.with_bus(app.with(self.mongo().await?))
+        self.with_bus(app.with(self.mongo().await?)).await
     }
 
     /// The event store and the catalog's views, no bus: what the replay reads and writes.
@@ -163,7 +180,7 @@ impl Backends {
     }
 
     /// The bus between the services: Kafka, RabbitMQ, or the embedded one.
-    fn with_bus(&self, app: AppBuilder) -> cqrs_core::Result<AppBuilder> {
+    async fn with_bus(&self, app: AppBuilder) -> cqrs_core::Result<AppBuilder> {
         let c = &self.connections;
         let missing = |flag: &str| Error::Config(format!("the chosen bus needs {flag}"));
         Ok(match c.bus_kind() {
@@ -178,7 +195,12 @@ impl Backends {
                 .session_timeout(Duration::from_secs(6))
                 // A publish to a broker that is down fails after this; the relay retries.
                 .message_timeout(Duration::from_secs(3));
-                app.with(KafkaBus::new(config)?)
+                app.with(
+                    self.kafka
+                        .get_or_try_init(|| async { KafkaBus::new(config) })
+                        .await?
+                        .clone(),
+                )
             }
             BusKind::Rabbitmq => {
                 let url = c.amqp_url.as_deref().ok_or_else(|| missing("--amqp-url"))?;
@@ -188,7 +210,12 @@ impl Backends {
                     .partitions(u32::try_from(c.partitions.max(1)).unwrap_or(1))
                     .groups([self.group("catalog"), self.group("comment-service")])?
                     .publish_timeout(Duration::from_secs(3));
-                app.with(RabbitBus::new(config))
+                app.with(
+                    self.rabbit
+                        .get_or_init(|| async { RabbitBus::new(config) })
+                        .await
+                        .clone(),
+                )
             }
         })
     }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::Router;
 use cqrs_axum::{send, Accepted, ApiError, Json, Path};
-use cqrs_core::{registry, BoxError, CommandGateway};
+use cqrs_core::{BoxError, CommandGateway};
 use serde::Deserialize;
 
 use super::{relay_backoff, Backends, Service, MAX_NAME};
@@ -106,14 +106,13 @@ pub async fn product_service(backends: &Backends) -> Result<Service, BoxError> {
     let app = backends
         .write_side()
         .await?
+        // This service must decode its own aggregate's events; the others' are not its concern.
+        .check_store_for(&[PRODUCT])
+        .await?
         .relay("product-relay", |r| {
             r.only([PRODUCT]).backoff(relay_backoff())
         })
         .build()?;
-    // This service must decode its own aggregate's events; the others' are not its concern.
-    registry()
-        .check_store_for(app.event_store().as_ref(), &[PRODUCT])
-        .await?;
     let routes = Router::new()
         .route("/products", post(create))
         .route("/products/{id}/name", put(rename))
