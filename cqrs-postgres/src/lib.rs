@@ -4,6 +4,7 @@ mod copy;
 mod error;
 mod group;
 mod listen;
+mod page;
 mod schema;
 mod snapshot;
 mod store;

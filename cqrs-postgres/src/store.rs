@@ -15,14 +15,14 @@ use sqlx::query::Query;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::copy::{read_log, COPY_COLUMNS};
+use crate::copy::read_log;
 use crate::error::{db, to_the_end};
 use crate::group::{Committer, GroupCommit, GroupCommitStats};
 use crate::listen::Notifier;
 use crate::schema::Schema;
 
 /// Positions below this are final: their transactions have all ended.
-const VISIBLE: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16";
+pub(crate) const VISIBLE: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 16";
 
 const COLUMNS: &str = "position, stream_id, aggregate_type, version, event_name, event_version, \
                        payload::text AS payload, event_id, correlation_id, causation_id, \
@@ -38,8 +38,8 @@ const COLUMNS: &str = "position, stream_id, aggregate_type, version, event_name,
 /// `docs/adr/0003-gap-safe-global-log.md`.
 #[derive(Clone)]
 pub struct PgEventStore {
-    pool: PgPool,
-    schema: Arc<Schema>,
+    pub(crate) pool: PgPool,
+    pub(crate) schema: Arc<Schema>,
     notifier: Arc<Notifier>,
     group: Option<Arc<Committer>>,
 }
@@ -95,7 +95,7 @@ fn to_envelope(row: &PgRow) -> Result<Envelope> {
     })
 }
 
-fn to_i64(n: u64, what: &str) -> Result<i64> {
+pub(crate) fn to_i64(n: u64, what: &str) -> Result<i64> {
     i64::try_from(n).map_err(|_| Error::Config(format!("{what} {n} is out of range")))
 }
 
@@ -444,13 +444,11 @@ impl EventReader for PgEventStore {
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<Envelope>> {
         // A binary COPY (see `copy.rs`). COPY takes no parameters: both numbers are formatted
         // into the statement, as integers.
-        let after = to_i64(after, "position")?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let statement = self.schema.sql(&format!(
-            "COPY (SELECT {COPY_COLUMNS} FROM {{schema}}.events
-                    WHERE position > {after} AND position < ({VISIBLE})
-                    ORDER BY position LIMIT {limit}) TO STDOUT (FORMAT binary)"
-        ));
+        // The page's plan holds without statistics: see `page.rs`.
+        let select = crate::page::select(after, limit)?;
+        let statement = self
+            .schema
+            .sql(&format!("COPY ({select}) TO STDOUT (FORMAT binary)"));
         read_log(&self.pool, statement.0).await
     }
 
