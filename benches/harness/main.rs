@@ -22,6 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod kafka;
 mod mongo;
 mod pg;
+mod pg_raw;
 mod rabbit;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -42,6 +43,17 @@ fn wanted(scenario: &str) -> bool {
         None => true,
     }
 }
+
+/// Framework scenarios and the raw baseline each is read against (same invocation).
+const RATIOS: &[(&str, &str)] = &[
+    ("pg_commands_8_writers", "pg_raw_commands_8_writers"),
+    ("pg_commands_32_writers", "pg_raw_commands_32_writers"),
+    ("pg_rebuild_fresh_log_defaults", "pg_raw_select_into_map"),
+    ("pg_rebuild_fresh_log_defaults", "pg_raw_copy"),
+    ("pg_rebuild_into_memory", "pg_raw_select_into_map"),
+    ("rabbitmq_to_projection", "rabbitmq_raw_consume"),
+    ("relay_to_rabbitmq", "rabbitmq_raw_publish"),
+];
 
 /// Every result so far: scenario, events/s, p99 in ms where measured.
 static RESULTS: std::sync::Mutex<Vec<(String, f64, Option<f64>)>> =
@@ -80,6 +92,18 @@ fn summarize(chart: Option<String>) {
         });
         println!("{line}");
         medians.push((name, rate));
+    }
+    // Each framework scenario over its raw baseline of the same invocation.
+    let rate_of = |name: &str| medians.iter().find(|m| m.0 == name).map(|m| m.1);
+    for (framework, baseline) in RATIOS {
+        if let (Some(f), Some(b)) = (rate_of(framework), rate_of(baseline)) {
+            let line = serde_json::json!({
+                "ratio": framework,
+                "over": baseline,
+                "median_ratio": (f / b * 100.0).round() / 100.0,
+            });
+            println!("{line}");
+        }
     }
     if let Some(path) = chart {
         match std::fs::write(&path, svg(&medians)) {

@@ -12,7 +12,7 @@ use shop::product::ProductCommand;
 
 use crate::{report, report_latency, wanted};
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
@@ -61,18 +61,48 @@ pub async fn run(events: u64, runs: u64) {
         }
     }
 
-    // The store as it comes (group commit on), and with every command in a transaction of
-    // its own, for comparison.
-    for (scenario, store) in [
-        ("pg_commands_32_writers", store.clone()),
-        (
-            "pg_commands_32_writers_unbatched",
-            store.clone().without_group_commit(),
-        ),
-    ] {
-        if wanted(scenario) {
-            commands_32_writers(scenario, store, runs).await;
+    // Commands: the app's gateway on the store as it comes (group commit on, the gateway's
+    // defaults), beside a plain sqlx loop of one transaction per command, 8 and 32 writers.
+    let raw_pool = crate::pg_raw::pool().await;
+    for writers in [8u64, 32] {
+        let raw = format!("pg_raw_commands_{writers}_writers");
+        if wanted(&raw) {
+            for _ in 0..runs {
+                crate::pg_raw::raw_table(&raw_pool, "bench_raw", 1_000).await;
+                let (seconds, mut latencies) =
+                    crate::pg_raw::commands(&raw_pool, "bench_raw", writers, 20_000, 1_000).await;
+                report_latency(&raw, 20_000, seconds, &mut latencies);
+            }
         }
+        let scenario = format!("pg_commands_{writers}_writers");
+        if wanted(&scenario) {
+            let app = cqrs_core::App::builder()
+                .with(fresh(&format!("bench_cmd_{writers}")).await)
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            commands(&scenario, app.gateway().clone(), writers, runs).await;
+            app.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    // Tuning: the group commit with more transactions at once (`--group-tx N`).
+    let group_tx = crate::arg("--group-tx", 0) as usize;
+    if group_tx > 0 {
+        for writers in [8u64, 32] {
+            let scenario = format!("pg_commands_{writers}_writers_group_tx_{group_tx}");
+            let store = fresh(&format!("bench_gtx_{writers}"))
+                .await
+                .event_store()
+                .group_commit(cqrs_postgres::GroupCommit::new(group_tx));
+            let gateway = CommandGateway::builder(Arc::new(store) as Arc<dyn EventStore>).build();
+            commands(&scenario, gateway, writers, runs).await;
+        }
+    }
+    if wanted("pg_commands_32_writers_unbatched") {
+        let gateway = CommandGateway::builder(
+            Arc::new(store.clone().without_group_commit()) as Arc<dyn EventStore>
+        )
+        .build();
+        commands("pg_commands_32_writers_unbatched", gateway, 32, runs).await;
     }
 
     // A log of `events` events for the read scenarios.
@@ -80,6 +110,41 @@ pub async fn run(events: u64, runs: u64) {
     let log_store = log.event_store();
     let seconds = seed(&log_store, events, 1_000).await;
     report("pg_append_batched_seed", events, seconds);
+    // Replays of the log as loaded, never analyzed (autovacuum is off here), on the defaults,
+    // beside a plain streaming SELECT decoded into a map and the raw binary COPY.
+    if wanted("pg_raw_copy") {
+        for _ in 0..runs {
+            let (_bytes, seconds) = crate::pg_raw::copy_out(&raw_pool, "bench_log").await;
+            report("pg_raw_copy", events, seconds);
+        }
+    }
+    if wanted("pg_raw_select_into_map") {
+        for _ in 0..runs {
+            let (n, seconds) = crate::pg_raw::select_into_map(&raw_pool, "bench_log").await;
+            report("pg_raw_select_into_map", n, seconds);
+        }
+    }
+    for (scenario, batch) in [
+        ("pg_rebuild_fresh_log_defaults", None),
+        ("pg_rebuild_fresh_log_batch_10000", Some(10_000)),
+    ] {
+        if !wanted(scenario) {
+            continue;
+        }
+        for _ in 0..runs {
+            let mut processor =
+                TrackingProcessor::new(ProductStats, Arc::new(MemoryViewStore::new()));
+            if let Some(size) = batch {
+                processor = processor.batch_size(size);
+            }
+            let start = Instant::now();
+            let n = processor
+                .catch_up(Arc::new(log_store.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            report(scenario, n, start.elapsed().as_secs_f64());
+        }
+    }
     // The first scan of freshly written rows sets their hint bits (minutes of I/O on a big
     // table); a vacuum after a bulk load does it once. Rebuilds below read a settled table.
     let start = Instant::now();
@@ -193,10 +258,9 @@ pub async fn run(events: u64, runs: u64) {
     let _ = store;
 }
 
-/// 32 tasks sending price changes to 1 000 products through the gateway (no state cache: every
-/// command loads its aggregate), each command one event.
-async fn commands_32_writers(scenario: &str, store: PgEventStore, runs: u64) {
-    let gateway = CommandGateway::builder(Arc::new(store) as Arc<dyn EventStore>).build();
+/// `writers` tasks sending 20 000 price changes to 1 000 products through `gateway` (its
+/// defaults: a state cache), each command one event.
+async fn commands(scenario: &str, gateway: CommandGateway, writers: u64, runs: u64) {
     for p in 0..1_000 {
         gateway
             .send(ProductCommand::Create {
@@ -211,7 +275,7 @@ async fn commands_32_writers(scenario: &str, store: PgEventStore, runs: u64) {
         let n = 20_000u64;
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for t in 0..32u64 {
+        for t in 0..writers {
             let gateway = gateway.clone();
             let scenario = scenario.to_owned();
             tasks.push(tokio::spawn(async move {
@@ -227,7 +291,7 @@ async fn commands_32_writers(scenario: &str, store: PgEventStore, runs: u64) {
                         .await
                         .unwrap_or_else(|e| panic!("{e}"));
                     latencies.push(began.elapsed());
-                    i += 32;
+                    i += writers;
                 }
                 latencies
             }));
