@@ -34,11 +34,49 @@ fn uuid_like() -> String {
     .collect()
 }
 
+/// **Baseline**: a plain rdkafka `BaseConsumer` in a group of its own reading the bus's topics
+/// from the start, counting messages and their bytes, nothing decoded; timed from the first.
+fn raw_consume(bus: &KafkaBus, events: u64) -> f64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::Message as _;
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("raw{}", uuid_like()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let topics: Vec<String> = ["product", "comment"]
+        .iter()
+        .map(|t| bus.topic(t).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut start, mut seen, mut bytes) = (None, 0u64, 0usize);
+    while seen < events {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                start.get_or_insert_with(Instant::now);
+                bytes += message.payload().map_or(0, <[u8]>::len);
+                seen += 1;
+            }
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+    assert!(bytes > 0);
+    start.map_or(0.0, |s| s.elapsed().as_secs_f64())
+}
+
 pub async fn run(events: u64, runs: u64, products: u64) {
     let envelopes = catalog_envelopes(events, products);
     for partitions in [1, 3] {
         let scenario = format!("kafka_to_projection_{partitions}p");
-        if !wanted(&scenario) {
+        let raw = format!("kafka_raw_consume_{partitions}p");
+        if !wanted(&scenario) && !wanted(&raw) {
             continue;
         }
         for _ in 0..runs {
@@ -46,12 +84,23 @@ pub async fn run(events: u64, runs: u64, products: u64) {
             for chunk in envelopes.chunks(50_000) {
                 bus.publish(chunk).await.unwrap_or_else(|e| panic!("{e}"));
             }
-            let mut source = bus
-                .subscribe("bench", &["product", "comment"], Duration::from_secs(1))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let seconds = consume_into_stats(source.as_mut(), events, 10_000).await;
-            report(&scenario, events, seconds);
+            // The same messages read twice, in one invocation: a plain consumer, then the bus
+            // into the processor on its default batch size.
+            if wanted(&raw) {
+                let reader = bus.clone();
+                let seconds = tokio::task::spawn_blocking(move || raw_consume(&reader, events))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                report(&raw, events, seconds);
+            }
+            if wanted(&scenario) {
+                let mut source = bus
+                    .subscribe("bench", &["product", "comment"], Duration::from_secs(1))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let seconds = consume_into_stats(source.as_mut(), events, 1_000).await;
+                report(&scenario, events, seconds);
+            }
         }
     }
     if wanted("relay_to_kafka") {

@@ -51,6 +51,8 @@ const RATIOS: &[(&str, &str)] = &[
     ("pg_rebuild_fresh_log_defaults", "pg_raw_select_into_map"),
     ("pg_rebuild_fresh_log_defaults", "pg_raw_copy"),
     ("pg_rebuild_into_memory", "pg_raw_select_into_map"),
+    ("kafka_to_projection_1p", "kafka_raw_consume_1p"),
+    ("kafka_to_projection_3p", "kafka_raw_consume_3p"),
     ("rabbitmq_to_projection", "rabbitmq_raw_consume"),
     ("relay_to_rabbitmq", "rabbitmq_raw_publish"),
 ];
