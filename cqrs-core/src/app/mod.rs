@@ -129,7 +129,7 @@ impl AppBuilder {
     /// older than its data refuses to start rather than dead-letter or stop later.
     ///
     /// # Errors
-    /// [`Error::UnknownEvent`](crate::Error::UnknownEvent) naming the first unknown name; a
+    /// [`Error::UnknownEvent`] naming the first unknown name; a
     /// backend error.
     pub async fn check_store_for(self, aggregate_types: &[&str]) -> Result<Self> {
         crate::registry::registry()
