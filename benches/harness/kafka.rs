@@ -76,7 +76,8 @@ pub async fn run(events: u64, runs: u64, products: u64) {
     for partitions in [1, 3] {
         let scenario = format!("kafka_to_projection_{partitions}p");
         let raw = format!("kafka_raw_consume_{partitions}p");
-        if !wanted(&scenario) && !wanted(&raw) {
+        if !wanted(&scenario) && !wanted(&raw) && !wanted(&format!("kafka_bus_only_{partitions}p"))
+        {
             continue;
         }
         for _ in 0..runs {
@@ -92,6 +93,33 @@ pub async fn run(events: u64, runs: u64, products: u64) {
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
                 report(&raw, events, seconds);
+            }
+            // Where the time goes: the bus alone (decode, offsets committed), no processor.
+            let bus_only = format!("kafka_bus_only_{partitions}p");
+            if wanted(&bus_only) {
+                let mut source = bus
+                    .subscribe(
+                        "bench-bus-only",
+                        &["product", "comment"],
+                        Duration::from_secs(1),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let (mut start, mut seen) = (None, 0u64);
+                while seen < events {
+                    let batch = source
+                        .next_batch(crate::arg("--bus-batch", 1_000) as usize)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    if batch.events.is_empty() {
+                        continue;
+                    }
+                    start.get_or_insert_with(Instant::now);
+                    seen += batch.events.len() as u64;
+                    source.ack(&batch).await.unwrap_or_else(|e| panic!("{e}"));
+                }
+                let seconds = start.map_or(0.0, |s: Instant| s.elapsed().as_secs_f64());
+                report(&bus_only, events, seconds);
             }
             if wanted(&scenario) {
                 let mut source = bus

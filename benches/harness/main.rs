@@ -7,6 +7,8 @@
 //! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`), `--mongo` (also the MongoDB
 //! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`),
 //! `--rabbitmq` (also the RabbitMQ scenarios, on `AMQP_URL`, `--rabbit-events N`, 100 000).
+//! Tuning knobs: `--group-tx N` (PostgreSQL commands with a group commit of N transactions),
+//! `--bus-batch N` (the batch size of `kafka_bus_only_*`).
 
 use std::time::Instant;
 
