@@ -57,6 +57,8 @@ const RATIOS: &[(&str, &str)] = &[
     ("kafka_to_projection_3p", "kafka_raw_consume_3p"),
     ("rabbitmq_to_projection", "rabbitmq_raw_consume"),
     ("relay_to_rabbitmq", "rabbitmq_raw_publish"),
+    ("mongo_read_model_transaction", "mongo_raw_upserts"),
+    ("mongo_read_model_idempotent", "mongo_raw_upserts"),
 ];
 
 /// Every result so far: scenario, events/s, p99 in ms where measured.

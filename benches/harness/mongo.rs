@@ -14,9 +14,66 @@ fn uri() -> String {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
 }
 
+/// **Baseline**: a plain `mongodb` program doing the projection's work: each payload parsed,
+/// the per-product figures folded in memory, and after every batch each changed document
+/// written with one upsert (`replace_one`, in turn). No revisions, no stream versions, no
+/// checkpoint.
+async fn raw_upserts(db: &mongodb::Database, envelopes: &[cqrs_core::processor::Batch]) -> u64 {
+    use mongodb::bson::{doc, Document};
+    use std::collections::{HashMap, HashSet};
+
+    let views = db.collection::<Document>("raw_views");
+    let mut state: HashMap<String, (i64, i64, i64, i64)> = HashMap::new();
+    let mut n = 0u64;
+    for batch in envelopes {
+        let mut changed: HashSet<String> = HashSet::new();
+        for e in &batch.events {
+            let payload: serde_json::Value =
+                serde_json::from_slice(&e.payload).unwrap_or_else(|e| panic!("{e}"));
+            let product = payload["product_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let entry = state.entry(product.clone()).or_default();
+            if let Some(price) = payload["price_cents"].as_i64() {
+                (entry.0, entry.1) = (price, entry.1 + 1);
+            }
+            if let Some(rating) = payload["rating"].as_i64() {
+                (entry.2, entry.3) = (entry.2 + rating, entry.3 + 1);
+            }
+            changed.insert(product);
+            n += 1;
+        }
+        for id in changed {
+            let (price, changes, sum, ratings) = state[&id];
+            let view = doc! { "_id": &id, "price_cents": price, "changes": changes,
+            "rating_sum": sum, "ratings": ratings };
+            views
+                .replace_one(doc! { "_id": &id }, view)
+                .upsert(true)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    n
+}
+
 pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
     // Larger batches than in memory: each batch is one round trip of view upserts.
     let envelopes = batches(catalog_envelopes(events, products), 10_000);
+    if wanted("mongo_raw_upserts") {
+        for run in 0..runs {
+            let client = mongodb::Client::with_uri_str(uri())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let db = client.database(&format!("bench_raw_{run}"));
+            db.drop().await.unwrap_or_else(|e| panic!("{e}"));
+            let start = Instant::now();
+            let n = raw_upserts(&db, &envelopes).await;
+            report("mongo_raw_upserts", n, start.elapsed().as_secs_f64());
+            db.drop().await.unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
     for (scenario, mode) in [
         ("mongo_read_model_transaction", CommitMode::Transaction),
         ("mongo_read_model_idempotent", CommitMode::Idempotent),
