@@ -6,39 +6,17 @@
 //! `/usr/bin/chromedriver`, `/usr/bin/chromium`); `./scripts/test.sh` installs both.
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{scored, serve, Scores, FIXED};
 use cqrs_axum::OpsApi;
 use cqrs_core::memory::MemoryEventStore;
-use cqrs_core::testing::envelope_of;
-use cqrs_core::{App, BoxError, Envelope, ErrorPolicy, Projection};
+use cqrs_core::{App, ErrorPolicy};
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Scored {
-    pub points: u32,
-}
-cqrs_core::event!(Scored, "console.Scored");
-
-/// Until the "fix" is deployed, the handler refuses odd scores.
-static FIXED: AtomicBool = AtomicBool::new(false);
-
-struct Scores;
-impl Projection for Scores {
-    const NAME: &'static str = "scores";
-    type Event = Scored;
-    type View = u32;
-    fn apply(&self, view: &mut Option<u32>, e: &Scored, _: &Envelope) -> Result<(), BoxError> {
-        if e.points % 2 == 1 && !FIXED.load(Ordering::SeqCst) {
-            return Err(format!("odd score {}", e.points).into());
-        }
-        *view.get_or_insert(0) += e.points;
-        Ok(())
-    }
-}
 
 fn program(var: &str, default: &str) -> String {
     let path = std::env::var(var).unwrap_or_else(|_| default.to_owned());
@@ -135,15 +113,7 @@ async fn the_console_shows_a_dead_letter_and_retries_it_with_the_token() {
     let scored = [(2, "p-1"), (3, "p-2"), (4, "p-1")]
         .iter()
         .enumerate()
-        .map(|(i, (points, stream))| {
-            envelope_of(
-                "player",
-                stream,
-                i as u64 + 1,
-                0,
-                &Scored { points: *points },
-            )
-        })
+        .map(|(i, (points, stream))| scored(stream, i as u64 + 1, *points))
         .collect();
     store.insert_raw(scored);
     let app = App::builder()
@@ -154,18 +124,10 @@ async fn the_console_shows_a_dead_letter_and_retries_it_with_the_token() {
         })
         .build()
         .expect("build");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
     let router = OpsApi::new("scores", app.ops())
         .token(Some("console-token"))
         .router();
-    tokio::spawn(cqrs_axum::serve_until(
-        listener,
-        router,
-        std::future::pending(),
-    ));
+    let url = serve(router).await;
     let ops = app.ops();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let letter = loop {

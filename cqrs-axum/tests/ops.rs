@@ -2,65 +2,19 @@
 //! letters, and retries behind the bearer token.
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{scored, serve, until, Scores, FIXED};
 use cqrs_axum::{DeadLetterPage, HealthAnswer, OpsApi};
 use cqrs_core::memory::MemoryEventStore;
-use cqrs_core::testing::{envelope_of, raw_envelope};
-use cqrs_core::{App, BoxError, Envelope, ErrorPolicy, Projection};
+use cqrs_core::testing::raw_envelope;
+use cqrs_core::{App, Envelope, ErrorPolicy};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Scored {
-    pub points: u32,
-}
-cqrs_core::event!(Scored, "ops.Scored");
-
-/// Until the "fix" is deployed, the handler refuses odd scores.
-static FIXED: AtomicBool = AtomicBool::new(false);
-
-struct Scores;
-impl Projection for Scores {
-    const NAME: &'static str = "scores";
-    type Event = Scored;
-    type View = u32;
-    fn apply(&self, view: &mut Option<u32>, e: &Scored, _: &Envelope) -> Result<(), BoxError> {
-        if e.points % 2 == 1 && !FIXED.load(Ordering::SeqCst) {
-            return Err(format!("odd score {}", e.points).into());
-        }
-        *view.get_or_insert(0) += e.points;
-        Ok(())
-    }
-}
-
-/// Serves `router` on a free port; returns its base URL.
-async fn serve(router: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(cqrs_axum::serve_until(
-        listener,
-        router,
-        std::future::pending(),
-    ));
-    url
-}
-
-fn scored(stream: &str, version: u64, points: u32) -> Envelope {
-    envelope_of("player", stream, version, 0, &Scored { points })
-}
-
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_paged_and_retried_only_with_the_token() {
