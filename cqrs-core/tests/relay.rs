@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::add;
+use common::{add, seed};
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore};
 use cqrs_core::registry::StoredType;
 use cqrs_core::{
@@ -92,4 +92,68 @@ async fn a_relay_restarted_with_nothing_to_publish_stays_idle() {
         .await
         .expect("the new event published");
     handle.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_relay_limited_to_some_aggregate_types_publishes_only_those() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    seed(&gateway, 2, 3).await;
+    let other = cqrs_core::NewEvent {
+        event_name: "other.Happened".into(),
+        event_version: 1,
+        payload: bytes::Bytes::from_static(b"{}"),
+        metadata: cqrs_core::Metadata::new(),
+    };
+    cqrs_core::EventAppender::append(
+        store.as_ref(),
+        "other",
+        "o-1",
+        cqrs_core::ExpectedVersion::Any,
+        vec![other.clone(), other],
+    )
+    .await
+    .expect("append");
+    seed(&gateway, 1, 1).await;
+    let bus = Arc::new(MemoryEventBus::new(1));
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    let counters = Relay::new("counters", store.clone(), bus.clone(), checkpoints.clone())
+        .only(["counter"])
+        .batch_size(2);
+    assert_eq!(counters.publish_pending().await.expect("publish"), 7);
+    assert_eq!(bus.topic_len("counter"), 7);
+    assert_eq!(bus.topic_len("other"), 0);
+    // Its checkpoint moved past the events it left out.
+    assert_eq!(
+        cqrs_core::CheckpointStore::load(checkpoints.as_ref(), "counters")
+            .await
+            .expect("load"),
+        Some(store.len() as u64)
+    );
+    assert_eq!(counters.publish_pending().await.expect("again"), 0);
+    let others =
+        Relay::new("others", store.clone(), bus.clone(), checkpoints.clone()).only(["other"]);
+    assert_eq!(others.publish_pending().await.expect("publish"), 2);
+    assert_eq!(bus.topic_len("other"), 2);
+
+    // An empty list is a configuration error, not a relay that skips everything for good.
+    let nothing = Relay::new("nothing", store.clone(), bus.clone(), checkpoints.clone())
+        .only(Vec::<String>::new());
+    assert!(matches!(
+        nothing.publish_pending().await,
+        Err(cqrs_core::Error::Config(_))
+    ));
+    assert!(matches!(
+        nothing
+            .run(tokio_util::sync::CancellationToken::new())
+            .await,
+        Err(cqrs_core::Error::Config(_))
+    ));
+    assert_eq!(
+        cqrs_core::CheckpointStore::load(checkpoints.as_ref(), "nothing")
+            .await
+            .expect("load"),
+        None,
+        "its checkpoint did not move"
+    );
 }

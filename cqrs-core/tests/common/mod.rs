@@ -1,8 +1,44 @@
 //! A small domain for the framework's own tests: counters and a tally of what was applied.
 #![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
-use cqrs_core::{Aggregate, BoxError, Command, Envelope, Projection};
+use std::sync::Arc;
+
+use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
+use cqrs_core::{
+    Aggregate, BoxError, Command, CommandGateway, Envelope, Projection, Query, ReadModel,
+    TrackingProcessor, ViewQuery,
+};
 use serde::{Deserialize, Serialize};
+
+/// Sends `each` rounds of one command to each of `streams` counters.
+pub async fn seed(gateway: &CommandGateway, streams: u64, each: u64) {
+    for round in 0..each {
+        for s in 0..streams {
+            gateway
+                .send(add(&format!("counter-{s}"), round + 1))
+                .await
+                .expect("send");
+        }
+    }
+}
+
+/// Every view of the tally.
+pub async fn views(store: &Arc<MemoryViewStore>) -> Vec<(String, TallyView)> {
+    ReadModel::<Tally>::new(store.clone() as Arc<dyn ViewQuery>)
+        .find(&Query::all())
+        .await
+        .expect("find")
+}
+
+/// The tally as a from-scratch replay of the store builds it.
+pub async fn replay(store: Arc<MemoryEventStore>) -> Vec<(String, TallyView)> {
+    let fresh = Arc::new(MemoryViewStore::new());
+    TrackingProcessor::new(Tally::default(), fresh.clone())
+        .catch_up(store)
+        .await
+        .expect("replay");
+    views(&fresh).await
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Added {
