@@ -10,7 +10,8 @@ use parking_lot::Mutex;
 use sqlx::Row;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::store::{committed, version_check, Columns, PgEventStore};
+use crate::append::{committed, version_check, Columns};
+use crate::store::PgEventStore;
 
 /// Most events one transaction can hold: positions give each transaction 16 bits of ordinals.
 const MAX_EVENTS: usize = 1 << 16;

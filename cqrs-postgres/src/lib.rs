@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod append;
 mod copy;
 mod error;
 mod group;
@@ -16,11 +17,12 @@ use std::time::Duration;
 use cqrs_core::Result;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+pub use crate::append::PgAppendTx;
 pub use crate::group::{GroupCommit, GroupCommitStats};
 pub use crate::schema::validate_schema_name;
 use crate::schema::Schema;
 pub use crate::snapshot::{PgCheckpointStore, PgSnapshotStore};
-pub use crate::store::{PgAppendTx, PgEventStore};
+pub use crate::store::PgEventStore;
 pub use crate::view::PgViewStore;
 
 /// A PostgreSQL database and the schema the framework's tables live in. Cheap to clone.
