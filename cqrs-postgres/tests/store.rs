@@ -1,6 +1,7 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! The PostgreSQL event store on a real server: conformance, the gap test, concurrent
-//! writers, snapshots, bad input.
+//! writers, snapshots. Bad input is in `bad_input.rs`, appends in a caller's transaction in
+//! `transactions.rs`.
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{add, fresh, Counter};
-use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
+use common::{add, event, fresh, Counter};
+use cqrs_core::envelope::{ExpectedVersion, NewEvent};
 use cqrs_core::store::Snapshot;
 use cqrs_core::{
     Backoff, CheckpointStore, CommandError, CommandGateway, Error, EventAppender, EventReader,
@@ -34,17 +35,6 @@ async fn the_postgres_store_passes_the_conformance_suite() {
     let all: Vec<Postgres> = schemas.lock().drain(..).collect();
     for pg in all {
         pg.drop_schema().await.expect("drop");
-    }
-}
-
-fn event(writer: u64, n: u64) -> NewEvent {
-    let mut metadata = Metadata::new();
-    metadata.user.insert("writer".into(), writer.to_string());
-    NewEvent {
-        event_name: "pgtest.Gap".into(),
-        event_version: 1,
-        payload: Bytes::from(format!("{{\"writer\":{writer},\"n\":{n}}}")),
-        metadata,
     }
 }
 
@@ -348,236 +338,5 @@ async fn snapshots_and_checkpoints_round_trip() {
         gateway.load::<Counter>("snap").await.expect("load").0.total,
         28
     );
-    pg.drop_schema().await.expect("drop");
-}
-
-#[tokio::test]
-async fn invalid_schema_names_are_refused() {
-    for bad in [
-        "",
-        "Shop",
-        "shop; DROP TABLE x",
-        "a.b",
-        "\"quoted\"",
-        "1abc",
-        "with space",
-        &"x".repeat(49),
-    ] {
-        let err = Postgres::connect(&common::database_url(), bad)
-            .await
-            .expect_err(bad);
-        assert!(
-            matches!(err, Error::Config(ref m) if m.contains("invalid schema name")),
-            "{bad:?}: {err}"
-        );
-    }
-    cqrs_postgres::validate_schema_name("shop_v2").expect("a good name");
-    println!("[fault] PostgreSQL names: 8 hostile schema names refused with a typed error");
-}
-
-#[tokio::test]
-async fn a_password_never_shows_in_debug_output_or_errors() {
-    let url =
-        common::database_url().replacen("postgres://postgres@", "postgres://postgres:s3cret@", 1);
-    if let Ok(pg) = Postgres::connect(&url, "t_debug").await {
-        assert!(!format!("{pg:?}").contains("s3cret"));
-    }
-    let err = Postgres::connect(
-        "postgres://postgres:s3cret@127.0.0.1:1/x?sslmode=bogus",
-        "t_debug",
-    )
-    .await
-    .expect_err("bad url");
-    assert!(!err.to_string().contains("s3cret"), "{err}");
-}
-
-#[tokio::test]
-async fn a_corrupted_row_gives_a_typed_error_naming_it() {
-    let pg = fresh().await;
-    let store = pg.event_store();
-    let appended = store
-        .append("counter", "c", ExpectedVersion::NEW, vec![event(1, 1)])
-        .await
-        .expect("append");
-    let position = appended[0].position;
-    // Metadata that is not a map of strings, written behind the store's back.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {}.events SET meta = '[1, 2]'::jsonb",
-        pg.schema()
-    )))
-    .execute(pg.pool())
-    .await
-    .expect("corrupt");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let err = loop {
-        match store.read_all(0, 10).await {
-            Err(e) => break e,
-            Ok(none) if none.is_empty() && Instant::now() < deadline => {
-                store
-                    .wait_for_events(0, Duration::from_millis(50))
-                    .await
-                    .expect("wait");
-            }
-            Ok(other) => panic!("corrupted metadata was read: {other:?}"),
-        }
-    };
-    assert!(
-        matches!(&err, Error::Malformed { what, .. } if what.contains(&format!("position {position}"))),
-        "{err}"
-    );
-    // The failed read left no connection in the middle of its COPY: the pool goes on serving
-    // every kind of statement, more times than it has connections.
-    for _ in 0..24 {
-        assert!(matches!(
-            store.read_all(0, 10).await,
-            Err(Error::Malformed { .. })
-        ));
-        assert_eq!(store.head().await.expect("head"), position);
-        assert!(matches!(
-            store.read_stream("c", 0).await,
-            Err(Error::Malformed { .. })
-        ));
-    }
-    store
-        .append("counter", "d", ExpectedVersion::NEW, vec![event(1, 1)])
-        .await
-        .expect("append after the failed reads");
-    assert_eq!(store.read_stream("d", 0).await.expect("read").len(), 1);
-    // Not migrated: a clear configuration error, not a retry loop.
-    let bare = Postgres::connect(&common::database_url(), "t_never_migrated")
-        .await
-        .expect("connect");
-    let err = bare
-        .event_store()
-        .read_all(0, 1)
-        .await
-        .expect_err("no tables");
-    assert!(
-        matches!(&err, Error::Config(m) if m.contains("migrate")),
-        "{err}"
-    );
-    pg.drop_schema().await.expect("drop");
-}
-
-/// The log once `position` is readable (other tests' transactions may hold it back briefly).
-async fn settled(store: &cqrs_postgres::PgEventStore, position: u64) -> Vec<cqrs_core::Envelope> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let all = store.read_all(0, 1000).await.expect("read");
-        if all.iter().any(|e| e.position >= position) {
-            return all;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "position {position} never became readable"
-        );
-        store
-            .wait_for_events(0, Duration::from_millis(50))
-            .await
-            .expect("wait");
-    }
-}
-
-#[tokio::test]
-async fn appends_in_one_transaction_commit_together_or_not_at_all() {
-    let pg = fresh().await;
-    let store = pg.event_store();
-    let mut tx = store.begin().await.expect("begin");
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {}.checkpoints VALUES ('own', 1)",
-        pg.schema()
-    )))
-    .execute(tx.connection())
-    .await
-    .expect("the caller's own write first");
-    let a = tx
-        .append(
-            "counter",
-            "a",
-            ExpectedVersion::NEW,
-            vec![event(1, 1), event(1, 2)],
-        )
-        .await
-        .expect("a");
-    let b = tx
-        .append("counter", "b", ExpectedVersion::NEW, vec![event(1, 3)])
-        .await
-        .expect("b");
-    assert!(
-        a[0].position < a[1].position && a[1].position < b[0].position,
-        "positions follow the appends"
-    );
-    assert!(
-        store.read_all(0, 10).await.expect("read").is_empty(),
-        "invisible before commit"
-    );
-    tx.commit().await.expect("commit");
-    let all = settled(&store, b[0].position).await;
-    assert_eq!(all.len(), 3);
-    assert_eq!(
-        pg.checkpoint_store().load("own").await.expect("own"),
-        Some(1)
-    );
-
-    let mut tx = store.begin().await.expect("begin");
-    tx.append("counter", "c", ExpectedVersion::NEW, vec![event(1, 4)])
-        .await
-        .expect("c");
-    tx.rollback().await.expect("rollback");
-    assert_eq!(
-        store.read_all(0, 10).await.expect("read").len(),
-        3,
-        "a rollback writes nothing"
-    );
-    assert!(store.read_stream("c", 0).await.expect("c").is_empty());
-    pg.drop_schema().await.expect("drop");
-}
-
-/// A binary from before migration 0003 calls `append_events` with `jsonb[]` payloads; during
-/// a rolling upgrade it must still append, and its events read back like any other.
-#[tokio::test]
-async fn an_older_binary_still_appends_after_the_migrations() {
-    let pg = fresh().await;
-    let schema = pg.schema().to_owned();
-    let sql = format!(
-        "SELECT out_position, out_version, out_actual FROM {schema}.append_events(
-            $1, $2, $3, $4, $5, $6, $7::text[]::jsonb[], $8, $9, $10, $11, $12::text[]::jsonb[])"
-    );
-    let rows: Vec<(Option<i64>, Option<i64>, Option<i64>)> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind("old-1")
-            .bind("old")
-            .bind(0i64)
-            .bind(true)
-            .bind(vec!["pgtest.Old"])
-            .bind(vec![1i32])
-            .bind(vec![r#"{"n": 1}"#])
-            .bind(vec![uuid::Uuid::new_v4()])
-            .bind(vec![uuid::Uuid::new_v4()])
-            .bind(vec![None::<uuid::Uuid>])
-            .bind(vec![chrono::Utc::now()])
-            .bind(vec![Some(r#"{"user": "alice"}"#)])
-            .fetch_all(pg.pool())
-            .await
-            .expect("the old call");
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].1, Some(1));
-    assert_eq!(rows[0].2, None);
-    let store = pg.event_store();
-    let events = store.read_stream("old-1", 0).await.expect("read");
-    assert_eq!(events.len(), 1);
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&events[0].payload).unwrap()["n"],
-        1
-    );
-    assert_eq!(
-        events[0].metadata.user.get("user").map(String::as_str),
-        Some("alice")
-    );
-    // And the version check still holds for it.
-    let conflict = store
-        .append("old", "old-1", ExpectedVersion::NEW, vec![event(0, 0)])
-        .await;
-    assert!(matches!(conflict, Err(Error::Conflict { actual: 1, .. })));
     pg.drop_schema().await.expect("drop");
 }

@@ -106,3 +106,15 @@ impl Projection for Tally {
         Ok(())
     }
 }
+
+/// A raw event of writer `writer`, its `n`th.
+pub fn event(writer: u64, n: u64) -> cqrs_core::envelope::NewEvent {
+    let mut metadata = cqrs_core::envelope::Metadata::new();
+    metadata.user.insert("writer".into(), writer.to_string());
+    cqrs_core::envelope::NewEvent {
+        event_name: "pgtest.Gap".into(),
+        event_version: 1,
+        payload: bytes::Bytes::from(format!("{{\"writer\":{writer},\"n\":{n}}}")),
+        metadata,
+    }
+}
