@@ -1,8 +1,9 @@
 //! The event bus: carries envelopes between services.
 //!
-//! Contract: publishing keys every event by its stream id, so one stream's events keep their
+//! Contract: publishing keys every event by its routing key (its stream id unless the event
+//! names another, see [`crate::routing`]), so one stream's events, and one view's, keep their
 //! order for every subscriber; a subscription belongs to a named consumer group whose members
-//! share the work; a batch is acknowledged only after it was handled, so delivery is
+//! share the work, each holding the same partitions of every topic it reads; a batch is acknowledged only after it was handled, so delivery is
 //! at-least-once and a restarted member resumes after the last acknowledged batch.
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::processor::{EventSource, Feed};
 /// Publishes envelopes and opens consumer-group subscriptions.
 #[async_trait]
 pub trait EventBus: Send + Sync {
-    /// Publishes events (to the topic of their aggregate type, keyed by stream id). Returns once
+    /// Publishes events (to the topic of their aggregate type, keyed by routing key). Returns once
     /// the bus has accepted all of them.
     ///
     /// # Errors

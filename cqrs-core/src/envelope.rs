@@ -26,6 +26,12 @@ pub struct Metadata {
     /// The idempotency key the command was sent with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The key that decides which partition or segment carries the event, when it is not the
+    /// stream id: the id of the view the event changes (a comment routed by its product).
+    /// A stream keeps one routing key for its whole life; stores fill it in on the events
+    /// that do not name it (see [`crate::routing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
     /// When the event was committed (as the writer's clock saw it).
     pub timestamp: DateTime<Utc>,
     /// Free key/values: user id, tenant, request path...
@@ -43,6 +49,7 @@ impl Metadata {
             causation_id: None,
             command_id: None,
             idempotency_key: None,
+            routing_key: None,
             timestamp: now(),
             user: BTreeMap::new(),
         }
@@ -58,15 +65,35 @@ pub const RESERVED_PREFIX: &str = "cqrs.";
 pub const COMMAND_ID_KEY: &str = "cqrs.command_id";
 /// As [`COMMAND_ID_KEY`], for [`Metadata::idempotency_key`].
 pub const IDEMPOTENCY_KEY: &str = "cqrs.idempotency_key";
+/// As [`COMMAND_ID_KEY`], for [`Metadata::routing_key`].
+pub const ROUTING_KEY: &str = "cqrs.routing_key";
+
+/// A stored map of metadata (see [`Metadata::stored_map`]) split into its parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredParts {
+    /// The user key/values.
+    pub user: BTreeMap<String, String>,
+    /// [`Metadata::command_id`].
+    pub command_id: Option<Uuid>,
+    /// [`Metadata::idempotency_key`].
+    pub idempotency_key: Option<String>,
+    /// [`Metadata::routing_key`].
+    pub routing_key: Option<String>,
+}
 
 impl Metadata {
-    /// The user key/values with the command id and idempotency key added under their reserved
-    /// keys: what a backend stores as one map of strings. Borrowed when there is nothing to add.
+    /// The user key/values with the command id, idempotency key and routing key added under
+    /// their reserved keys: what a backend stores as one map of strings. Borrowed when there
+    /// is nothing to add.
     /// User keys under [`RESERVED_PREFIX`] are left out, so that none can pass for the
     /// framework's own.
     pub fn stored_map(&self) -> std::borrow::Cow<'_, BTreeMap<String, String>> {
         let reserved = self.user.keys().any(|k| k.starts_with(RESERVED_PREFIX));
-        if self.command_id.is_none() && self.idempotency_key.is_none() && !reserved {
+        if self.command_id.is_none()
+            && self.idempotency_key.is_none()
+            && self.routing_key.is_none()
+            && !reserved
+        {
             return std::borrow::Cow::Borrowed(&self.user);
         }
         let mut map = self.user.clone();
@@ -77,18 +104,20 @@ impl Metadata {
         if let Some(key) = &self.idempotency_key {
             map.insert(IDEMPOTENCY_KEY.to_owned(), key.clone());
         }
+        if let Some(key) = &self.routing_key {
+            map.insert(ROUTING_KEY.to_owned(), key.clone());
+        }
         std::borrow::Cow::Owned(map)
     }
 
-    /// Splits a stored map (see [`stored_map`](Self::stored_map)) into the user key/values,
-    /// the command id and the idempotency key.
+    /// Splits a stored map (see [`stored_map`](Self::stored_map)) into the user key/values
+    /// and the framework's own keys.
     ///
     /// # Errors
     /// The reason, when the stored command id is not a UUID.
-    #[allow(clippy::type_complexity)]
     pub fn split_stored_map(
         mut map: BTreeMap<String, String>,
-    ) -> std::result::Result<(BTreeMap<String, String>, Option<Uuid>, Option<String>), String> {
+    ) -> std::result::Result<StoredParts, String> {
         let command_id = match map.remove(COMMAND_ID_KEY) {
             Some(text) => Some(
                 Uuid::parse_str(&text)
@@ -96,8 +125,14 @@ impl Metadata {
             ),
             None => None,
         };
-        let key = map.remove(IDEMPOTENCY_KEY);
-        Ok((map, command_id, key))
+        let idempotency_key = map.remove(IDEMPOTENCY_KEY);
+        let routing_key = map.remove(ROUTING_KEY);
+        Ok(StoredParts {
+            user: map,
+            command_id,
+            idempotency_key,
+            routing_key,
+        })
     }
 }
 
@@ -149,6 +184,15 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The key that decides which partition or segment carries this event: its
+    /// [`Metadata::routing_key`], else its stream id.
+    pub fn routing_key(&self) -> &str {
+        self.metadata
+            .routing_key
+            .as_deref()
+            .unwrap_or(&self.stream_id)
+    }
+
     /// Where this event sits, for error messages.
     pub fn event_ref(&self) -> EventRef {
         EventRef {

@@ -63,6 +63,20 @@ pub enum Error {
         /// The aggregate type that wrote it.
         actual: String,
     },
+    /// An event whose routing key differs from its stream's: a stream keeps one routing key
+    /// for its whole life, so its events stay in one partition and in order (see
+    /// `docs/adr/0011`).
+    #[error(
+        "stream `{stream_id}` is routed by `{expected}`; an event may not route it by `{actual}`"
+    )]
+    RoutingKeyChanged {
+        /// The stream.
+        stream_id: String,
+        /// The stream's routing key (its id, when its events name none).
+        expected: String,
+        /// The routing key the refused event named.
+        actual: String,
+    },
     /// A view document changed since it was loaded (another processor wrote it).
     #[error("view `{id}` of projection `{projection}` changed concurrently: expected revision {expected}, found {actual}")]
     ViewConflict {

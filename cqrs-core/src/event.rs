@@ -37,6 +37,15 @@ pub trait Event: Serialize + DeserializeOwned + Debug + Send + Sync + 'static {
     const NAME: &'static str;
     /// The schema version of the payload; bump it and register an upcaster when the shape changes.
     const VERSION: u32 = 1;
+
+    /// The key that routes this event to a partition or segment when it is not the stream id:
+    /// the id of the view it changes. Declare it with `routing_key = field` in
+    /// [`event!`](macro@crate::event). A stream keeps the key of its first event; an event
+    /// that names another is refused with [`Error::RoutingKeyChanged`] (see
+    /// [`crate::routing`]).
+    fn routing_key(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Object-safe view of any registered event, (de)serialized through `typetag` by its stable name.
@@ -70,6 +79,10 @@ pub trait EventSet: Debug + Send + Sync + Sized + 'static {
     fn event_name(&self) -> &'static str;
     /// The schema version of this event.
     fn event_version(&self) -> u32;
+    /// The routing key this event names, if any (see [`Event::routing_key`]).
+    fn routing_key(&self) -> Option<&str> {
+        None
+    }
     /// The event serialized as a JSON payload.
     ///
     /// # Errors
@@ -113,7 +126,9 @@ pub fn decode_payload<E: Event>(envelope: &Envelope) -> Result<E> {
     })
 }
 
-/// Declares a struct as an [`Event`] with its stable name and, when not 1, its version.
+/// Declares a struct as an [`Event`] with its stable name and, when not 1, its version; and,
+/// when its stream is not the key of the views it changes, the field that names its routing
+/// key (see [`Event::routing_key`]).
 ///
 /// It also registers the event with the global [`Registry`](crate::registry::Registry)
 /// (through `inventory`) and with `typetag`, so every stored name can be checked at start-up
@@ -124,16 +139,39 @@ pub fn decode_payload<E: Event>(envelope: &Envelope) -> Result<E> {
 /// #[derive(Debug, Clone, Serialize, Deserialize)]
 /// pub struct PriceChanged { pub cents: i64 }
 /// cqrs_core::event!(PriceChanged, "doc.PriceChanged");
+///
+/// /// A review changes its product's view: it routes by the product id.
+/// #[derive(Debug, Clone, Serialize, Deserialize)]
+/// pub struct Reviewed { pub product_id: String, pub stars: u8 }
+/// cqrs_core::event!(Reviewed, "doc.Reviewed", version = 2, routing_key = product_id);
+///
+/// use cqrs_core::Event;
+/// let review = Reviewed { product_id: "p-1".into(), stars: 5 };
+/// assert_eq!(review.routing_key(), Some("p-1"));
 /// ```
 #[macro_export]
 macro_rules! event {
     ($ty:ident, $name:literal) => {
-        $crate::event!($ty, $name, version = 1);
+        $crate::event!(@impl $ty, $name, 1, );
     };
     ($ty:ident, $name:literal, version = $version:literal) => {
+        $crate::event!(@impl $ty, $name, $version, );
+    };
+    ($ty:ident, $name:literal, routing_key = $key:ident) => {
+        $crate::event!(@impl $ty, $name, 1, $key);
+    };
+    ($ty:ident, $name:literal, version = $version:literal, routing_key = $key:ident) => {
+        $crate::event!(@impl $ty, $name, $version, $key);
+    };
+    (@impl $ty:ident, $name:literal, $version:literal, $($key:ident)?) => {
         impl $crate::Event for $ty {
             const NAME: &'static str = $name;
             const VERSION: u32 = $version;
+            $(
+                fn routing_key(&self) -> ::core::option::Option<&str> {
+                    ::core::option::Option::Some(::core::convert::AsRef::<str>::as_ref(&self.$key))
+                }
+            )?
         }
 
         impl $crate::EventSet for $ty {
@@ -145,6 +183,9 @@ macro_rules! event {
             }
             fn event_version(&self) -> u32 {
                 $version
+            }
+            fn routing_key(&self) -> ::core::option::Option<&str> {
+                <$ty as $crate::Event>::routing_key(self)
             }
             fn to_payload(&self) -> $crate::Result<$crate::__private::Bytes> {
                 $crate::event::encode_payload(self)
@@ -241,6 +282,11 @@ macro_rules! event_set {
             fn event_version(&self) -> u32 {
                 match self {
                     $($set::$variant(_) => <$ty as $crate::Event>::VERSION),+
+                }
+            }
+            fn routing_key(&self) -> ::core::option::Option<&str> {
+                match self {
+                    $($set::$variant(event) => <$ty as $crate::Event>::routing_key(event)),+
                 }
             }
             fn to_payload(&self) -> $crate::Result<$crate::__private::Bytes> {

@@ -14,6 +14,7 @@ pub mod processor;
 pub mod projection;
 pub mod registry;
 pub mod relay;
+pub mod routing;
 pub mod store;
 pub mod testing;
 pub mod view;

@@ -153,7 +153,7 @@ impl<'a> Received<'a> {
             }
             None => BTreeMap::new(),
         };
-        let (user, command_id, idempotency_key) =
+        let parts =
             Metadata::split_stored_map(stored).map_err(|e| format!("header `{META}`: {e}"))?;
         Ok(Envelope {
             stream_id: stream_id.to_owned(),
@@ -167,10 +167,11 @@ impl<'a> Received<'a> {
                 event_id: self.uuid(EVENT_ID)?,
                 correlation_id: self.uuid(CORRELATION)?,
                 causation_id,
-                command_id,
-                idempotency_key,
+                command_id: parts.command_id,
+                idempotency_key: parts.idempotency_key,
+                routing_key: parts.routing_key,
                 timestamp,
-                user,
+                user: parts.user,
             },
         })
     }

@@ -1,4 +1,5 @@
-//! Envelopes as Kafka records: the key is the stream id, the value the payload, the rest
+//! Envelopes as Kafka records: the key is the routing key (the stream id, unless the event
+//! names another; then the stream id travels in its header), the value the payload, the rest
 //! travels in headers (the wire contract of [`cqrs_core::wire`]).
 
 use bytes::Bytes;
@@ -21,9 +22,10 @@ impl Record {
     pub(crate) fn of(topic: String, e: &Envelope) -> Record {
         Record {
             topic,
-            key: e.stream_id.as_bytes().to_vec(),
+            key: e.routing_key().as_bytes().to_vec(),
             payload: e.payload.clone(),
-            headers: wire::headers(e, false),
+            // The stream id travels as the key, unless a routing key took its place.
+            headers: wire::headers(e, e.routing_key() != e.stream_id),
         }
     }
 
@@ -53,9 +55,16 @@ fn received<M: Message>(message: &M) -> Received<'_> {
 /// Decodes a record into an envelope, or says why it cannot. The headers are read in one
 /// pass.
 pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
-    let key = message.key().ok_or("the record has no key (stream id)")?;
-    let stream_id = std::str::from_utf8(key).map_err(|_| "the key is not UTF-8")?;
-    received(message).envelope(Some(stream_id), message.payload().unwrap_or_default())
+    let received = received(message);
+    let stream_id = match received.get(wire::STREAM_ID) {
+        // Routed by another key: the stream id is in its header.
+        Some(_) => None,
+        None => {
+            let key = message.key().ok_or("the record has no key (stream id)")?;
+            Some(std::str::from_utf8(key).map_err(|_| "the key is not UTF-8")?)
+        }
+    };
+    received.envelope(stream_id, message.payload().unwrap_or_default())
 }
 
 /// What can be read of a record that is not an envelope, for the projection's dead letters:
@@ -76,10 +85,14 @@ pub(crate) fn rejected<M: Message>(message: &M, reason: String) -> Rejected {
             .chain(message.partition().to_be_bytes()),
         message.offset() as u64,
     );
-    let key = message.key().map(String::from_utf8_lossy);
+    let received = received(message);
+    let key = match received.get(wire::STREAM_ID) {
+        Some(_) => None,
+        None => message.key().map(String::from_utf8_lossy),
+    };
     Rejected {
-        envelope: received(message).salvage(
-            Some(key.as_deref().unwrap_or_default()),
+        envelope: received.salvage(
+            key.as_deref(),
             message.payload().unwrap_or_default(),
             source,
             fallback,

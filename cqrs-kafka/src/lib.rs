@@ -25,7 +25,8 @@ pub(crate) fn backend(what: impl Into<String>, e: rdkafka::error::KafkaError) ->
 }
 
 /// An event bus on Kafka: a topic per aggregate type (`<prefix><aggregate type>`), records
-/// keyed by stream id so a stream keeps its order, the envelope's fields in headers, an
+/// keyed by routing key so a stream (and a view) keeps its order, the envelope's fields in
+/// headers, co-partitioned topics read with the `range` assignor, an
 /// idempotent producer, consumer groups whose offsets are committed only after the
 /// projection's unit of work, and a dead-letter topic `<topic>.dlq` per topic beside the
 /// projection's own dead letters.
@@ -243,12 +244,64 @@ impl EventBus for KafkaBus {
             .map(|t| self.topic(t))
             .collect::<Result<Vec<_>>>()?;
         self.ensure_topics(&topics).await?;
+        self.check_co_partitioned(&topics).await?;
         Ok(Box::new(KafkaSubscription::new(
             self.clone(),
             group,
             &topics,
             idle,
         )?))
+    }
+}
+
+impl KafkaBus {
+    /// Checks that the topics of one subscription are co-partitioned: the same number of
+    /// partitions, so that the range assignment gives a member the same partition numbers of
+    /// each, and with them every event of a routing key, whichever topic carries it.
+    async fn check_co_partitioned(&self, topics: &[String]) -> Result<()> {
+        if topics.len() < 2 {
+            return Ok(());
+        }
+        let bus = self.clone();
+        let names = topics.to_vec();
+        let counts = tokio::task::spawn_blocking(move || {
+            let timeout = bus.inner.config.message_timeout;
+            names
+                .iter()
+                .map(|topic| {
+                    let metadata = bus
+                        .inner
+                        .admin
+                        .inner()
+                        .fetch_metadata(Some(topic), timeout)
+                        .map_err(|e| backend("reading topic metadata", e))?;
+                    let count = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map_or(0, |t| t.partitions().len());
+                    Ok((topic.clone(), count))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .await
+        .map_err(|e| Error::Backend {
+            backend: "kafka",
+            message: format!("reading topic metadata: {e}"),
+            source: None,
+        })??;
+        // A count of 0: the broker does not know the topic yet; it is checked next time.
+        let mut known = counts.iter().filter(|(_, n)| *n > 0);
+        if let Some((first, n)) = known.next() {
+            if let Some((other, m)) = known.find(|(_, m)| m != n) {
+                return Err(Error::Config(format!(
+                    "topics `{first}` ({n} partitions) and `{other}` ({m}) are not \
+                     co-partitioned: one consumer group reads them, so they need the same \
+                     number of partitions to keep each routing key with one member"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -63,6 +63,9 @@ impl KafkaSubscription {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // The same partition numbers of every topic to one member: with co-partitioned
+            // topics, every event of a routing key goes to one member.
+            .set("partition.assignment.strategy", "range")
             .set("session.timeout.ms", session.to_string())
             .set("heartbeat.interval.ms", (session / 6).max(100).to_string())
             // Without it librdkafka pauses a full second whenever its queue fills.

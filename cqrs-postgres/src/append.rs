@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cqrs_core::envelope::{Envelope, ExpectedVersion, NewEvent};
+use cqrs_core::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
 use cqrs_core::{Error, EventAppender, Result};
 use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::query::Query;
@@ -121,12 +121,14 @@ pub(crate) fn version_check(expected: ExpectedVersion) -> Result<(bool, i64)> {
     }
 }
 
-/// The envelopes of an append the database accepted, from its `(position, version)` rows.
+/// The envelopes of an append the database accepted, from its `(position, version)` rows and
+/// the routing key the stream has (stamped on events that named none).
 pub(crate) fn committed(
     aggregate_type: &str,
     stream_id: &str,
     events: Vec<NewEvent>,
     written: &[(i64, i64)],
+    key: Option<String>,
 ) -> Result<Vec<Envelope>> {
     if written.len() != events.len() {
         return Err(Error::Backend {
@@ -150,9 +152,20 @@ pub(crate) fn committed(
             event_name: event.event_name,
             event_version: event.event_version,
             payload: event.payload,
-            metadata: event.metadata,
+            metadata: Metadata {
+                routing_key: event.metadata.routing_key.or_else(|| key.clone()),
+                ..event.metadata
+            },
         })
         .collect())
+}
+
+/// The error for a refused routing key (SQLSTATE CQ002, the stream's key in DETAIL).
+pub(crate) fn rerouted(e: &dyn sqlx::error::DatabaseError, stream_id: &str, key: &str) -> Error {
+    let expected = e
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .and_then(|e| e.detail());
+    cqrs_core::routing::changed(stream_id, expected, key)
 }
 
 /// Appends on any connection (a pooled one, or a caller's transaction).
@@ -169,16 +182,20 @@ pub(crate) async fn append_on(
         return Err(Error::Config("stream id must not be empty".into()));
     }
     let (check, expected_version) = version_check(expected)?;
+    let mut events = events;
+    let key = cqrs_core::routing::settle(stream_id, &mut events)?;
     let mut columns = Columns::with_capacity(events.len());
     columns.push(&events)?;
     let query = sqlx::query(schema.sql(
-        "SELECT out_position, out_version, out_actual FROM {schema}.append_events(
-            $1, $2, $3, $4, $5, $6, $7::text[]::json[], $8, $9, $10, $11, $12::text[]::json[])",
+        "SELECT out_position, out_version, out_actual, out_key FROM {schema}.append_events(
+            $1, $2, $3, $4, $5, $6, $7, $8::text[]::json[], $9, $10, $11, $12,
+            $13::text[]::json[])",
     ))
     .bind(stream_id)
     .bind(aggregate_type)
     .bind(expected_version)
-    .bind(check);
+    .bind(check)
+    .bind(key.as_deref());
     let rows = columns.bind(query).fetch_all(&mut *conn).await;
     let rows = match rows {
         Ok(rows) => rows,
@@ -211,6 +228,15 @@ pub(crate) async fn append_on(
                 actual: owner.to_owned(),
             });
         }
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some(crate::error::REROUTED_STREAM) =>
+        {
+            return Err(rerouted(
+                &*e,
+                stream_id,
+                key.as_deref().unwrap_or(stream_id),
+            ));
+        }
         Err(e) => return Err(db(&format!("appending to stream `{stream_id}`"), e)),
     };
     if let Some(first) = rows.first() {
@@ -229,7 +255,11 @@ pub(crate) async fn append_on(
         let version: i64 = row.try_get(1).map_err(|e| db("reading the append", e))?;
         written.push((position, version));
     }
-    committed(aggregate_type, stream_id, events, &written)
+    let key = match rows.first() {
+        Some(row) => row.try_get(3).map_err(|e| db("reading the append", e))?,
+        None => key,
+    };
+    committed(aggregate_type, stream_id, events, &written, key)
 }
 
 #[async_trait]

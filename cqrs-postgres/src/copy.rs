@@ -318,7 +318,7 @@ fn decode_tuple(mut tuple: &[u8]) -> Result<Option<Envelope>> {
             .map_err(|e| row.error(format!("metadata is not a map of strings: {e}")))?,
         None => BTreeMap::new(),
     };
-    let (user, command_id, idempotency_key) =
+    let parts =
         Metadata::split_stored_map(stored).map_err(|e| row.error(format!("metadata: {e}")))?;
     if row.tuple.has_remaining() {
         return Err(row.error("a row has bytes after its last field".into()));
@@ -337,10 +337,11 @@ fn decode_tuple(mut tuple: &[u8]) -> Result<Option<Envelope>> {
             event_id,
             correlation_id,
             causation_id,
-            command_id,
-            idempotency_key,
+            command_id: parts.command_id,
+            idempotency_key: parts.idempotency_key,
+            routing_key: parts.routing_key,
             timestamp,
-            user,
+            user: parts.user,
         },
     }))
 }

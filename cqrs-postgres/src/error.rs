@@ -5,6 +5,8 @@ use cqrs_core::Error;
 /// The SQLSTATE the append functions raise for an append to a stream another aggregate type
 /// owns (migration 0005).
 pub(crate) const FOREIGN_STREAM: &str = "CQ001";
+/// SQLSTATE of an append whose routing key its stream does not have (migration 0007).
+pub(crate) const REROUTED_STREAM: &str = "CQ002";
 
 /// Maps a database error: a missing table or function means the schema was not migrated (a
 /// configuration problem, not retried); a data exception is a malformed value; everything else

@@ -248,14 +248,29 @@ async fn write_group(store: &PgEventStore, stats: &Stats, mut group: Vec<Pending
     let mut results: Vec<Option<Result<Vec<Envelope>>>> = Vec::new();
     results.resize_with(group.len(), || None);
     let mut accepted = Vec::with_capacity(group.len());
+    // Each append's routing key, settled before its events are encoded.
+    let mut keys: Vec<Option<String>> = Vec::with_capacity(group.len());
+    for (p, result) in group.iter_mut().zip(results.iter_mut()) {
+        match cqrs_core::routing::settle(&p.stream_id, &mut p.events) {
+            Ok(key) => keys.push(key),
+            Err(e) => {
+                keys.push(None);
+                *result = Some(Err(e));
+            }
+        }
+    }
     let rows = {
         let mut columns = Columns::with_capacity(group.iter().map(|p| p.events.len()).sum());
         let mut streams = Vec::with_capacity(group.len());
         let mut types = Vec::with_capacity(group.len());
         let mut expected = Vec::with_capacity(group.len());
         let mut check = Vec::with_capacity(group.len());
+        let mut routing = Vec::with_capacity(group.len());
         let mut requests = Vec::with_capacity(columns.names.capacity());
         for (i, p) in group.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
             let encoded = if p.stream_id.is_empty() {
                 Err(Error::Config("stream id must not be empty".into()))
             } else {
@@ -267,6 +282,7 @@ async fn write_group(store: &PgEventStore, stats: &Stats, mut group: Vec<Pending
                     types.push(p.aggregate_type.as_str());
                     check.push(c);
                     expected.push(e);
+                    routing.push(keys[i].as_deref());
                     accepted.push(i);
                     // At most MAX_EVENTS appends: `take` never groups more events.
                     let request = accepted.len() as i32;
@@ -279,14 +295,15 @@ async fn write_group(store: &PgEventStore, stats: &Stats, mut group: Vec<Pending
             Ok(Vec::new())
         } else {
             let query = sqlx::query(store.schema().sql(
-                "SELECT out_request, out_position, out_version, out_actual
-                   FROM {schema}.append_batch($1, $2, $3, $4, $5, $6, $7,
-                        $8::text[]::json[], $9, $10, $11, $12, $13::text[]::json[])",
+                "SELECT out_request, out_position, out_version, out_actual, out_key
+                   FROM {schema}.append_batch($1, $2, $3, $4, $5, $6, $7, $8,
+                        $9::text[]::json[], $10, $11, $12, $13, $14::text[]::json[])",
             ))
             .bind(&streams)
             .bind(&types)
             .bind(&expected)
             .bind(&check)
+            .bind(&routing)
             .bind(&requests);
             columns.bind(query).fetch_all(store.pool()).await
         }
@@ -310,11 +327,12 @@ async fn write_group(store: &PgEventStore, stats: &Stats, mut group: Vec<Pending
                         },
                         actual,
                     }),
-                    Outcome::Written(rows) => committed(
+                    Outcome::Written(rows, key) => committed(
                         &p.aggregate_type,
                         &p.stream_id,
                         std::mem::take(&mut p.events),
                         &rows,
+                        key,
                     ),
                 });
             }
@@ -378,15 +396,17 @@ async fn write_group(store: &PgEventStore, stats: &Stats, mut group: Vec<Pending
 
 /// What the group statement said of one append.
 enum Outcome {
-    /// Written: each event's position and version.
-    Written(Vec<(i64, i64)>),
+    /// Written: each event's position and version, and the stream's routing key.
+    Written(Vec<(i64, i64)>, Option<String>),
     /// Not written: the stream was at this version.
     Conflict(u64),
 }
 
 /// Sorts the group statement's rows into one outcome per append, in order.
 fn outcomes(rows: &[sqlx::postgres::PgRow], appends: usize) -> Result<Vec<Outcome>> {
-    let mut out: Vec<Outcome> = (0..appends).map(|_| Outcome::Written(Vec::new())).collect();
+    let mut out: Vec<Outcome> = (0..appends)
+        .map(|_| Outcome::Written(Vec::new(), None))
+        .collect();
     for row in rows {
         let bad = |e: sqlx::Error| e.to_string();
         let read = || -> std::result::Result<_, String> {
@@ -394,12 +414,14 @@ fn outcomes(rows: &[sqlx::postgres::PgRow], appends: usize) -> Result<Vec<Outcom
             let position: Option<i64> = row.try_get(1).map_err(bad)?;
             let version: Option<i64> = row.try_get(2).map_err(bad)?;
             let actual: Option<i64> = row.try_get(3).map_err(bad)?;
-            Ok((request, position, version, actual))
+            let key: Option<String> = row.try_get(4).map_err(bad)?;
+            Ok((request, position, version, actual, key))
         };
-        let (request, position, version, actual) = read().map_err(|reason| Error::Malformed {
-            what: "a group commit's result".into(),
-            reason,
-        })?;
+        let (request, position, version, actual, key) =
+            read().map_err(|reason| Error::Malformed {
+                what: "a group commit's result".into(),
+                reason,
+            })?;
         let slot = usize::try_from(request)
             .ok()
             .and_then(|r| r.checked_sub(1))
@@ -410,7 +432,10 @@ fn outcomes(rows: &[sqlx::postgres::PgRow], appends: usize) -> Result<Vec<Outcom
             })?;
         match (position, version, actual, slot) {
             (_, _, Some(actual), slot) => *slot = Outcome::Conflict(actual as u64),
-            (Some(p), Some(v), None, Outcome::Written(rows)) => rows.push((p, v)),
+            (Some(p), Some(v), None, Outcome::Written(rows, stream_key)) => {
+                rows.push((p, v));
+                *stream_key = key;
+            }
             (_, _, None, Outcome::Conflict(_)) | (None, _, None, _) | (_, None, None, _) => {
                 return Err(Error::Malformed {
                     what: "a group commit's result".into(),

@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "dead letter order",
         include_str!("migrations/0006_dead_letter_order.sql"),
     ),
+    (
+        7,
+        "routing key",
+        include_str!("migrations/0007_routing_key.sql"),
+    ),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or

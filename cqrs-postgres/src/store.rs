@@ -70,7 +70,7 @@ fn to_envelope(row: &PgRow) -> Result<Envelope> {
             .map_err(|e| malformed(format!("metadata is not a map of strings: {e}")))?,
         None => BTreeMap::new(),
     };
-    let (user, command_id, idempotency_key) =
+    let parts =
         Metadata::split_stored_map(stored).map_err(|e| malformed(format!("metadata: {e}")))?;
     Ok(Envelope {
         stream_id: row.try_get(1).map_err(get)?,
@@ -86,10 +86,11 @@ fn to_envelope(row: &PgRow) -> Result<Envelope> {
             event_id: row.try_get(7).map_err(get)?,
             correlation_id: row.try_get(8).map_err(get)?,
             causation_id: row.try_get(9).map_err(get)?,
-            command_id,
-            idempotency_key,
+            command_id: parts.command_id,
+            idempotency_key: parts.idempotency_key,
+            routing_key: parts.routing_key,
             timestamp: row.try_get::<DateTime<Utc>, _>(10).map_err(get)?,
-            user,
+            user: parts.user,
         },
     })
 }

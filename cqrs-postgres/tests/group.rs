@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::fresh;
+use common::{block_the_writer, fresh, let_them_queue};
 use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
 use cqrs_core::{Error, EventAppender, EventReader};
-use cqrs_postgres::{GroupCommit, PgEventStore};
+use cqrs_postgres::GroupCommit;
 
 fn event(stream: &str, n: u64) -> NewEvent {
     NewEvent {
@@ -25,50 +25,6 @@ fn event(stream: &str, n: u64) -> NewEvent {
 
 fn events(stream: &str, from: u64, count: u64) -> Vec<NewEvent> {
     (from..from + count).map(|n| event(stream, n)).collect()
-}
-
-/// Waits until `n` appends are queued behind the busy transaction: the stats cannot show the
-/// queue, so this waits for the other tasks to have run up to their append.
-async fn let_them_queue() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-}
-
-/// Holds the store's only group transaction: an append to `stream`, which another
-/// transaction has written and not committed, waits on the (stream, version) index until that
-/// transaction ends. Returns the holding transaction and the blocked append.
-async fn block_the_writer(
-    store: &PgEventStore,
-    stream: &str,
-) -> (
-    cqrs_postgres::PgAppendTx,
-    tokio::task::JoinHandle<cqrs_core::Result<Vec<cqrs_core::Envelope>>>,
-) {
-    let mut holder = store.begin().await.unwrap();
-    holder
-        .append(
-            "grouped",
-            stream,
-            ExpectedVersion::NEW,
-            events(stream, 0, 1),
-        )
-        .await
-        .unwrap();
-    let blocked = {
-        let store = store.clone();
-        let stream = stream.to_owned();
-        tokio::spawn(async move {
-            store
-                .append(
-                    "grouped",
-                    &stream,
-                    ExpectedVersion::NEW,
-                    events(&stream, 0, 1),
-                )
-                .await
-        })
-    };
-    let_them_queue().await;
-    (holder, blocked)
 }
 
 /// 48 writers append to their own streams, 1 to 3 events at a time, through one store. Every

@@ -32,7 +32,7 @@ pub(crate) fn backend(what: impl Into<String>, e: lapin::Error) -> Error {
     Error::backend("rabbitmq", what, e)
 }
 
-/// An event bus on RabbitMQ. A stream's events go to one of N partitions (by its id); a
+/// An event bus on RabbitMQ. An event goes to one of N partitions (by its routing key); a
 /// consumer group has a quorum queue per partition of each aggregate type, consumed by one
 /// member at a time, and its members spread the partitions between them. Publishes are
 /// confirmed by the broker; a member acknowledges only after the projection's unit of work.
@@ -271,7 +271,7 @@ impl EventBus for RabbitBus {
             .iter()
             .map(|e| {
                 config.check_type(&e.aggregate_type)?;
-                let partition = cqrs_core::wire::partition_of(&e.stream_id, config.partitions);
+                let partition = cqrs_core::wire::partition_of(e.routing_key(), config.partitions);
                 Ok(Outgoing {
                     exchange: config.exchange(&e.aggregate_type),
                     routing_key: partition.to_string(),

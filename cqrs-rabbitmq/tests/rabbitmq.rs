@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{amqp_url, bus, config, Cleanup, Seen};
 use cqrs_core::memory::MemoryViewStore;
 use cqrs_core::processor::ErrorPolicy;
-use cqrs_core::testing::bus_conformance::{self, Ticked, GROUPS, TYPE};
+use cqrs_core::testing::bus_conformance::{self, Ticked, GROUPS, TYPE, TYPE_2};
 use cqrs_core::testing::envelope_of;
 use cqrs_core::{BusFeed, DeadLetterStore, Envelope, Error, EventBus, TrackingProcessor};
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
@@ -27,7 +27,7 @@ async fn the_rabbitmq_bus_passes_the_bus_conformance_suite() {
         // their members join.
         let bus = common::bus_with(config(&amqp_url()).groups(GROUPS).expect("groups")).await;
         for group in GROUPS {
-            cleanup.add(&bus, group, &[TYPE]);
+            cleanup.add(&bus, group, &[TYPE, TYPE_2]);
         }
         bus
     })

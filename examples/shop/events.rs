@@ -66,7 +66,13 @@ pub struct CommentPosted {
     /// From 1 to 5.
     pub rating: u8,
 }
-cqrs_core::event!(CommentPosted, "shop.CommentPosted");
+// A comment changes its product's catalog entry: it routes by the product, so one partition
+// (and one catalog instance) carries every event of one entry.
+cqrs_core::event!(
+    CommentPosted,
+    "shop.CommentPosted",
+    routing_key = product_id
+);
 
 /// A comment's text and rating were edited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +86,11 @@ pub struct CommentEdited {
     /// The new rating, from 1 to 5.
     pub rating: u8,
 }
-cqrs_core::event!(CommentEdited, "shop.CommentEdited");
+cqrs_core::event!(
+    CommentEdited,
+    "shop.CommentEdited",
+    routing_key = product_id
+);
 
 /// A comment was deleted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,7 +100,11 @@ pub struct CommentDeleted {
     /// The product it was about.
     pub product_id: String,
 }
-cqrs_core::event!(CommentDeleted, "shop.CommentDeleted");
+cqrs_core::event!(
+    CommentDeleted,
+    "shop.CommentDeleted",
+    routing_key = product_id
+);
 
 cqrs_core::event_set! {
     /// Everything that happens to a product.

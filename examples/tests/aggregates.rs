@@ -260,3 +260,24 @@ fn comment_rejections() {
     })
     .then_expect_error(CommentError::Deleted("c-1".into()));
 }
+
+/// A comment's events route by its product: the catalog entry they change is the product's,
+/// so one partition carries the product's and its comments' events.
+#[tokio::test]
+async fn a_comments_events_route_by_its_product() {
+    let store = std::sync::Arc::new(cqrs_core::memory::MemoryEventStore::new());
+    let gateway = cqrs_core::CommandGateway::builder(store).build();
+    let posted = gateway.send(post("ana", "Nice", 4)).await.unwrap();
+    let edited = gateway
+        .send(CommentCommand::Edit {
+            comment_id: "c-1".into(),
+            text: "Nicer".into(),
+            rating: 5,
+        })
+        .await
+        .unwrap();
+    for e in posted.iter().chain(&edited) {
+        assert_eq!(e.stream_id, "c-1");
+        assert_eq!(e.routing_key(), "p-1", "{}", e.event_name);
+    }
+}

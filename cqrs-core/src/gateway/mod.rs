@@ -364,6 +364,7 @@ impl CommandGateway {
                         causation_id: Some(causation_id),
                         command_id: Some(command_id),
                         idempotency_key: ctx.metadata.idempotency_key.clone(),
+                        routing_key: event.routing_key().map(str::to_owned),
                         timestamp: now,
                         user: ctx.metadata.user.clone(),
                     },

@@ -1,5 +1,4 @@
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +36,9 @@ struct Shared {
 }
 
 /// An event bus in memory, shaped like Kafka: a topic per aggregate type, partitions keyed by
-/// stream id (so one stream keeps its order), consumer groups whose members share the
-/// partitions, and offsets committed on acknowledgement.
+/// routing key (so one stream, and one view, keeps its order), consumer groups whose members
+/// share the partitions (the same partition numbers of every topic), and offsets committed on
+/// acknowledgement.
 #[derive(Clone)]
 pub struct MemoryEventBus {
     shared: Arc<Shared>,
@@ -81,10 +81,8 @@ impl MemoryEventBus {
     }
 }
 
-fn partition_of(stream_id: &str, partitions: usize) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    stream_id.hash(&mut h);
-    (h.finish() % partitions as u64) as usize
+fn partition_of(routing_key: &str, partitions: usize) -> usize {
+    crate::wire::partition_of(routing_key, u32::try_from(partitions).unwrap_or(u32::MAX)) as usize
 }
 
 impl Shared {
@@ -106,7 +104,8 @@ impl EventBus for MemoryEventBus {
                     .topics
                     .entry(event.aggregate_type.clone())
                     .or_insert_with(|| vec![Vec::new(); self.shared.partitions]);
-                parts[partition_of(&event.stream_id, self.shared.partitions)].push(event.clone());
+                parts[partition_of(event.routing_key(), self.shared.partitions)]
+                    .push(event.clone());
             }
         }
         self.shared.bump();
@@ -183,12 +182,12 @@ impl MemorySubscription {
             let count = group.members.len().max(1);
             self.fetched.clear();
             self.delivered.clear();
-            let all = self
-                .topics
-                .iter()
-                .flat_map(|t| (0..self.shared.partitions).map(move |p| (t.clone(), p)));
-            for (i, part) in all.enumerate() {
-                if i % count == index {
+            // By partition number, the same in every topic: one member holds every event of
+            // a routing key, whichever topic carries it (the topics are co-partitioned).
+            let mine = (0..self.shared.partitions).filter(|p| p % count == index);
+            for p in mine {
+                for topic in &self.topics {
+                    let part = (topic.clone(), p);
                     let offset = group.committed.get(&part).copied().unwrap_or(0);
                     self.fetched.insert(part, offset);
                 }

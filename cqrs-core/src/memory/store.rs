@@ -141,6 +141,15 @@ impl Log {
             .map(|t| t.aggregate_type.as_str())
     }
 
+    /// A stream's routing key (`None`: its id), as its last event records it.
+    fn stream_routing_key(&self, stream: usize) -> Option<&str> {
+        let last = *self.streams.get(stream)?.positions.last()?;
+        let stored = self
+            .events
+            .get(usize::try_from(last).ok()?.checked_sub(1)?)?;
+        stored.metadata.routing_key.as_deref()
+    }
+
     /// A stream's index, if it exists, and its version (0 when it does not).
     fn stream_version(&self, stream_id: &str) -> (Option<usize>, u64) {
         let index = self.stream_index.get(stream_id).copied();
@@ -358,6 +367,8 @@ impl EventAppender for MemoryEventStore {
         if stream_id.is_empty() {
             return Err(Error::Config("stream id must not be empty".into()));
         }
+        let mut events = events;
+        let key = crate::routing::settle(stream_id, &mut events)?;
         // The envelopes are built before the lock is taken: under it, only the version
         // check, the numbering and the log's slots.
         let mut committed: Vec<Envelope> = events
@@ -395,6 +406,16 @@ impl EventAppender for MemoryEventStore {
         }
         if committed.is_empty() {
             return Ok(committed);
+        }
+        if let Some(index) = known {
+            let stream_key = log.stream_routing_key(index);
+            crate::routing::check(stream_id, stream_key, key.as_deref())?;
+            if let (None, Some(inherited)) = (&key, stream_key) {
+                let inherited = inherited.to_owned();
+                for envelope in &mut committed {
+                    envelope.metadata.routing_key = Some(inherited.clone());
+                }
+            }
         }
         let stream = match known {
             Some(index) => index,

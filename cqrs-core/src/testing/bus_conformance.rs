@@ -33,12 +33,16 @@ use crate::BoxError;
 use crate::ReadModel;
 
 /// The consumer groups the checks use.
-pub const GROUPS: [&str; 6] = ["share", "first", "second", "handover", "poison", "resume"];
+pub const GROUPS: [&str; 7] = [
+    "share", "first", "second", "handover", "poison", "resume", "routed",
+];
 
 /// The aggregate type every check publishes.
 pub const TYPE: &str = "busconformance";
-const IDLE: Duration = Duration::from_millis(200);
-const PATIENCE: Duration = Duration::from_secs(90);
+/// The second aggregate type, which the routing check publishes beside [`TYPE`].
+pub const TYPE_2: &str = "busconformance2";
+pub(super) const IDLE: Duration = Duration::from_millis(200);
+pub(super) const PATIENCE: Duration = Duration::from_secs(90);
 
 /// The event of the suite.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +98,10 @@ where
     println!("[fault] {bus}: {handed}");
     poison_is_dead_lettered_and_the_rest_flows(Arc::new(make().await)).await;
     a_restarted_member_resumes_after_its_acknowledgements(Arc::new(make().await)).await;
+    let routed =
+        super::bus_routing::one_routing_key_reaches_one_member_in_order(Arc::new(make().await))
+            .await;
+    println!("[fault] {bus}: {routed}");
 }
 
 /// Version `v` of streams `s-0` .. `s-{streams-1}`.
@@ -103,7 +111,7 @@ fn round(streams: u64, v: u64) -> Vec<Envelope> {
         .collect()
 }
 
-async fn publish(bus: &dyn EventBus, events: &[Envelope]) {
+pub(super) async fn publish(bus: &dyn EventBus, events: &[Envelope]) {
     if let Err(e) = bus.publish(events).await {
         panic!("publishing {} events failed: {e}", events.len());
     }

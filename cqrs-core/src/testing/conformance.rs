@@ -20,7 +20,7 @@ use crate::envelope::{ExpectedVersion, Metadata, NewEvent};
 use crate::error::Error;
 use crate::store::EventStore;
 
-fn event(n: u64) -> NewEvent {
+pub(super) fn event(n: u64) -> NewEvent {
     let mut metadata = Metadata::new();
     metadata.user.insert("n".into(), n.to_string());
     NewEvent {
@@ -41,7 +41,7 @@ fn comparable(e: &crate::Envelope) -> (crate::Envelope, serde_json::Value) {
 
 /// Reads the whole global log once everything committed so far is readable (a backend may
 /// hold back positions while older transactions, anywhere, still run).
-async fn read_settled<S: EventStore + ?Sized>(store: &S) -> Vec<crate::Envelope> {
+pub(super) async fn read_settled<S: EventStore + ?Sized>(store: &S) -> Vec<crate::Envelope> {
     let head = store.head().await.expect("head");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -79,6 +79,7 @@ where
     stored_types_are_listed(Arc::new(make().await)).await;
     streams_belong_to_one_aggregate_type(Arc::new(make().await)).await;
     command_ids_and_idempotency_keys_round_trip(Arc::new(make().await)).await;
+    super::routing::streams_keep_their_routing_key(Arc::new(make().await)).await;
 }
 
 /// A stream belongs to the aggregate type that wrote its first event: an append of another

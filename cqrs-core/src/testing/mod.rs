@@ -7,14 +7,18 @@
 
 mod aggregate;
 pub mod bus_conformance;
+mod bus_routing;
 pub mod conformance;
 mod faults;
 mod projection;
+mod routing;
 pub mod view_conformance;
 
 pub use self::aggregate::{AggregateFixture, Then};
+pub use self::bus_routing::one_routing_key_reaches_one_member_in_order;
 pub use self::faults::{CrashAfterStep, CrashBeforeCheckpoint};
 pub use self::projection::ProjectionFixture;
+pub use self::routing::streams_keep_their_routing_key;
 
 use bytes::Bytes;
 

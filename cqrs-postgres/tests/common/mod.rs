@@ -1,7 +1,7 @@
 //! Shared by the PostgreSQL tests: a fresh schema on the real server, and a small domain.
 #![allow(dead_code, missing_docs, clippy::expect_used, clippy::unwrap_used)]
 
-use cqrs_core::{Aggregate, BoxError, Command, Envelope, Projection};
+use cqrs_core::{Aggregate, BoxError, Command, Envelope, EventAppender, Projection};
 use cqrs_postgres::Postgres;
 use serde::{Deserialize, Serialize};
 
@@ -117,4 +117,48 @@ pub fn event(writer: u64, n: u64) -> cqrs_core::envelope::NewEvent {
         payload: bytes::Bytes::from(format!("{{\"writer\":{writer},\"n\":{n}}}")),
         metadata,
     }
+}
+
+/// Waits until `n` appends are queued behind the busy transaction: the stats cannot show the
+/// queue, so this waits for the other tasks to have run up to their append.
+pub async fn let_them_queue() {
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+}
+
+/// Holds the store's only group transaction: an append to `stream`, which another
+/// transaction has written and not committed, waits on the (stream, version) index until that
+/// transaction ends. Returns the holding transaction and the blocked append.
+pub async fn block_the_writer(
+    store: &cqrs_postgres::PgEventStore,
+    stream: &str,
+) -> (
+    cqrs_postgres::PgAppendTx,
+    tokio::task::JoinHandle<cqrs_core::Result<Vec<cqrs_core::Envelope>>>,
+) {
+    let mut holder = store.begin().await.unwrap();
+    holder
+        .append(
+            "grouped",
+            stream,
+            cqrs_core::ExpectedVersion::NEW,
+            vec![event(0, 0)],
+        )
+        .await
+        .unwrap();
+    let blocked = {
+        let store = store.clone();
+        let stream = stream.to_owned();
+        tokio::spawn(async move {
+            store
+                .append(
+                    "grouped",
+                    &stream,
+                    cqrs_core::ExpectedVersion::NEW,
+                    vec![event(0, 0)],
+                )
+                .await
+        })
+    };
+    let_them_queue().await;
+    (holder, blocked)
 }

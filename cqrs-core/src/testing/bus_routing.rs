@@ -1,0 +1,198 @@
+//! The bus conformance check of routing keys: every event of one key, in every topic, reaches
+//! one member of a group, in order (see [`crate::routing`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::bus::{BusFeed, EventBus};
+use crate::envelope::Envelope;
+use crate::memory::MemoryViewStore;
+use crate::processor::{ErrorPolicy, Feed, TrackingProcessor};
+use crate::projection::Projection;
+use crate::testing::envelope_of;
+use crate::BoxError;
+
+use super::bus_conformance::{publish, Ticked, IDLE, PATIENCE, TYPE, TYPE_2};
+
+/// Routing keys published.
+const KEYS: u64 = 16;
+/// Streams per key in each of the two topics.
+const STREAMS: u64 = 2;
+/// Versions per stream.
+const VERSIONS: u64 = 5;
+
+/// What one member applied: (member, aggregate type, stream, version, position, key).
+type Log = Arc<Mutex<Vec<(usize, String, String, u64, u64, String)>>>;
+
+/// One view per routing key, as a read model that spans aggregates keys its views; it logs
+/// which member applied each event.
+#[derive(Clone)]
+struct Routed {
+    member: usize,
+    log: Log,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct KeyView {
+    events: u64,
+}
+
+impl Projection for Routed {
+    const NAME: &'static str = "routed";
+    type Event = Ticked;
+    type View = KeyView;
+    fn view_id(&self, _: &Ticked, envelope: &Envelope) -> String {
+        envelope.routing_key().to_owned()
+    }
+    fn apply(&self, view: &mut Option<KeyView>, _: &Ticked, e: &Envelope) -> Result<(), BoxError> {
+        self.log.lock().push((
+            self.member,
+            e.aggregate_type.clone(),
+            e.stream_id.clone(),
+            e.version,
+            e.position,
+            e.routing_key().to_owned(),
+        ));
+        view.get_or_insert_with(KeyView::default).events += 1;
+        Ok(())
+    }
+}
+
+/// Version `v` of every routed stream: `a-{k}-{j}` in [`TYPE`] and `b-{k}-{j}` in
+/// [`TYPE_2`], all routed by `k-{k}`.
+fn routed_round(v: u64) -> Vec<Envelope> {
+    let mut out = Vec::new();
+    for k in 0..KEYS {
+        for j in 0..STREAMS {
+            for (n, (ty, prefix)) in [(TYPE, "a"), (TYPE_2, "b")].into_iter().enumerate() {
+                let stream = format!("{prefix}-{k}-{j}");
+                let position = v * 10_000 + (k * STREAMS + j) * 2 + n as u64;
+                let mut e = envelope_of(ty, &stream, v, position, &Ticked { n: v });
+                e.metadata.routing_key = Some(format!("k-{k}"));
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// Two members of one group on two topics. Once both work (warmed up on streams routed by
+/// their ids), events of 16 routing keys, each key with streams in both topics, are published:
+/// every event of a key is applied by one member, whichever topic carries it, in publish
+/// order per topic, each once; and both members get keys. Returns the figures.
+pub async fn one_routing_key_reaches_one_member_in_order(bus: Arc<dyn EventBus>) -> String {
+    let store = Arc::new(MemoryViewStore::new());
+    let log: Log = Arc::default();
+    let members: Vec<_> = (0..2)
+        .map(|member| {
+            let feed: Arc<dyn Feed> = Arc::new(BusFeed::new(bus.clone(), "routed", [TYPE, TYPE_2]));
+            let routed = Routed {
+                member,
+                log: log.clone(),
+            };
+            TrackingProcessor::new(routed, store.clone())
+                .batch_size(10)
+                .error_policy(ErrorPolicy::dead_letter())
+                .idle_wait(IDLE)
+                .spawn(feed)
+        })
+        .collect();
+    // Warm up on streams routed by their ids, until both members work and the group has
+    // settled: then no partition moves while the routed events flow.
+    let deadline = Instant::now() + PATIENCE;
+    let mut v = 0;
+    loop {
+        let working: BTreeSet<usize> = log.lock().iter().map(|e| e.0).collect();
+        if working.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both members of the group never worked"
+        );
+        v += 1;
+        let warm: Vec<Envelope> = (0..8)
+            .map(|s| envelope_of(TYPE, &format!("w-{s}"), v, v * 100 + s, &Ticked { n: v }))
+            .collect();
+        publish(bus.as_ref(), &warm).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let warmed = log.lock().len();
+    for version in 1..=VERSIONS {
+        publish(bus.as_ref(), &routed_round(version)).await;
+    }
+    let total = (KEYS * STREAMS * 2 * VERSIONS) as usize;
+    let routed = || {
+        log.lock()
+            .iter()
+            .filter(|e| e.5.starts_with("k-"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    loop {
+        let seen = routed().len();
+        if seen >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{seen} of {total} routed events were applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for member in members {
+        member.stop().await.expect("a member stops cleanly");
+    }
+    let applied = routed();
+    assert_eq!(
+        applied.len(),
+        total,
+        "each routed event applied once (an event applied again was refolded: two members \
+         wrote one key's view at once)"
+    );
+    let mut by_key: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+    let mut order: BTreeMap<(&str, &str), Vec<u64>> = BTreeMap::new();
+    let mut streams: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for (member, ty, stream, version, position, key) in &applied {
+        by_key.entry(key).or_default().insert(*member);
+        order.entry((key, ty)).or_default().push(*position);
+        streams.entry(stream).or_default().push(*version);
+    }
+    for (key, holders) in &by_key {
+        assert_eq!(
+            holders.len(),
+            1,
+            "every event of routing key {key}, in both topics, reaches one member"
+        );
+    }
+    for ((key, ty), positions) in &order {
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "{key} in {ty}: applied in publish order: {positions:?}"
+        );
+    }
+    for (stream, versions) in &streams {
+        assert_eq!(
+            *versions,
+            (1..=VERSIONS).collect::<Vec<_>>(),
+            "{stream}: each version once, in order"
+        );
+    }
+    let first: usize = by_key.values().filter(|m| m.contains(&0)).count();
+    assert!(
+        first > 0 && first < by_key.len(),
+        "both members hold keys: the first holds {first} of {}",
+        by_key.len()
+    );
+    format!(
+        "after {warmed} warm-up events, {total} events of {KEYS} routing keys over two topics: \
+         every key at one member ({first} and {} keys), in publish order per topic, each \
+         event once",
+        by_key.len() - first
+    )
+}
