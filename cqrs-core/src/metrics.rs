@@ -12,6 +12,7 @@
 //! | `cqrs_processor_batch_seconds` | histogram | projection | one batch: fold, commit, retries included |
 //! | `cqrs_processor_dead_letters_total` | counter | projection | events dead-lettered |
 //! | `cqrs_processor_view_conflicts_total` | counter | projection | units of work refused because a view changed concurrently (folded again) |
+//! | `cqrs_processor_commit_retries_total` | counter | projection | units of work that failed on a transient backend error (a write conflict in the view store, a lost connection) and were tried again |
 //! | `cqrs_processor_lag_seconds` | gauge | projection | now minus the timestamp of the last applied event (of the oldest in the batch under way, so a stall grows it); 0 once the feed had nothing more (set as it changes and on each health report) |
 //! | `cqrs_processor_lag_events` | gauge | projection | store feeds: the log's head minus the position (set on each health report) |
 //! | `cqrs_processor_position` | gauge | projection | the largest position committed (set on each health report) |
@@ -35,6 +36,8 @@ pub const PROCESSOR_BATCH_SECONDS: &str = "cqrs_processor_batch_seconds";
 pub const PROCESSOR_DEAD_LETTERS: &str = "cqrs_processor_dead_letters_total";
 /// Units of work refused by a concurrent view change, per projection.
 pub const PROCESSOR_VIEW_CONFLICTS: &str = "cqrs_processor_view_conflicts_total";
+/// Units of work tried again after a transient backend error, per projection.
+pub const PROCESSOR_COMMIT_RETRIES: &str = "cqrs_processor_commit_retries_total";
 /// Seconds behind, per projection.
 pub const PROCESSOR_LAG_SECONDS: &str = "cqrs_processor_lag_seconds";
 /// Events behind the store's head, per store-fed projection.
@@ -71,6 +74,11 @@ pub(crate) fn batch(projection: &str, applied: usize, dead: usize, took: Duratio
 /// A unit of work refused by a concurrent view change.
 pub(crate) fn view_conflict(projection: &str) {
     metrics::counter!(PROCESSOR_VIEW_CONFLICTS, "projection" => projection.to_owned()).increment(1);
+}
+
+/// A unit of work that failed on a transient backend error, tried again.
+pub(crate) fn commit_retry(projection: &str) {
+    metrics::counter!(PROCESSOR_COMMIT_RETRIES, "projection" => projection.to_owned()).increment(1);
 }
 
 /// How far behind a projection is, in seconds.

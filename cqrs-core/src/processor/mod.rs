@@ -251,6 +251,7 @@ impl<P: Projection> TrackingProcessor<P> {
                     }
                 }
                 Err(e) if e.is_transient() => {
+                    crate::metrics::commit_retry(&self.name);
                     let delay = self.backend_backoff.delay(attempt);
                     tracing::warn!(projection = %self.name, error = %e, ?delay, "commit failed; retrying");
                     attempt = attempt.saturating_add(1);
