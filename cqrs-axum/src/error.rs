@@ -74,6 +74,17 @@ impl ApiError {
                 format!("the id `{stream_id}` is already used by a {actual}; choose another"),
             );
         }
+        if let Error::RoutingKeyChanged {
+            stream_id,
+            expected,
+            actual,
+        } = error
+        {
+            return Self::conflict(
+                "routing_key_changed",
+                format!("`{stream_id}` belongs to `{expected}`; it cannot move to `{actual}`"),
+            );
+        }
         if error.is_transient() {
             tracing::warn!(error = %error, "a backend is unavailable");
             Self::new(
@@ -146,5 +157,41 @@ impl IntoResponse for ApiError {
             message: &self.message,
         };
         (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_that_keeps_its_routing_key_answers_409() {
+        let error = Error::RoutingKeyChanged {
+            stream_id: "comment-1".into(),
+            expected: "p-1".into(),
+            actual: "p-2".into(),
+        };
+        let answer = ApiError::from_framework(&error);
+        assert_eq!(answer.status, StatusCode::CONFLICT);
+        assert_eq!(answer.code, "routing_key_changed");
+        assert!(answer.message.contains("p-1"), "{}", answer.message);
+    }
+
+    #[test]
+    fn an_outage_answers_503_and_a_bug_500() {
+        let down = Error::Backend {
+            backend: "postgres",
+            message: "connection refused".into(),
+            source: None,
+        };
+        assert_eq!(
+            ApiError::from_framework(&down).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let bug = Error::Config("nothing".into());
+        assert_eq!(
+            ApiError::from_framework(&bug).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

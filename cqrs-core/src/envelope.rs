@@ -26,7 +26,7 @@ pub struct Metadata {
     /// The idempotency key the command was sent with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
-    /// The key that decides which partition or segment carries the event, when it is not the
+    /// The key that decides which bus partition carries the event, when it is not the
     /// stream id: the id of the view the event changes (a comment routed by its product).
     /// A stream keeps one routing key for its whole life; stores fill it in on the events
     /// that do not name it (see [`crate::routing`]).
@@ -184,7 +184,7 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The key that decides which partition or segment carries this event: its
+    /// The key that decides which bus partition carries this event: its
     /// [`Metadata::routing_key`], else its stream id.
     pub fn routing_key(&self) -> &str {
         self.metadata

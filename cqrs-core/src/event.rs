@@ -38,11 +38,12 @@ pub trait Event: Serialize + DeserializeOwned + Debug + Send + Sync + 'static {
     /// The schema version of the payload; bump it and register an upcaster when the shape changes.
     const VERSION: u32 = 1;
 
-    /// The key that routes this event to a partition or segment when it is not the stream id:
-    /// the id of the view it changes. Declare it with `routing_key = field` in
+    /// The key that routes this event to a bus partition when it is not the stream id: the id
+    /// of the view it changes. Declare it with `routing_key = field` in
     /// [`event!`](macro@crate::event). A stream keeps the key of its first event; an event
-    /// that names another is refused with [`Error::RoutingKeyChanged`] (see
-    /// [`crate::routing`]).
+    /// that names another is refused with [`Error::RoutingKeyChanged`], one that names the
+    /// stream id names none and inherits the stream's key, an empty key is refused with
+    /// [`Error::Malformed`] (see [`crate::routing`]).
     fn routing_key(&self) -> Option<&str> {
         None
     }

@@ -1,5 +1,6 @@
 //! Routing keys: what decides which partition of a bus, or which segment of a processor,
-//! carries an event.
+//! carries an event (a store-fed processor's segments go by the view id instead, see
+//! [`Segment`](crate::segment::Segment)).
 //!
 //! An event's routing key is its stream id unless the event names another
 //! ([`Event::routing_key`](crate::Event::routing_key)): the id of the view it changes, so
@@ -17,12 +18,26 @@ use crate::error::{Error, Result};
 /// the append. Returns that key (`None`: the append routes by stream id, or inherits the
 /// stream's key).
 ///
+/// An event naming its own stream id as its key names none: it inherits the stream's key, as
+/// every event that names none does.
+///
 /// # Errors
-/// [`Error::RoutingKeyChanged`] when two events of the append name different keys.
+/// [`Error::RoutingKeyChanged`] when two events of the append name different keys;
+/// [`Error::Malformed`] for an empty key (it would route every such event to one place by
+/// accident).
 pub fn settle(stream_id: &str, events: &mut [NewEvent]) -> Result<Option<String>> {
     let mut key: Option<String> = None;
     for event in events.iter_mut() {
         let named = &mut event.metadata.routing_key;
+        if named.as_deref() == Some("") {
+            return Err(Error::Malformed {
+                what: format!(
+                    "the routing key of event `{}` in stream `{stream_id}`",
+                    event.event_name
+                ),
+                reason: "it is empty; name none to route by the stream id".into(),
+            });
+        }
         if named.as_deref() == Some(stream_id) {
             *named = None;
         }
@@ -112,6 +127,13 @@ mod tests {
                 if stream_id == "s" && expected == "a" && actual == "b"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_empty_key_is_refused() {
+        let mut events = vec![event(Some(""))];
+        let err = settle("s", &mut events).unwrap_err();
+        assert!(matches!(&err, Error::Malformed { .. }), "{err}");
     }
 
     #[test]

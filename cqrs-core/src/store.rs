@@ -72,8 +72,14 @@ pub trait EventAppender: Send + Sync {
     /// Appends events to a stream, all or nothing, if the stream is at the expected version.
     /// Returns the committed envelopes with their versions and positions.
     ///
+    /// A store settles the append's routing key with [`routing::settle`](crate::routing::settle),
+    /// checks it against the stream's with [`routing::check`](crate::routing::check) (the key
+    /// before the version) and stores the stream's key on every event that names none.
+    ///
     /// # Errors
-    /// [`Error::Conflict`](crate::Error::Conflict) when the stream is not at `expected`; a backend error.
+    /// [`Error::RoutingKeyChanged`](crate::Error::RoutingKeyChanged) when the append names a
+    /// key the stream does not have; [`Error::Conflict`](crate::Error::Conflict) when the stream
+    /// is not at `expected`; a backend error.
     async fn append(
         &self,
         aggregate_type: &str,

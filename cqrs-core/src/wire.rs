@@ -196,6 +196,12 @@ impl<'a> Received<'a> {
         metadata.correlation_id = self.uuid(CORRELATION).unwrap_or(event_id);
         metadata.causation_id = self.uuid(CAUSATION).ok();
         metadata.user.insert(DLQ_SOURCE.to_owned(), source);
+        // The routing key, where the metadata header still parses: a retry then stores the
+        // dead letter's view under the key it travelled by.
+        metadata.routing_key = self
+            .get(META)
+            .and_then(|bytes| serde_json::from_slice::<BTreeMap<String, String>>(bytes).ok())
+            .and_then(|mut map| map.remove(crate::envelope::ROUTING_KEY));
         Envelope {
             stream_id: stream_id
                 .or_else(|| text(STREAM_ID))

@@ -22,7 +22,9 @@ async fn the_memory_store_passes_the_conformance_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_bus_passes_the_bus_conformance_suite() {
-    cqrs_core::testing::bus_conformance::run(|| async { MemoryEventBus::new(4) }).await;
+    // Three partitions for two members: an assignment that is not the same in every topic
+    // splits a routing key's events between them.
+    cqrs_core::testing::bus_conformance::run(|| async { MemoryEventBus::new(3) }).await;
 }
 
 fn events(streams: u64, each: u64) -> Vec<cqrs_core::Envelope> {
@@ -153,6 +155,7 @@ async fn a_stale_view_write_is_refused_whole() {
         dead_letters: vec![],
         checkpoint: Some(1),
         resolved: vec![],
+        claim: None,
     };
     store
         .commit(work(vec![doc("a", 0)]))

@@ -100,3 +100,103 @@ pub(crate) fn rejected<M: Message>(message: &M, reason: String) -> Rejected {
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use cqrs_core::Metadata;
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    fn envelope(routing_key: Option<&str>) -> Envelope {
+        let mut metadata = Metadata::new();
+        metadata.routing_key = routing_key.map(str::to_owned);
+        Envelope {
+            stream_id: "comment-7".into(),
+            aggregate_type: "comment".into(),
+            version: 3,
+            position: 41,
+            event_name: "shop.CommentPosted".into(),
+            event_version: 1,
+            payload: Bytes::from_static(br#"{"text":"ok"}"#),
+            metadata,
+        }
+    }
+
+    /// The record as a consumer receives it.
+    fn delivered(record: &Record, headers: Option<OwnedHeaders>) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(record.payload.to_vec()),
+            Some(record.key.clone()),
+            record.topic.clone(),
+            Timestamp::NotAvailable,
+            2,
+            17,
+            headers,
+        )
+    }
+
+    #[test]
+    fn a_record_keyed_by_its_stream_reads_back_whole() {
+        let sent = envelope(None);
+        let record = Record::of("comment".into(), &sent);
+        assert_eq!(record.key, b"comment-7");
+        assert!(record.headers.iter().all(|(k, _)| *k != wire::STREAM_ID));
+        let back = decode(&delivered(&record, Some(record.headers()))).unwrap();
+        assert_eq!(back.stream_id, sent.stream_id);
+        assert_eq!(back.metadata.routing_key, None);
+        assert_eq!(back.routing_key(), "comment-7");
+        assert_eq!(back.position, 41);
+    }
+
+    #[test]
+    fn a_routed_record_is_keyed_by_its_route_and_names_its_stream() {
+        let sent = envelope(Some("product-1"));
+        let record = Record::of("comment".into(), &sent);
+        assert_eq!(record.key, b"product-1");
+        let back = decode(&delivered(&record, Some(record.headers()))).unwrap();
+        assert_eq!(back.stream_id, "comment-7", "the header wins over the key");
+        assert_eq!(back.routing_key(), "product-1");
+        assert_eq!(back.metadata.event_id, sent.metadata.event_id);
+    }
+
+    #[test]
+    fn a_record_without_headers_is_rejected_with_a_stable_id_and_its_key() {
+        let record = Record::of("comment".into(), &envelope(Some("product-1")));
+        let message = delivered(&record, None);
+        let reason = decode(&message).unwrap_err();
+        let first = rejected(&message, reason.clone());
+        let again = rejected(&message, reason);
+        assert_eq!(
+            first.envelope.metadata.event_id,
+            again.envelope.metadata.event_id
+        );
+        assert_eq!(
+            first.envelope.stream_id, "product-1",
+            "the key is all it has"
+        );
+        assert_eq!(first.envelope.payload, record.payload);
+    }
+
+    #[test]
+    fn a_routed_record_with_a_bad_header_keeps_its_stream_and_route() {
+        let sent = envelope(Some("product-1"));
+        let record = Record::of("comment".into(), &sent);
+        let headers = record
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != wire::EVENT_ID)
+            .fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_slice()),
+                })
+            });
+        let message = delivered(&record, Some(headers));
+        let reason = decode(&message).unwrap_err();
+        let dead = rejected(&message, reason).envelope;
+        assert_eq!(dead.stream_id, "comment-7");
+        assert_eq!(dead.metadata.routing_key.as_deref(), Some("product-1"));
+        assert_eq!(dead.event_name, "shop.CommentPosted");
+    }
+}

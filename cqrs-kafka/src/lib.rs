@@ -290,7 +290,9 @@ impl KafkaBus {
             message: format!("reading topic metadata: {e}"),
             source: None,
         })??;
-        // A count of 0: the broker does not know the topic yet; it is checked next time.
+        // A count of 0: the broker does not know the topic yet (it is created on first
+        // publish). It is left out of this check, which runs once per subscription; a member
+        // that subscribes after the topic exists checks it.
         let mut known = counts.iter().filter(|(_, n)| *n > 0);
         if let Some((first, n)) = known.next() {
             if let Some((other, m)) = known.find(|(_, m)| m != n) {

@@ -357,8 +357,12 @@ impl PgAppendTx {
     /// Appends to a stream inside this transaction. Positions are final, and visible to
     /// readers, once the transaction commits.
     ///
+    /// The routing key is settled and checked as [`EventAppender::append`] says.
+    ///
     /// # Errors
-    /// [`Error::Conflict`] on a version mismatch, a backend error.
+    /// [`Error::RoutingKeyChanged`](cqrs_core::Error::RoutingKeyChanged) when the append names
+    /// a key the stream does not have, [`Error::Conflict`] on a version mismatch, a backend
+    /// error.
     pub async fn append(
         &mut self,
         aggregate_type: &str,

@@ -395,6 +395,11 @@ impl EventAppender for MemoryEventStore {
                 });
             }
         }
+        // The key before the version, as PostgreSQL checks them: a writer with a stale version
+        // and a wrong key learns of the key, which no retry mends.
+        if let Some(index) = known {
+            crate::routing::check(stream_id, log.stream_routing_key(index), key.as_deref())?;
+        }
         if let ExpectedVersion::Exact(expected) = expected {
             if expected != actual {
                 return Err(Error::Conflict {
@@ -408,9 +413,7 @@ impl EventAppender for MemoryEventStore {
             return Ok(committed);
         }
         if let Some(index) = known {
-            let stream_key = log.stream_routing_key(index);
-            crate::routing::check(stream_id, stream_key, key.as_deref())?;
-            if let (None, Some(inherited)) = (&key, stream_key) {
+            if let (None, Some(inherited)) = (&key, log.stream_routing_key(index)) {
                 let inherited = inherited.to_owned();
                 for envelope in &mut committed {
                     envelope.metadata.routing_key = Some(inherited.clone());

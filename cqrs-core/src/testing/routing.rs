@@ -59,7 +59,12 @@ pub async fn streams_keep_their_routing_key<S: EventStore>(store: Arc<S>) {
         .await
         .expect("an event naming no key");
     assert_eq!(keys(&inherited), ["p-1"], "an event naming none inherits");
-    for expected in [ExpectedVersion::Exact(3), ExpectedVersion::Any] {
+    // A stale version too (every backend checks the key first: no retry mends it).
+    for expected in [
+        ExpectedVersion::Exact(3),
+        ExpectedVersion::Any,
+        ExpectedVersion::Exact(0),
+    ] {
         let outcome = store
             .append("comment", "c-1", expected, vec![routed(4, Some("p-2"))])
             .await;
@@ -100,6 +105,30 @@ pub async fn streams_keep_their_routing_key<S: EventStore>(store: Arc<S>) {
         )
         .await;
     assert_refused(outcome, "p-9", "p-9", "x");
+    // Naming the stream id on a stream routed by another key is naming none: it inherits.
+    let own_on_routed = store
+        .append(
+            "comment",
+            "c-1",
+            ExpectedVersion::Exact(4),
+            vec![routed(5, Some("c-1"))],
+        )
+        .await
+        .expect("naming the stream id on a routed stream");
+    assert_eq!(keys(&own_on_routed), ["p-1"], "inherits the stream's key");
+    // An empty key is malformed, not a key.
+    let outcome = store
+        .append(
+            "comment",
+            "c-3",
+            ExpectedVersion::NEW,
+            vec![routed(1, Some(""))],
+        )
+        .await;
+    assert!(
+        matches!(outcome, Err(Error::Malformed { .. })),
+        "an empty key: {outcome:?}"
+    );
 
     // Two keys in one append: refused, nothing written, the stream is still new.
     let outcome = store
@@ -116,12 +145,12 @@ pub async fn streams_keep_their_routing_key<S: EventStore>(store: Arc<S>) {
     let stream = store.read_stream("c-1", 0).await.expect("read");
     assert_eq!(
         keys(&stream),
-        ["p-1"; 4],
+        ["p-1"; 5],
         "read_stream: the refused wrote nothing"
     );
     let log = read_settled(store.as_ref()).await;
     let c1: Vec<&Envelope> = log.iter().filter(|e| e.stream_id == "c-1").collect();
-    assert_eq!(c1.len(), 4, "read_all");
+    assert_eq!(c1.len(), 5, "read_all");
     assert!(
         c1.iter().all(|e| e.routing_key() == "p-1"),
         "read_all: {c1:?}"
