@@ -77,6 +77,16 @@ pub enum Error {
         /// The routing key the refused event named.
         actual: String,
     },
+    /// A unit of work of a segment whose claim another instance took: the view store holds
+    /// another token (see [`crate::segment`]). Nothing of it was committed, or (a store
+    /// without transactions) only view writes that the new holder's replay skips.
+    #[error("projection `{projection}` lost segment {segment}: another instance holds it")]
+    ClaimLost {
+        /// The projection.
+        projection: String,
+        /// The segment.
+        segment: crate::segment::Segment,
+    },
     /// A view document changed since it was loaded (another processor wrote it).
     #[error("view `{id}` of projection `{projection}` changed concurrently: expected revision {expected}, found {actual}")]
     ViewConflict {

@@ -15,6 +15,7 @@ pub mod projection;
 pub mod registry;
 pub mod relay;
 pub mod routing;
+pub mod segment;
 pub mod store;
 pub mod testing;
 pub mod view;

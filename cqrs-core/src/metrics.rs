@@ -13,6 +13,8 @@
 //! | `cqrs_processor_dead_letters_total` | counter | projection | events dead-lettered |
 //! | `cqrs_processor_view_conflicts_total` | counter | projection | units of work refused because a view changed concurrently (folded again) |
 //! | `cqrs_processor_commit_retries_total` | counter | projection | units of work that failed on a transient backend error (a write conflict in the view store, a lost connection) and were tried again |
+//! | `cqrs_processor_segments_held` | gauge | projection | segments this instance holds, for a projection run in segments |
+//! | `cqrs_processor_claims_lost_total` | counter | projection | segments another instance took while this one held them (its commit was refused) |
 //! | `cqrs_processor_lag_seconds` | gauge | projection | now minus the timestamp of the last applied event (of the oldest in the batch under way, so a stall grows it); 0 once the feed had nothing more (set as it changes and on each health report) |
 //! | `cqrs_processor_lag_events` | gauge | projection | store feeds: the log's head minus the position (set on each health report) |
 //! | `cqrs_processor_position` | gauge | projection | the largest position committed (set on each health report) |
@@ -38,6 +40,10 @@ pub const PROCESSOR_DEAD_LETTERS: &str = "cqrs_processor_dead_letters_total";
 pub const PROCESSOR_VIEW_CONFLICTS: &str = "cqrs_processor_view_conflicts_total";
 /// Units of work tried again after a transient backend error, per projection.
 pub const PROCESSOR_COMMIT_RETRIES: &str = "cqrs_processor_commit_retries_total";
+/// Segments held by this instance, per projection.
+pub const PROCESSOR_SEGMENTS_HELD: &str = "cqrs_processor_segments_held";
+/// Segments lost to another instance, per projection.
+pub const PROCESSOR_CLAIMS_LOST: &str = "cqrs_processor_claims_lost_total";
 /// Seconds behind, per projection.
 pub const PROCESSOR_LAG_SECONDS: &str = "cqrs_processor_lag_seconds";
 /// Events behind the store's head, per store-fed projection.
@@ -79,6 +85,17 @@ pub(crate) fn view_conflict(projection: &str) {
 /// A unit of work that failed on a transient backend error, tried again.
 pub(crate) fn commit_retry(projection: &str) {
     metrics::counter!(PROCESSOR_COMMIT_RETRIES, "projection" => projection.to_owned()).increment(1);
+}
+
+/// How many segments this instance holds.
+pub(crate) fn segments_held(projection: &str, held: usize) {
+    metrics::gauge!(PROCESSOR_SEGMENTS_HELD, "projection" => projection.to_owned())
+        .set(held as f64);
+}
+
+/// A segment lost to another instance.
+pub(crate) fn claim_lost(projection: &str) {
+    metrics::counter!(PROCESSOR_CLAIMS_LOST, "projection" => projection.to_owned()).increment(1);
 }
 
 /// How far behind a projection is, in seconds.

@@ -109,6 +109,11 @@ pub struct UnitOfWork {
     /// [`Error::ViewConflict`](crate::Error::ViewConflict) when one of them is gone (resolved
     /// by a concurrent retry), except MongoDB without transactions (at least once).
     pub resolved: Vec<Uuid>,
+    /// The segment claim the unit of work is committed under, for a projection run in
+    /// segments (see [`crate::segment`]). Then `checkpoint` is the segment's, and the store
+    /// commits only while it holds the claim's token, else refuses the whole unit of work with
+    /// [`Error::ClaimLost`](crate::Error::ClaimLost).
+    pub claim: Option<crate::segment::Claim>,
 }
 
 /// Where a projection keeps its documents, checkpoint and dead letters.
@@ -144,6 +149,12 @@ pub trait ViewStore: Send + Sync {
     /// that). [`Atomicity::Atomic`] unless the store says otherwise.
     fn atomicity(&self) -> Atomicity {
         Atomicity::Atomic
+    }
+
+    /// The segment claims the store keeps beside the views, for projections run in segments;
+    /// `None` (the default) when it keeps none.
+    fn claims(&self) -> Option<&dyn crate::segment::SegmentClaims> {
+        None
     }
 }
 

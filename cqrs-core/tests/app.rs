@@ -53,6 +53,13 @@ async fn a_mis_wired_app_is_a_typed_error_at_build() {
         .relay("r", |r| r.only(Vec::<String>::new()))
         .build();
     assert!(config_error(empty_only).contains("names no aggregate type"));
+    let segmented_bus = App::builder()
+        .with(MemoryEventBus::new(1))
+        .projection(Tally::default(), |p| {
+            p.from_bus("g", ["counter"]).segments(2)
+        })
+        .build();
+    assert!(config_error(segmented_bus).contains("segments on a bus feed"));
     let forgetful = App::builder()
         .with(DurableStoreOnly)
         .with(MemoryEventBus::new(1))
@@ -92,6 +99,35 @@ async fn a_mis_wired_app_is_a_typed_error_at_build() {
         .shutdown()
         .await
         .expect("shutdown");
+}
+
+/// A store-fed projection in segments, wired by the builder: one instance holds them all,
+/// catches up, and shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_runs_in_segments_from_the_builder() {
+    let mut app = App::builder()
+        .projection(Tally::default(), |p| {
+            p.segments(3).segment_lease(Duration::from_millis(300))
+        })
+        .build()
+        .expect("build");
+    for i in 0..30u64 {
+        app.gateway()
+            .send(add(&format!("c-{}", i % 6), i + 1))
+            .await
+            .expect("send");
+    }
+    app.caught_up(Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let tally = app.read_model::<Tally>().expect("tally");
+    let all = tally.find(&cqrs_core::Query::all()).await.expect("find");
+    assert_eq!(all.len(), 6);
+    assert!(
+        all.iter().all(|(_, v)| v.versions == [1, 2, 3, 4, 5]),
+        "{all:?}"
+    );
+    app.shutdown().await.expect("shutdown");
 }
 
 /// One builder: a relay to a bus, a projection on the bus and one on the store; commands

@@ -110,6 +110,7 @@ impl MongoViewStore {
                 doc! { "$max": { "position": c as i64 } },
             )
         });
+        let claims = self.mongo.collection("segment_claims");
         let mut session = self
             .mongo
             .inner
@@ -122,7 +123,21 @@ impl MongoViewStore {
             .await
             .map_err(|e| backend("starting a transaction", e))?;
         let outcome: Result<()> = async {
-            if let Some((q, u)) = &checkpoint {
+            // First the fence: the claim's document, written in the transaction, conflicts
+            // with a concurrent claim of the segment.
+            if let Some(claim) = &work.claim {
+                let fenced = claims
+                    .update_one(
+                        crate::segments::held(&work.projection, claim),
+                        crate::segments::checkpoint_update(&work),
+                    )
+                    .session(&mut session)
+                    .await
+                    .map_err(|e| backend("checking a segment claim", e))?;
+                if fenced.matched_count == 0 {
+                    return Err(crate::segments::lost(&work, claim));
+                }
+            } else if let Some((q, u)) = &checkpoint {
                 checkpoints
                     .update_one(q.clone(), u.clone())
                     .upsert(true)
@@ -226,6 +241,7 @@ impl StepwiseCommit for MongoViewStore {
                 }
             }
             CommitStep::Views if !work.writes.is_empty() => {
+                self.check_claim(work).await?;
                 let views = self.views(&work.projection)?;
                 let command = doc! {
                     "update": views.name(),
@@ -256,7 +272,21 @@ impl StepwiseCommit for MongoViewStore {
                     .map_err(|e| backend("removing resolved dead letters", e))?;
             }
             CommitStep::Checkpoint => {
-                if let Some(c) = work.checkpoint {
+                if let Some(claim) = &work.claim {
+                    // The fence: the checkpoint moves only while the store holds the claim.
+                    let fenced = self
+                        .mongo
+                        .collection("segment_claims")
+                        .update_one(
+                            crate::segments::held(&work.projection, claim),
+                            crate::segments::checkpoint_update(work),
+                        )
+                        .await
+                        .map_err(|e| backend("saving a segment's checkpoint", e))?;
+                    if fenced.matched_count == 0 {
+                        return Err(crate::segments::lost(work, claim));
+                    }
+                } else if let Some(c) = work.checkpoint {
                     self.mongo
                         .collection("view_checkpoints")
                         .update_one(

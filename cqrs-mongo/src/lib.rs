@@ -3,6 +3,7 @@
 mod checkpoint;
 mod commit;
 mod names;
+mod segments;
 mod view;
 
 use std::sync::Arc;
@@ -58,6 +59,16 @@ impl std::fmt::Debug for Mongo {
 
 pub(crate) fn backend(what: &str, e: mongodb::error::Error) -> Error {
     Error::backend("mongo", what, Driver(e))
+}
+
+/// Whether the server refused a write for a duplicate `_id` (or unique key).
+pub(crate) fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        _ => false,
+    }
 }
 
 /// The driver's error, told in one line: a server's refusal by its code name, code and

@@ -200,7 +200,12 @@ impl ViewStore for MongoViewStore {
             .map(|p| p as u64))
     }
 
+    fn claims(&self) -> Option<&dyn cqrs_core::segment::SegmentClaims> {
+        Some(self)
+    }
+
     async fn reset(&self, projection: &str) -> Result<()> {
+        self.reset_claims(projection).await?;
         self.views(projection)?
             .drop()
             .await

@@ -203,6 +203,7 @@ async fn a_stale_view_write_is_refused_not_overwritten() {
         dead_letters: vec![],
         checkpoint: Some(1),
         resolved: vec![],
+        claim: None,
     };
     views
         .commit(work(vec![doc("a", 0, 1)]))

@@ -7,6 +7,7 @@ mod group;
 mod listen;
 mod page;
 mod schema;
+mod segments;
 mod snapshot;
 mod store;
 mod view;

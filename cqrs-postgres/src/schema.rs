@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "routing key",
         include_str!("migrations/0007_routing_key.sql"),
     ),
+    (8, "segments", include_str!("migrations/0008_segments.sql")),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or

@@ -46,6 +46,9 @@ impl PgViewStore {
             .begin()
             .await
             .map_err(|e| db("starting a unit of work", e))?;
+        if let Some(claim) = &work.claim {
+            self.fence(&mut tx, projection, claim).await?;
+        }
         let (mut new, mut old) = (Vec::new(), Vec::new());
         for doc in &work.writes {
             let view = doc
@@ -173,7 +176,10 @@ impl PgViewStore {
             .await
             .map_err(|e| db("saving a dead letter", e))?;
         }
-        if let Some(checkpoint) = work.checkpoint {
+        if let (Some(checkpoint), Some(claim)) = (work.checkpoint, &work.claim) {
+            self.segment_checkpoint(&mut tx, projection, claim, checkpoint)
+                .await?;
+        } else if let Some(checkpoint) = work.checkpoint {
             sqlx::query(self.schema.sql(
                 "INSERT INTO {schema}.view_checkpoints (projection, position) VALUES ($1, $2)
                  ON CONFLICT (projection) DO UPDATE
@@ -192,6 +198,14 @@ impl PgViewStore {
 
     pub(crate) fn new(pool: PgPool, schema: Arc<Schema>) -> Self {
         PgViewStore { pool, schema }
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn schema(&self) -> &Schema {
+        &self.schema
     }
 
     /// Tells which of `ids` changed under the writer, for the conflict error.
@@ -266,10 +280,16 @@ impl ViewStore for PgViewStore {
         Ok(position.map(|p| p as u64))
     }
 
+    fn claims(&self) -> Option<&dyn cqrs_core::segment::SegmentClaims> {
+        Some(self)
+    }
+
     async fn reset(&self, projection: &str) -> Result<()> {
         sqlx::query(self.schema.sql(
             "WITH a AS (DELETE FROM {schema}.views WHERE projection = $1),
-                  b AS (DELETE FROM {schema}.view_checkpoints WHERE projection = $1)
+                  b AS (DELETE FROM {schema}.view_checkpoints WHERE projection = $1),
+                  c AS (DELETE FROM {schema}.segment_claims WHERE projection = $1),
+                  d AS (DELETE FROM {schema}.segment_members WHERE projection = $1)
              DELETE FROM {schema}.dead_letters WHERE projection = $1",
         ))
         .bind(projection)

@@ -217,6 +217,7 @@ async fn a_corrupted_payload_row_stops_the_processor_with_its_position_or_is_dea
             dead_letters: vec![],
             checkpoint: None,
             resolved: vec![dead[0].envelope.metadata.event_id],
+            claim: None,
         })
         .await
         .expect("resolve");
@@ -241,6 +242,7 @@ async fn views_are_queried_by_filter_sort_and_page_and_stale_writes_are_refused(
         dead_letters: vec![],
         checkpoint: Some(5),
         resolved: vec![],
+        claim: None,
     };
     let people = [
         ("a", "Zed", 5),

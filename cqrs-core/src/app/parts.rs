@@ -30,6 +30,7 @@ pub struct ProjectionOptions {
     view_cache: Option<usize>,
     idle: Option<Duration>,
     skip_unknown: bool,
+    segments: Option<(u32, Duration)>,
 }
 
 impl ProjectionOptions {
@@ -42,6 +43,7 @@ impl ProjectionOptions {
             view_cache: None,
             idle: None,
             skip_unknown: false,
+            segments: None,
         }
     }
 
@@ -86,6 +88,25 @@ impl ProjectionOptions {
     /// How long the feed waits for new events before the processor checks for a stop.
     pub fn idle_wait(mut self, idle: Duration) -> Self {
         self.idle = Some(idle);
+        self
+    }
+
+    /// Runs a store-fed projection in `count` segments, shared with every other instance of
+    /// it on the same view store, each claimed under a lease of 10 s (see
+    /// [`crate::segment`]). Choose the count once: as many as instances you may ever run;
+    /// changing it needs a replay. The builder refuses it on a bus feed (a consumer group
+    /// shares a bus) and on a view store that keeps no claims.
+    pub fn segments(mut self, count: u32) -> Self {
+        let lease = self.segments.map_or(Duration::from_secs(10), |(_, l)| l);
+        self.segments = Some((count, lease));
+        self
+    }
+
+    /// The lease of each segment's claim (default 10 s): how long a dead instance's segments
+    /// wait before another takes them. Renewed three times per lease.
+    pub fn segment_lease(mut self, lease: Duration) -> Self {
+        let count = self.segments.map_or(1, |(c, _)| c);
+        self.segments = Some((count, lease));
         self
     }
 
@@ -167,6 +188,18 @@ impl PendingProjection {
         PendingProjection {
             options,
             start: Box::new(move |options, wiring| {
+                if options.segments.is_some() {
+                    let who = &options.name;
+                    if matches!(options.source, Source::Bus { .. }) {
+                        return Err(crate::Error::Config(format!(
+                            "projection `{who}` runs in segments on a bus feed: its consumer \
+                             group shares the partitions already; segments are for the store's log"
+                        )));
+                    }
+                    if wiring.views.store.claims().is_none() {
+                        return Err(crate::segment::no_claims(who));
+                    }
+                }
                 let feed: Arc<dyn Feed> = match &options.source {
                     Source::Store => Arc::new(StoreFeed::new(wiring.store.clone())),
                     Source::Bus { group, types } => {
@@ -177,7 +210,11 @@ impl PendingProjection {
                 // A second processor beside the running one, for dead-letter retries: view
                 // revisions keep the two from overwriting each other.
                 let retry = Arc::new(options.processor(projection.clone(), wiring).view_cache(0));
-                let handle = options.processor(projection, wiring).spawn(feed);
+                let mut running = options.processor(projection, wiring);
+                if let Some((count, lease)) = options.segments {
+                    running = running.segments(count, lease);
+                }
+                let handle = running.spawn(feed);
                 Ok(Started { handle, retry })
             }),
         }

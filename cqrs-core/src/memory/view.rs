@@ -1,5 +1,6 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
@@ -7,6 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::segment::{Claim, Claimed, Segment, SegmentClaims};
 use crate::view::{
     DeadLetter, DeadLetterCursor, DeadLetterStore, Filter, Order, Query, StoredDoc, UnitOfWork,
     ViewQuery, ViewStore,
@@ -17,6 +19,18 @@ struct Space {
     docs: BTreeMap<String, StoredDoc>,
     checkpoint: Option<u64>,
     dead: Vec<DeadLetter>,
+    /// Segment claims by segment index, with each segment's checkpoint.
+    segments: BTreeMap<u32, SegmentRow>,
+    /// Live members of the projection's group, until when.
+    members: HashMap<Uuid, Instant>,
+}
+
+/// A segment's claim and checkpoint.
+struct SegmentRow {
+    count: u32,
+    token: Option<Uuid>,
+    until: Instant,
+    checkpoint: Option<u64>,
 }
 
 /// Views, checkpoints and dead letters in memory. A unit of work commits under one lock: the
@@ -77,6 +91,15 @@ impl ViewStore for MemoryViewStore {
     async fn commit(&self, work: UnitOfWork) -> Result<()> {
         let mut spaces = self.spaces.write();
         let space = spaces.entry(work.projection.clone()).or_default();
+        if let Some(claim) = &work.claim {
+            let held = space.segments.get(&claim.segment.index);
+            if held.and_then(|row| row.token) != Some(claim.token) {
+                return Err(Error::ClaimLost {
+                    projection: work.projection,
+                    segment: claim.segment,
+                });
+            }
+        }
         for doc in &work.writes {
             let actual = space.docs.get(&doc.id).map_or(0, |d| d.revision);
             if actual != doc.revision {
@@ -115,10 +138,21 @@ impl ViewStore for MemoryViewStore {
             space.dead.retain(|d| d.envelope.metadata.event_id != id);
             space.dead.push(letter);
         }
-        if let Some(checkpoint) = work.checkpoint {
-            space.checkpoint = Some(space.checkpoint.map_or(checkpoint, |c| c.max(checkpoint)));
+        let kept = match &work.claim {
+            Some(claim) => space
+                .segments
+                .get_mut(&claim.segment.index)
+                .map(|row| &mut row.checkpoint),
+            None => Some(&mut space.checkpoint),
+        };
+        if let (Some(checkpoint), Some(kept)) = (work.checkpoint, kept) {
+            *kept = Some(kept.map_or(checkpoint, |c| c.max(checkpoint)));
         }
         Ok(())
+    }
+
+    fn claims(&self) -> Option<&dyn SegmentClaims> {
+        Some(self)
     }
 
     async fn checkpoint(&self, projection: &str) -> Result<Option<u64>> {
@@ -131,6 +165,84 @@ impl ViewStore for MemoryViewStore {
 
     async fn reset(&self, projection: &str) -> Result<()> {
         self.spaces.write().remove(projection);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SegmentClaims for MemoryViewStore {
+    async fn heartbeat(&self, projection: &str, owner: Uuid, lease: Duration) -> Result<u32> {
+        let now = Instant::now();
+        let mut spaces = self.spaces.write();
+        let space = spaces.entry(projection.to_owned()).or_default();
+        space.members.insert(owner, now + lease);
+        space.members.retain(|_, until| *until > now);
+        Ok(u32::try_from(space.members.len()).unwrap_or(u32::MAX))
+    }
+
+    async fn claim(
+        &self,
+        projection: &str,
+        segment: Segment,
+        owner: Uuid,
+        lease: Duration,
+    ) -> Result<Option<Claimed>> {
+        let now = Instant::now();
+        let mut spaces = self.spaces.write();
+        let space = spaces.entry(projection.to_owned()).or_default();
+        if let Some(other) = space.segments.values().find(|r| r.count != segment.count) {
+            return Err(crate::segment::count_changed(
+                projection,
+                other.count,
+                segment.count,
+            ));
+        }
+        let row = space.segments.entry(segment.index).or_insert(SegmentRow {
+            count: segment.count,
+            token: None,
+            until: now,
+            checkpoint: None,
+        });
+        if row.token.is_some() && row.until > now {
+            return Ok(None);
+        }
+        let token = Uuid::new_v4();
+        row.token = Some(token);
+        row.until = now + lease;
+        Ok(Some(Claimed {
+            claim: Claim {
+                segment,
+                owner,
+                token,
+            },
+            checkpoint: row.checkpoint,
+        }))
+    }
+
+    async fn renew(&self, projection: &str, claim: &Claim, lease: Duration) -> Result<bool> {
+        let mut spaces = self.spaces.write();
+        let row = spaces
+            .get_mut(projection)
+            .and_then(|space| space.segments.get_mut(&claim.segment.index))
+            .filter(|row| row.token == Some(claim.token));
+        Ok(match row {
+            Some(row) => {
+                row.until = Instant::now() + lease;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn release(&self, projection: &str, claim: &Claim) -> Result<()> {
+        let mut spaces = self.spaces.write();
+        if let Some(row) = spaces
+            .get_mut(projection)
+            .and_then(|space| space.segments.get_mut(&claim.segment.index))
+            .filter(|row| row.token == Some(claim.token))
+        {
+            row.token = None;
+        }
         Ok(())
     }
 }

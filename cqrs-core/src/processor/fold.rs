@@ -181,10 +181,23 @@ pub(super) async fn fold<P: Projection>(
 
     // 1. Decode what the projection wants; unknown names and bad payloads fail per policy.
     let mut decoded: Decoded<P::Event> = Vec::with_capacity(events.len());
+    // A segment applies the events of its own views only; an event no view id can be had of
+    // is the business of the segment its routing key falls in (one segment fails it).
+    let segment = processor.segment.map(|claim| claim.segment);
+    let theirs = |key: &str| segment.is_some_and(|s| !s.owns(key));
     for envelope in events {
-        match P::Event::decode(envelope) {
+        let decoding = P::Event::decode(envelope);
+        if !matches!(decoding, Ok(Some(_))) && theirs(envelope.routing_key()) {
+            decoded.push(None);
+            continue;
+        }
+        match decoding {
             Ok(Some(event)) => {
                 let id = projection.view_id(&event, envelope);
+                if theirs(&id) {
+                    decoded.push(None);
+                    continue;
+                }
                 decoded.push(Some((id, event)));
             }
             Ok(None) => {
@@ -318,6 +331,7 @@ pub(super) async fn fold<P: Projection>(
         dead_letters: dead,
         checkpoint: batch.checkpoint,
         resolved: Vec::new(),
+        claim: processor.segment,
     };
     Ok(Folded {
         work,
@@ -397,6 +411,7 @@ pub(super) async fn refold_dead_letter<P: Projection>(
         dead_letters: Vec::new(),
         checkpoint: None,
         resolved: vec![envelope.metadata.event_id],
+        claim: None,
     };
     Ok(Ok((work, id)))
 }

@@ -106,6 +106,8 @@ pub struct ProcessorHandle {
     /// Whether the feed has one global order (the store's log).
     pub(super) ordered: bool,
     pub(super) progress: Arc<Progress>,
+    /// The segments held, for a processor run in segments.
+    pub(super) held: watch::Receiver<Vec<u32>>,
 }
 
 /// How far behind a processor is.
@@ -147,6 +149,12 @@ impl ProcessorHandle {
     /// The processor's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The segments this instance holds, by index, for a processor run in segments
+    /// ([`TrackingProcessor::segments`](super::TrackingProcessor::segments)); empty otherwise.
+    pub fn held_segments(&self) -> Vec<u32> {
+        self.held.borrow().clone()
     }
 
     /// The largest global position committed so far.

@@ -11,6 +11,7 @@ mod fold;
 mod handle;
 mod policy;
 mod retry;
+mod segments;
 mod source;
 
 use std::collections::HashMap;
@@ -54,6 +55,12 @@ pub struct TrackingProcessor<P: Projection> {
     /// Whether to record each committed batch's stream versions, for waits on a feed that
     /// has no one order (set by `spawn` from the feed).
     record_streams: bool,
+    /// The segment claim a segment's worker commits under.
+    segment: Option<crate::segment::Claim>,
+    /// Whether `spawn` runs it in segments.
+    segmenting: Option<segments::Segmenting>,
+    /// The segments it holds, run in segments (by index).
+    held: watch::Sender<Vec<u32>>,
 }
 
 impl<P: Projection> std::fmt::Debug for TrackingProcessor<P> {
@@ -91,7 +98,28 @@ impl<P: Projection> TrackingProcessor<P> {
             track_streams: false,
             progress: Arc::new(Progress::new(100_000)),
             record_streams: false,
+            segment: None,
+            segmenting: None,
+            held: watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// Runs in `count` segments (at least 1) shared with the other instances of this
+    /// projection on the same view store, each held under a lease of `lease` (renewed three
+    /// times a lease; an instance that stops renewing loses its segments once it runs out).
+    /// For a feed with one order (the store's log): a bus shares its partitions in its
+    /// consumer group instead. The view store must keep claims
+    /// ([`ViewStore::claims`]), else the processor ends at
+    /// once with a configuration error. See [`crate::segment`].
+    ///
+    /// Positions: the handle's position is the smallest of the segments this instance holds,
+    /// so a wait on it covers the views of those segments only.
+    pub fn segments(mut self, count: u32, lease: Duration) -> Self {
+        self.segmenting = Some(segments::Segmenting {
+            count: count.max(1),
+            lease,
+        });
+        self
     }
 
     /// Records each stream's last applied version in the views even when fed from the global
@@ -352,6 +380,17 @@ impl<P: Projection> TrackingProcessor<P> {
             Err(Error::Shutdown) => return Ok(()),
             other => other?,
         };
+        self.run_from(feed, checkpoint, stop).await
+    }
+
+    /// As [`run`](Self::run), from a checkpoint the caller loaded (a segment's, with its
+    /// claim).
+    async fn run_from(
+        &self,
+        feed: &dyn Feed,
+        checkpoint: Option<u64>,
+        stop: CancellationToken,
+    ) -> Result<()> {
         let mut source = match self
             .retry_backend("opening the feed", &stop, || {
                 feed.open(checkpoint, self.idle)
@@ -448,6 +487,7 @@ impl<P: Projection> TrackingProcessor<P> {
         let stop = CancellationToken::new();
         let position = self.watch_position();
         let lag = self.lag.subscribe();
+        let held = self.held.subscribe();
         let token = stop.clone();
         let name = self.name.clone();
         let progress = self.progress.clone();
@@ -455,7 +495,11 @@ impl<P: Projection> TrackingProcessor<P> {
         self.record_streams = !ordered;
         let (ended_tx, ended) = watch::channel(None);
         let task = tokio::spawn(async move {
-            let outcome = self.run(feed.as_ref(), token).await;
+            let outcome = match self.segmenting {
+                // The coordinator publishes what its segments' workers have committed.
+                Some(segmenting) => self.coordinate(feed, segmenting, token).await,
+                None => self.run(feed.as_ref(), token).await,
+            };
             let why = match &outcome {
                 Ok(()) => "stopped".to_owned(),
                 Err(e) => {
@@ -475,6 +519,7 @@ impl<P: Projection> TrackingProcessor<P> {
             ended,
             ordered,
             progress,
+            held,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod conformance;
 mod faults;
 mod projection;
 mod routing;
+mod segments;
 pub mod view_conformance;
 
 pub use self::aggregate::{AggregateFixture, Then};
@@ -19,6 +20,7 @@ pub use self::bus_routing::one_routing_key_reaches_one_member_in_order;
 pub use self::faults::{CrashAfterStep, CrashBeforeCheckpoint};
 pub use self::projection::ProjectionFixture;
 pub use self::routing::streams_keep_their_routing_key;
+pub use self::segments::claims_fence_and_expire;
 
 use bytes::Bytes;
 

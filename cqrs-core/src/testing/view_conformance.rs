@@ -40,6 +40,7 @@ fn work(projection: &str, writes: Vec<StoredDoc>) -> UnitOfWork {
         dead_letters: Vec::new(),
         checkpoint: None,
         resolved: Vec::new(),
+        claim: None,
     }
 }
 
@@ -65,6 +66,7 @@ where
     dead_letters_are_paged_in_cursor_order(&make().await).await;
     reset_clears_one_projection(&make().await).await;
     queries_filter_sort_and_page(&make().await).await;
+    super::segments::claims_fence_and_expire(&make().await).await;
 }
 
 /// Documents come back as written (revision + 1), tombstones included, missing ids left out;
