@@ -104,9 +104,14 @@ impl MongoViewStore {
                 .collect();
             doc! { "_id": { "$in": ids } }
         });
+        // A segment's checkpoint is a document of its own (see `segments::checkpoint_id`).
+        let checkpoint_id = match &work.claim {
+            Some(claim) => crate::segments::checkpoint_id(&work.projection, claim.segment),
+            None => work.projection.clone(),
+        };
         let checkpoint = work.checkpoint.map(|c| {
             (
-                doc! { "_id": &work.projection },
+                doc! { "_id": checkpoint_id },
                 doc! { "$max": { "position": c as i64 } },
             )
         });
@@ -123,21 +128,20 @@ impl MongoViewStore {
             .await
             .map_err(|e| backend("starting a transaction", e))?;
         let outcome: Result<()> = async {
-            // First the fence: the claim's document, written in the transaction, conflicts
-            // with a concurrent claim of the segment.
+            // First the fence: the claim read in the transaction's snapshot. It is not
+            // written, so a transaction a killed instance left open locks no claim. Two
+            // holders that both pass it write the same views, whose revisions refuse one.
             if let Some(claim) = &work.claim {
-                let fenced = claims
-                    .update_one(
-                        crate::segments::held(&work.projection, claim),
-                        crate::segments::checkpoint_update(&work),
-                    )
+                let held = claims
+                    .find_one(crate::segments::held(&work.projection, claim))
                     .session(&mut session)
                     .await
                     .map_err(|e| backend("checking a segment claim", e))?;
-                if fenced.matched_count == 0 {
+                if held.is_none() {
                     return Err(crate::segments::lost(&work, claim));
                 }
-            } else if let Some((q, u)) = &checkpoint {
+            }
+            if let Some((q, u)) = &checkpoint {
                 checkpoints
                     .update_one(q.clone(), u.clone())
                     .upsert(true)
@@ -273,18 +277,19 @@ impl StepwiseCommit for MongoViewStore {
             }
             CommitStep::Checkpoint => {
                 if let Some(claim) = &work.claim {
-                    // The fence: the checkpoint moves only while the store holds the claim.
-                    let fenced = self
-                        .mongo
-                        .collection("segment_claims")
-                        .update_one(
-                            crate::segments::held(&work.projection, claim),
-                            crate::segments::checkpoint_update(work),
-                        )
-                        .await
-                        .map_err(|e| backend("saving a segment's checkpoint", e))?;
-                    if fenced.matched_count == 0 {
-                        return Err(crate::segments::lost(work, claim));
+                    // The checkpoint moves only while the store holds the claim.
+                    self.check_claim(work).await?;
+                    if let Some(c) = work.checkpoint {
+                        let id = crate::segments::checkpoint_id(&work.projection, claim.segment);
+                        self.mongo
+                            .collection("view_checkpoints")
+                            .update_one(
+                                doc! { "_id": id },
+                                doc! { "$max": { "position": c as i64 } },
+                            )
+                            .upsert(true)
+                            .await
+                            .map_err(|e| backend("saving a segment's checkpoint", e))?;
                     }
                 } else if let Some(c) = work.checkpoint {
                     self.mongo

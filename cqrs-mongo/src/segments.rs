@@ -29,12 +29,11 @@ pub(crate) fn held(projection: &str, claim: &Claim) -> Document {
     doc! { "_id": id(projection, claim.segment), "token": claim.token.to_string() }
 }
 
-/// The update that moves a segment's checkpoint (nothing when the batch has none).
-pub(crate) fn checkpoint_update(work: &UnitOfWork) -> Document {
-    match work.checkpoint {
-        Some(c) => doc! { "$max": { "position": c as i64 } },
-        None => doc! { "$set": { "fenced_at": DateTime::now() } },
-    }
+/// Where a segment's checkpoint is kept: in `<prefix>view_checkpoints`, apart from its claim,
+/// so that a transaction left open by a killed instance holds no lock on the claim (the next
+/// holder's claim would wait for it).
+pub(crate) fn checkpoint_id(projection: &str, segment: Segment) -> String {
+    format!("{projection}#{}", segment.index)
 }
 
 /// The error for a unit of work whose claim the store no longer holds.
@@ -114,10 +113,16 @@ impl SegmentClaims for MongoViewStore {
             Err(e) if crate::is_duplicate_key(&e) => return Ok(None),
             Err(e) => return Err(backend("claiming a segment", e)),
         };
-        let Some(taken) = taken else {
+        if taken.is_none() {
             return Ok(None);
-        };
-        let checkpoint = match taken.get("position") {
+        }
+        let kept = self
+            .mongo
+            .collection("view_checkpoints")
+            .find_one(doc! { "_id": checkpoint_id(projection, segment) })
+            .await
+            .map_err(|e| backend("loading a segment's checkpoint", e))?;
+        let checkpoint = match kept.as_ref().and_then(|d| d.get("position")) {
             Some(Bson::Int64(p)) => Some(*p as u64),
             Some(Bson::Int32(p)) => Some(*p as u64),
             _ => None,
@@ -178,8 +183,14 @@ impl MongoViewStore {
         }
     }
 
-    /// Deletes a projection's claims and members (a reset).
+    /// Deletes a projection's claims, members and segment checkpoints (a reset).
     pub(crate) async fn reset_claims(&self, projection: &str) -> Result<()> {
+        let mine = format!("^{}#", regex_escape(projection));
+        self.mongo
+            .collection("view_checkpoints")
+            .delete_many(doc! { "_id": { "$regex": mine } })
+            .await
+            .map_err(|e| backend("deleting segment checkpoints", e))?;
         for name in ["segment_claims", "segment_members"] {
             self.mongo
                 .collection(name)
@@ -189,4 +200,16 @@ impl MongoViewStore {
         }
         Ok(())
     }
+}
+
+/// `text` as a regular expression that matches it literally.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if !c.is_alphanumeric() && c != '_' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -1,7 +1,8 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
-//! Several catalog instances in one consumer group share the work instead of fighting over
-//! views: a comment routes by its product (see `docs/adr/0011`), so one instance holds every
-//! event of a catalog entry. Writers post comments while two, then three, instances run; one
+//! Several catalog instances share the work instead of fighting over views. On a bus, in one
+//! consumer group: a comment routes by its product (see `docs/adr/0011`), so one instance
+//! holds every event of a catalog entry. On the store's log, in segments by product (see
+//! `docs/adr/0012`). Writers post comments while two, then three, instances run; one
 //! is killed mid-stream. Each test prints its figures on a `[fault]` line (see FAULTS.md).
 
 mod common;
@@ -142,10 +143,18 @@ async fn instances_share_the_catalog(env: &Env, instances: usize) -> String {
     for (i, (applied, conflicts, retries)) in steady.iter().enumerate() {
         assert!(*applied > 0.0, "instance {i} applied nothing: {steady:?}");
         assert_eq!(
-            (*conflicts, *retries),
-            (0.0, 0.0),
-            "instance {i}: no view conflict and no commit retried in steady state: {steady:?}"
+            *conflicts, 0.0,
+            "instance {i}: no view conflict in steady state: {steady:?}"
         );
+        // On the store feed the instances' transactions meet in MongoDB's collections, and
+        // SecantusDB refuses some with a WriteConflict although they write different
+        // documents: those are retried and counted, not asserted away.
+        if !env.store_feed {
+            assert_eq!(
+                *retries, 0.0,
+                "instance {i}: no commit retried in steady state: {steady:?}"
+            );
+        }
     }
 
     // One instance killed mid-stream: its partitions move to the others.
@@ -194,5 +203,21 @@ async fn three_catalog_instances_share_the_partitions_on_rabbitmq() {
     let env = Env::over_rabbitmq("scale3");
     let figures = instances_share_the_catalog(&env, 3).await;
     println!("[fault] RabbitMQ: {figures}");
+    env.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_catalog_instances_share_the_segments_of_the_store_feed() {
+    let env = Env::on_store_feed("segments2");
+    let figures = instances_share_the_catalog(&env, 2).await;
+    println!("[fault] store feed, 6 segments: {figures}");
+    env.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_catalog_instances_share_the_segments_of_the_store_feed() {
+    let env = Env::on_store_feed("segments3");
+    let figures = instances_share_the_catalog(&env, 3).await;
+    println!("[fault] store feed, 6 segments: {figures}");
     env.clean_up().await;
 }

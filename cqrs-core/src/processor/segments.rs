@@ -88,11 +88,17 @@ impl<P: Projection> TrackingProcessor<P> {
                 break Err(e);
             }
             if tokio::time::Instant::now() >= next_round {
-                if let Err(e) = c.round().await {
-                    if !e.is_transient() {
-                        break Err(e);
+                // A round that hangs (a server holding a lock for a dead instance) must not
+                // stop the renewals for good: it is cut off after a lease.
+                match tokio::time::timeout(segmenting.lease, c.round()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if !e.is_transient() => break Err(e),
+                    Ok(Err(e)) => {
+                        tracing::warn!(projection = %c.template.name, error = %e, "segment claims failed; trying again next round");
                     }
-                    tracing::warn!(projection = %c.template.name, error = %e, "segment claims failed; trying again next round");
+                    Err(_) => {
+                        tracing::warn!(projection = %c.template.name, lease = ?segmenting.lease, "a segment round outlasted a lease; trying again next round");
+                    }
                 }
                 next_round = tokio::time::Instant::now() + round;
             }
@@ -172,6 +178,7 @@ impl<P: Projection> Coordinator<'_, P> {
         let (name, lease) = (self.template.name.clone(), self.segmenting.lease);
         let members = self.claims()?.heartbeat(&name, self.owner, lease).await?;
         let share = self.segmenting.count.div_ceil(members.max(1)) as usize;
+        tracing::debug!(projection = %name, members, share, held = self.workers.len(), "segment round");
         let held: Vec<Claim> = self.workers.values().map(|w| w.claim).collect();
         for claim in held {
             if !self.claims()?.renew(&name, &claim, lease).await? {

@@ -1,14 +1,17 @@
-//! The catalog service: a consumer group on the bus builds the catalog read model; it answers
-//! queries. Its dead letters and their retry are on the ops routes.
+//! The catalog service: a consumer group on the bus, or segments of the store's log, build the
+//! catalog read model; it answers queries. Its dead letters and their retry are on the ops routes.
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
 use cqrs_axum::{ApiError, Json, Path, Query};
+use std::time::Duration;
+
+use cqrs_core::app::ProjectionOptions;
 use cqrs_core::BoxError;
 use serde::{Deserialize, Serialize};
 
-use super::{policy, Backends, Service, MAX_PAGE, MAX_PER_PAGE};
+use super::{policy, Backends, CatalogFeed, Service, MAX_PAGE, MAX_PER_PAGE};
 use crate::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use crate::comment::COMMENT;
 use crate::http::check_id;
@@ -78,20 +81,33 @@ async fn entry(
         .ok_or_else(missing)
 }
 
-/// Starts the catalog service: a consumer group on the bus feeding the catalog projection
-/// into the read model, and the queries over it.
+/// Starts the catalog service: a consumer group on the bus (or segments of the store's log)
+/// feeding the catalog projection into the read model, and the queries over it.
 ///
 /// # Errors
 /// A backend cannot be reached.
 pub async fn catalog_service(backends: &Backends) -> Result<Service, BoxError> {
-    let group = backends.group("catalog");
-    let app = backends
-        .read_side()
-        .await?
-        .projection(Catalog, |p| {
-            p.from_bus(group, [PRODUCT, COMMENT]).error_policy(policy())
-        })
-        .build()?;
+    let c = backends.connections();
+    let app = match c.catalog_feed {
+        CatalogFeed::Bus => {
+            let group = backends.group("catalog");
+            let feed = |p: ProjectionOptions| p.from_bus(group, [PRODUCT, COMMENT]);
+            backends
+                .read_side()
+                .await?
+                .projection(Catalog, |p| feed(p).error_policy(policy()))
+        }
+        // Every instance on one MongoDB shares the segments.
+        CatalogFeed::Store => {
+            let lease = Duration::from_millis(c.segment_lease_ms);
+            let feed = |p: ProjectionOptions| p.segments(c.catalog_segments).segment_lease(lease);
+            backends
+                .store_side()
+                .await?
+                .projection(Catalog, |p| feed(p).error_policy(policy()))
+        }
+    }
+    .build()?;
     let routes = Router::new()
         .route("/products", get(list))
         .route("/products/{id}", get(entry))

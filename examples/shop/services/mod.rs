@@ -72,10 +72,30 @@ pub struct Connections {
     /// Partitions of each Kafka topic the shop creates, or of each aggregate type on RabbitMQ.
     #[arg(long, env = "SHOP_PARTITIONS", default_value_t = 3)]
     pub partitions: i32,
+    /// Where the catalog reads events: the bus between the services (a consumer group), or
+    /// the event store's log (in segments, shared by every catalog instance on one MongoDB).
+    #[arg(long, env = "SHOP_CATALOG_FEED", value_enum, default_value = "bus")]
+    pub catalog_feed: CatalogFeed,
+    /// Segments of the catalog on the store feed: the most instances that share it.
+    #[arg(long, env = "SHOP_CATALOG_SEGMENTS", default_value_t = 6)]
+    pub catalog_segments: u32,
+    /// How long a dead catalog instance's segments wait before another takes them, in ms.
+    #[arg(long, env = "SHOP_SEGMENT_LEASE_MS", default_value_t = 10_000)]
+    pub segment_lease_ms: u64,
     /// The bearer token of the ops API's retries (`POST /dead-letters/...`); without one they
     /// are disabled.
     #[arg(long, env = "SHOP_OPS_TOKEN", hide_env_values = true)]
     pub ops_token: Option<String>,
+}
+
+/// Where the catalog reads events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CatalogFeed {
+    /// A consumer group on the bus.
+    #[default]
+    Bus,
+    /// The event store's log, in segments.
+    Store,
 }
 
 /// A bus between the services.
@@ -169,14 +189,20 @@ impl Backends {
         self.with_bus(app.with(self.mongo().await?)).await
     }
 
-    /// The event store and the catalog's views, no bus: what the replay reads and writes.
-    async fn stores(&self) -> cqrs_core::Result<App> {
+    /// The catalog's builder on the store feed: the event store and the catalog's views, no
+    /// bus.
+    async fn store_side(&self) -> cqrs_core::Result<AppBuilder> {
         let app = App::builder()
             .with(self.embedded.clone())
             .with(self.postgres().await?);
-        app.with(self.embedded.views.clone())
-            .with(self.mongo().await?)
-            .build()
+        Ok(app
+            .with(self.embedded.views.clone())
+            .with(self.mongo().await?))
+    }
+
+    /// The event store and the catalog's views, no bus: what the replay reads and writes.
+    async fn stores(&self) -> cqrs_core::Result<App> {
+        self.store_side().await?.build()
     }
 
     /// The bus between the services: Kafka, RabbitMQ, or the embedded one.

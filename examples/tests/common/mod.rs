@@ -28,6 +28,8 @@ pub struct Env {
     pub name: String,
     /// RabbitMQ between the services instead of Kafka, at this URL.
     pub amqp_url: Option<String>,
+    /// The catalog reads the store's log in segments (a 2 s lease) instead of the bus.
+    pub store_feed: bool,
 }
 
 impl Env {
@@ -48,6 +50,15 @@ impl Env {
             ),
             name,
             amqp_url: None,
+            store_feed: false,
+        }
+    }
+
+    /// The same, with the catalog on the store's log, in segments.
+    pub fn on_store_feed(test: &str) -> Self {
+        Env {
+            store_feed: true,
+            ..Env::new(test)
         }
     }
 
@@ -82,6 +93,14 @@ impl Env {
         ]
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_owned(), value.clone()])
+        .chain(
+            self.store_feed
+                .then(|| {
+                    ["--catalog-feed", "store", "--segment-lease-ms", "2000"].map(String::from)
+                })
+                .into_iter()
+                .flatten(),
+        )
         .collect()
     }
 
