@@ -26,6 +26,7 @@ mod mongo;
 mod pg;
 mod pg_raw;
 mod rabbit;
+mod segments;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -106,6 +106,7 @@ pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
     }
+    crate::segments::run(&uri(), runs).await;
     // From the PostgreSQL event store (the log `--pg` leaves in schema `bench_log`).
     if wanted("pg_to_mongo_read_model") {
         let url = std::env::var("DATABASE_URL")

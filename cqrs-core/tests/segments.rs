@@ -103,11 +103,7 @@ impl SegmentClaims for Instance {
 }
 
 fn start(store: &Arc<MemoryEventStore>, instance: &Arc<Instance>) -> ProcessorHandle {
-    TrackingProcessor::new(Tally::default(), instance.clone())
-        .batch_size(7)
-        .idle_wait(Duration::from_millis(20))
-        .segments(SEGMENTS, LEASE)
-        .spawn(Arc::new(StoreFeed::new(store.clone())))
+    start_with(store, instance, SEGMENTS)
 }
 
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
@@ -232,4 +228,83 @@ async fn an_instance_paused_past_its_lease_cannot_commit_and_rejoins() {
     );
     first.stop().await.expect("a clean stop");
     second.stop().await.expect("a clean stop");
+}
+
+fn start_with(
+    store: &Arc<MemoryEventStore>,
+    instance: &Arc<Instance>,
+    segments: u32,
+) -> ProcessorHandle {
+    TrackingProcessor::new(Tally::default(), instance.clone())
+        .batch_size(7)
+        .idle_wait(Duration::from_millis(20))
+        .segments(segments, LEASE)
+        .spawn(Arc::new(StoreFeed::new(store.clone())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spare_instance_waits_caught_up_and_takes_over_a_dead_one() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let shared = Arc::new(MemoryViewStore::new());
+    seed(&gateway, 20, 2).await;
+    let instances: Vec<_> = (0..3).map(|_| Instance::new(&shared)).collect();
+    let mut handles = Vec::new();
+    for instance in &instances {
+        handles.push(start_with(&store, instance, 2));
+        // One after another: each sees the earlier members when it first claims.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until("two hold one segment each, one is a spare", || {
+        let mut held: Vec<usize> = handles.iter().map(|h| h.held_segments().len()).collect();
+        held.sort_unstable();
+        held == [0, 1, 1]
+    })
+    .await;
+    caught_up(&store, &shared).await;
+    let spare = handles
+        .iter()
+        .position(|h| h.held_segments().is_empty())
+        .unwrap();
+    until("the spare reports itself caught up", || {
+        handles[spare].lag_seconds() == Some(0.0)
+    })
+    .await;
+    let holder = (0..3).find(|i| *i != spare).unwrap();
+    handles.remove(holder).abort();
+    seed(&gateway, 20, 1).await;
+    until("the survivors hold both segments", || {
+        handles
+            .iter()
+            .map(|h| h.held_segments().len())
+            .sum::<usize>()
+            == 2
+    })
+    .await;
+    caught_up(&store, &shared).await;
+    assert_each_event_once(&views(&shared).await, &|_| 3);
+    for h in handles {
+        h.stop().await.expect("a clean stop");
+    }
+}
+
+#[tokio::test]
+async fn segments_refuse_a_bus_feed_and_a_lease_out_of_range() {
+    let store = Arc::new(MemoryEventStore::new());
+    let views = Arc::new(MemoryViewStore::new());
+    let bus: Arc<dyn cqrs_core::EventBus> = Arc::new(cqrs_core::memory::MemoryEventBus::new(2));
+    let on_bus = TrackingProcessor::new(Tally::default(), views.clone())
+        .segments(2, LEASE)
+        .spawn(Arc::new(cqrs_core::BusFeed::new(bus, "g", ["counter"])));
+    match on_bus.stop().await {
+        Err(Error::Config(why)) => assert!(why.contains("one order"), "{why}"),
+        other => panic!("segments on a bus feed must be refused: {other:?}"),
+    }
+    let instant = TrackingProcessor::new(Tally::default(), views)
+        .segments(2, Duration::ZERO)
+        .spawn(Arc::new(StoreFeed::new(store)));
+    match instant.stop().await {
+        Err(Error::Config(why)) => assert!(why.contains("lease"), "{why}"),
+        other => panic!("a zero lease must be refused: {other:?}"),
+    }
 }

@@ -164,9 +164,10 @@ impl SegmentClaims for MongoViewStore {
 }
 
 impl MongoViewStore {
-    /// Fails with [`Error::ClaimLost`] unless the store still holds the unit of work's claim
-    /// (a check before the views of a commit without a transaction; the checkpoint's update
-    /// is the fence).
+    /// Fails with [`Error::ClaimLost`] unless the store still holds the unit of work's claim.
+    /// Without a transaction it is a read before the views and again before the checkpoint,
+    /// not a conditional write: a holder fenced out between the read and its writes is caught
+    /// by the views' revisions (its checkpoint `$max` never passes what its views applied).
     pub(crate) async fn check_claim(&self, work: &UnitOfWork) -> Result<()> {
         let Some(claim) = &work.claim else {
             return Ok(());

@@ -80,8 +80,13 @@ impl SegmentClaims for PgViewStore {
                 VALUES ($1, $2, now() + make_interval(secs => $3))
                 ON CONFLICT (projection, owner) DO UPDATE SET lease_until = excluded.lease_until
              ), gone AS (
+                -- Rows another member is deleting too are skipped: two members cleaning up
+                -- at once would otherwise wait for each other.
                 DELETE FROM {schema}.segment_members
-                 WHERE projection = $1 AND lease_until <= now() AND owner <> $2
+                 WHERE (projection, owner) IN (
+                    SELECT projection, owner FROM {schema}.segment_members
+                     WHERE projection = $1 AND lease_until <= now() AND owner <> $2
+                       FOR UPDATE SKIP LOCKED)
              )
              SELECT count(*) FROM {schema}.segment_members
               WHERE projection = $1 AND lease_until > now() AND owner <> $2",

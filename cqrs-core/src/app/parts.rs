@@ -30,7 +30,8 @@ pub struct ProjectionOptions {
     view_cache: Option<usize>,
     idle: Option<Duration>,
     skip_unknown: bool,
-    segments: Option<(u32, Duration)>,
+    segments: Option<u32>,
+    segment_lease: Option<Duration>,
 }
 
 impl ProjectionOptions {
@@ -44,6 +45,7 @@ impl ProjectionOptions {
             idle: None,
             skip_unknown: false,
             segments: None,
+            segment_lease: None,
         }
     }
 
@@ -97,16 +99,15 @@ impl ProjectionOptions {
     /// changing it needs a replay. The builder refuses it on a bus feed (a consumer group
     /// shares a bus) and on a view store that keeps no claims.
     pub fn segments(mut self, count: u32) -> Self {
-        let lease = self.segments.map_or(Duration::from_secs(10), |(_, l)| l);
-        self.segments = Some((count, lease));
+        self.segments = Some(count);
         self
     }
 
-    /// The lease of each segment's claim (default 10 s): how long a dead instance's segments
-    /// wait before another takes them. Renewed three times per lease.
+    /// The lease of each segment's claim, when it runs in [`segments`](Self::segments)
+    /// (default 10 s, from 100 ms to a day): how long a dead instance's segments wait before
+    /// another takes them. Renewed three times per lease.
     pub fn segment_lease(mut self, lease: Duration) -> Self {
-        let count = self.segments.map_or(1, |(c, _)| c);
-        self.segments = Some((count, lease));
+        self.segment_lease = Some(lease);
         self
     }
 
@@ -211,7 +212,8 @@ impl PendingProjection {
                 // revisions keep the two from overwriting each other.
                 let retry = Arc::new(options.processor(projection.clone(), wiring).view_cache(0));
                 let mut running = options.processor(projection, wiring);
-                if let Some((count, lease)) = options.segments {
+                if let Some(count) = options.segments {
+                    let lease = options.segment_lease.unwrap_or(Duration::from_secs(10));
                     running = running.segments(count, lease);
                 }
                 let handle = running.spawn(feed);

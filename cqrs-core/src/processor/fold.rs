@@ -170,8 +170,16 @@ pub(super) async fn fold<P: Projection>(
     let projection = &processor.projection;
     let mut dead = Vec::new();
 
+    // A segment applies the events of its own views only; an event no view id can be had of
+    // is the business of the segment its routing key falls in (one segment fails it).
+    let segment = processor.segment.map(|claim| claim.segment);
+    let theirs = |key: &str| segment.is_some_and(|s| !s.owns(key));
+
     // 0. Records the source could not read at all fail per policy, as undecodable events.
     for rejected in &batch.rejected {
+        if theirs(rejected.envelope.routing_key()) {
+            continue;
+        }
         let error = Error::Decode {
             event: rejected.envelope.event_ref(),
             reason: rejected.reason.clone(),
@@ -181,10 +189,6 @@ pub(super) async fn fold<P: Projection>(
 
     // 1. Decode what the projection wants; unknown names and bad payloads fail per policy.
     let mut decoded: Decoded<P::Event> = Vec::with_capacity(events.len());
-    // A segment applies the events of its own views only; an event no view id can be had of
-    // is the business of the segment its routing key falls in (one segment fails it).
-    let segment = processor.segment.map(|claim| claim.segment);
-    let theirs = |key: &str| segment.is_some_and(|s| !s.owns(key));
     for envelope in events {
         let decoding = P::Event::decode(envelope);
         if !matches!(decoding, Ok(Some(_))) && theirs(envelope.routing_key()) {

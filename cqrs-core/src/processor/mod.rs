@@ -113,7 +113,10 @@ impl<P: Projection> TrackingProcessor<P> {
     /// once with a configuration error. See [`crate::segment`].
     ///
     /// Positions: the handle's position is the smallest of the segments this instance holds,
-    /// so a wait on it covers the views of those segments only.
+    /// so a wait on it covers the views of those segments only, and a segment it has just
+    /// taken counts once it passes that position (the position never goes back). An instance
+    /// holding none (a spare, when the segments do not divide among the instances) reports
+    /// itself caught up. The lease must be from 100 ms to a day.
     pub fn segments(mut self, count: u32, lease: Duration) -> Self {
         self.segmenting = Some(segments::Segmenting {
             count: count.max(1),
@@ -303,7 +306,10 @@ impl<P: Projection> TrackingProcessor<P> {
     /// caught up only when its feed had nothing more.
     fn record_lag(&self, lag: Lag) {
         self.lag.send_replace(lag);
-        crate::metrics::lag_seconds(&self.name, lag.seconds().unwrap_or(0.0));
+        // A segment's worker leaves the gauge to its coordinator, which sets the worst.
+        if self.segment.is_none() {
+            crate::metrics::lag_seconds(&self.name, lag.seconds().unwrap_or(0.0));
+        }
     }
 
     fn cache_views(&self, views: Vec<(String, fold::Cached<P::View>)>) {

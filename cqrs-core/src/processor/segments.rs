@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::{Id, JoinSet};
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,6 +23,12 @@ pub(super) struct Segmenting {
     pub(super) lease: Duration,
 }
 
+/// The leases a coordinator accepts: renewed every third of one, a shorter lease would be
+/// renewed faster than a server answers; a longer one leaves a dead instance's segments idle
+/// for more than a day.
+const LEASES: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(86_400);
+
 /// A segment's worker as the coordinator holds it.
 struct Worker {
     claim: Claim,
@@ -30,6 +36,8 @@ struct Worker {
     id: Id,
     position: watch::Receiver<u64>,
     lag: watch::Receiver<Lag>,
+    /// Being given back: stopped, still renewed until its batch under way is done.
+    releasing: bool,
 }
 
 /// The coordinator's state: the workers, by segment, in one join set (dropping it, as an
@@ -71,6 +79,22 @@ impl<P: Projection> TrackingProcessor<P> {
         if self.store.claims().is_none() {
             return Err(crate::segment::no_claims(&self.name));
         }
+        if !feed.globally_ordered() {
+            return Err(Error::Config(format!(
+                "projection `{}` runs in segments on a feed without one order (a bus): its \
+                 consumer group shares the partitions already",
+                self.name
+            )));
+        }
+        if !LEASES.contains(&segmenting.lease) {
+            return Err(Error::Config(format!(
+                "projection `{}`: a segment lease of {:?} is outside {:?} to {:?}",
+                self.name,
+                segmenting.lease,
+                LEASES.start(),
+                LEASES.end()
+            )));
+        }
         let owner = Uuid::new_v4();
         tracing::info!(projection = %self.name, %owner, segments = segmenting.count, "processor started in segments");
         let mut c = Coordinator {
@@ -81,50 +105,34 @@ impl<P: Projection> TrackingProcessor<P> {
             workers: BTreeMap::new(),
             tasks: JoinSet::new(),
         };
-        let round = (segmenting.lease / 3).max(Duration::from_millis(20));
+        let every = segmenting.lease / 3;
         let mut next_round = tokio::time::Instant::now();
         let outcome = loop {
-            if let Err(e) = c.reap() {
+            if let Err(e) = c.reap_ready().await {
                 break Err(e);
             }
             if tokio::time::Instant::now() >= next_round {
                 // A round that hangs (a server holding a lock for a dead instance) must not
-                // stop the renewals for good: it is cut off after a lease.
-                match tokio::time::timeout(segmenting.lease, c.round()).await {
+                // hold back the next renewals: it is cut off after half a lease.
+                match tokio::time::timeout(segmenting.lease / 2, c.round()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) if !e.is_transient() => break Err(e),
                     Ok(Err(e)) => {
                         tracing::warn!(projection = %c.template.name, error = %e, "segment claims failed; trying again next round");
                     }
                     Err(_) => {
-                        tracing::warn!(projection = %c.template.name, lease = ?segmenting.lease, "a segment round outlasted a lease; trying again next round");
+                        tracing::warn!(projection = %c.template.name, lease = ?segmenting.lease, "a segment round outlasted half a lease; trying again next round");
                     }
                 }
-                next_round = tokio::time::Instant::now() + round;
+                next_round = tokio::time::Instant::now() + every;
             }
-            c.publish(&self.position, &self.lag);
+            c.publish();
             tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         };
-        let held: Vec<u32> = c.workers.keys().copied().collect();
-        for index in held {
-            if let Err(e) = c.give_back(index).await {
-                tracing::warn!(projection = %c.template.name, error = %e, "releasing a segment failed; it is free after its lease");
-            }
-        }
-        crate::metrics::segments_held(&c.template.name, 0);
-        c.template.held.send_replace(Vec::new());
-        // Leave the group, so that the others take up the share at once.
-        if let Ok(claims) = c.claims() {
-            if let Err(e) = claims
-                .heartbeat(&c.template.name, owner, Duration::ZERO)
-                .await
-            {
-                tracing::warn!(projection = %c.template.name, error = %e, "leaving the group failed; the others see it gone after its lease");
-            }
-        }
+        c.shut_down().await;
         outcome
     }
 }
@@ -137,43 +145,68 @@ impl<P: Projection> Coordinator<'_, P> {
             .ok_or_else(|| crate::segment::no_claims(&self.template.name))
     }
 
-    /// Collects the workers that ended: a lost claim lets the segment go; any other error ends
-    /// the processor with it.
-    fn reap(&mut self) -> Result<()> {
+    fn name(&self) -> &str {
+        &self.template.name
+    }
+
+    /// Collects the workers that ended so far.
+    async fn reap_ready(&mut self) -> Result<()> {
         while let Some(joined) = self.tasks.try_join_next_with_id() {
-            let (id, outcome) = match joined {
-                Ok((id, outcome)) => (id, outcome),
-                Err(e) => {
-                    return Err(Error::Backend {
-                        backend: "processor",
-                        message: format!("a segment of `{}` ended abnormally", self.template.name),
-                        source: Some(Box::new(e)),
-                    })
-                }
-            };
-            let Some(index) = self
-                .workers
-                .iter()
-                .find(|(_, w)| w.id == id)
-                .map(|(i, _)| *i)
-            else {
-                continue;
-            };
-            self.workers.remove(&index);
-            match outcome {
-                Err(Error::ClaimLost { segment, .. }) => {
-                    crate::metrics::claim_lost(&self.template.name);
-                    tracing::warn!(projection = %self.template.name, %segment, "segment taken by another instance; let go");
-                }
-                Err(e) => return Err(e),
-                Ok(()) => {}
-            }
+            self.ended(joined).await?;
         }
         Ok(())
     }
 
-    /// One round: heartbeat, renew what it holds, give back what is above its share, claim
-    /// up to it.
+    /// One worker ended: a segment given back (or whose feed ended) is released; a lost claim
+    /// lets the segment go; any other error, or a panic, ends the processor with it.
+    async fn ended(
+        &mut self,
+        joined: std::result::Result<(Id, Result<()>), JoinError>,
+    ) -> Result<()> {
+        let (id, outcome) = match joined {
+            Ok((id, outcome)) => (id, outcome),
+            Err(e) => {
+                let id = e.id();
+                self.forget(id);
+                return Err(Error::Backend {
+                    backend: "processor",
+                    message: format!("a segment of `{}` ended abnormally", self.name()),
+                    source: Some(Box::new(e)),
+                });
+            }
+        };
+        let Some(worker) = self.forget(id) else {
+            return Ok(());
+        };
+        match outcome {
+            Err(Error::ClaimLost { segment, .. }) => {
+                crate::metrics::claim_lost(self.name());
+                tracing::warn!(projection = %self.name(), %segment, "segment taken by another instance; let go");
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(()) => {
+                let name = self.template.name.clone();
+                self.claims()?.release(&name, &worker.claim).await?;
+                if worker.releasing {
+                    tracing::info!(projection = %name, segment = %worker.claim.segment, "segment given back for a fair share");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn forget(&mut self, id: Id) -> Option<Worker> {
+        let index = self
+            .workers
+            .iter()
+            .find(|(_, w)| w.id == id)
+            .map(|(i, _)| *i)?;
+        self.workers.remove(&index)
+    }
+
+    /// One round: heartbeat, renew what it holds (also what it is giving back), give back
+    /// what is above its share, claim up to it.
     async fn round(&mut self) -> Result<()> {
         let (name, lease) = (self.template.name.clone(), self.segmenting.lease);
         let members = self.claims()?.heartbeat(&name, self.owner, lease).await?;
@@ -183,42 +216,64 @@ impl<P: Projection> Coordinator<'_, P> {
         for claim in held {
             if !self.claims()?.renew(&name, &claim, lease).await? {
                 // Taken: the worker's next commit is refused; stop it now.
-                if let Some(worker) = self.workers.remove(&claim.segment.index) {
+                if let Some(worker) = self.workers.get_mut(&claim.segment.index) {
                     worker.stop.cancel();
-                    crate::metrics::claim_lost(&name);
                     tracing::warn!(projection = %name, segment = %claim.segment, "segment lease lost; let go");
                 }
             }
         }
-        while self.workers.len() > share {
-            let Some(index) = self.workers.keys().next_back().copied() else {
+        // Give back above the share, without waiting: each worker stops after its batch
+        // under way and is released when it ends.
+        let keeping = |w: &&mut Worker| !w.releasing;
+        let mut kept = self.workers.values_mut().filter(keeping).count();
+        for worker in self.workers.values_mut().rev() {
+            if kept <= share {
                 break;
-            };
-            self.give_back(index).await?;
-            tracing::info!(projection = %name, index, share, members, "segment given back for a fair share");
+            }
+            if !worker.releasing {
+                worker.releasing = true;
+                worker.stop.cancel();
+                kept -= 1;
+            }
         }
         // Start where this owner's id points, so that members joining at once try different
         // segments first.
         let count = self.segmenting.count;
-        let start = (self.owner.as_u128() % u128::from(count.max(1))) as u32;
-        for step in 0..count {
-            if self.workers.len() >= share {
+        let start = (self.owner.as_u128() % u128::from(count.max(1))) as u64;
+        for step in 0..u64::from(count) {
+            if kept >= share {
                 break;
             }
-            let segment = Segment::new((start + step) % count, count)?;
-            if self.workers.contains_key(&segment.index) {
+            let index = u32::try_from((start + step) % u64::from(count)).unwrap_or(0);
+            if self.workers.contains_key(&index) {
                 continue;
             }
+            let segment = Segment::new(index, count)?;
             if let Some(claimed) = self
                 .claims()?
                 .claim(&name, segment, self.owner, lease)
                 .await?
             {
-                self.start_worker(claimed);
+                // A segment claimed for the first time starts where the projection stood
+                // before it ran in segments (nothing, for a new projection).
+                let checkpoint = match claimed.checkpoint {
+                    Some(c) => Some(c),
+                    None => self.template.store.checkpoint(&name).await?,
+                };
+                self.start_worker(Claimed {
+                    checkpoint,
+                    ..claimed
+                });
+                kept += 1;
             }
         }
-        crate::metrics::segments_held(&name, self.workers.len());
-        let held: Vec<u32> = self.workers.keys().copied().collect();
+        crate::metrics::segments_held(&name, kept);
+        let held: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.releasing)
+            .map(|(i, _)| *i)
+            .collect();
         self.template.held.send_if_modified(|h| {
             let changed = *h != held;
             *h = held;
@@ -245,59 +300,51 @@ impl<P: Projection> Coordinator<'_, P> {
                 id: handle.id(),
                 position,
                 lag,
+                releasing: false,
             },
         );
     }
 
-    /// Stops a segment's worker after the batch under way, then releases its claim.
-    async fn give_back(&mut self, index: u32) -> Result<()> {
-        let Some(worker) = self.workers.remove(&index) else {
-            return Ok(());
-        };
-        worker.stop.cancel();
-        // Wait for that worker only; others that end meanwhile are reaped next time.
-        let mut ended = None;
-        while let Some(joined) = self.tasks.join_next_with_id().await {
-            match joined {
-                Ok((id, outcome)) if id == worker.id => {
-                    ended = Some(outcome);
+    /// Stops every worker after its batch under way (waiting a lease at most; the rest are
+    /// aborted when the join set drops), releases their claims and leaves the group.
+    async fn shut_down(&mut self) {
+        for worker in self.workers.values_mut() {
+            worker.releasing = true;
+            worker.stop.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.segmenting.lease;
+        while !self.workers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.tasks.join_next_with_id()).await {
+                Ok(Some(joined)) => {
+                    if let Err(e) = self.ended(joined).await {
+                        tracing::warn!(projection = %self.name(), error = %e, "a segment ended badly while stopping; it is free after its lease");
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(projection = %self.name(), "segments still busy after a lease; aborted, free after their lease");
                     break;
                 }
-                Ok((id, outcome)) => self.orphan(id, outcome),
-                Err(e) if e.id() == worker.id => break,
-                Err(_) => {}
             }
         }
-        match ended {
-            Some(Err(Error::ClaimLost { .. })) => return Ok(()),
-            Some(Err(e)) => return Err(e),
-            _ => {}
-        }
-        let name = self.template.name.clone();
-        self.claims()?.release(&name, &worker.claim).await
-    }
-
-    /// A worker that ended while another was being given back: reaped as [`reap`] would, its
-    /// error logged (the next round sees the segment free).
-    fn orphan(&mut self, id: Id, outcome: Result<()>) {
-        let Some(index) = self
-            .workers
-            .iter()
-            .find(|(_, w)| w.id == id)
-            .map(|(i, _)| *i)
-        else {
-            return;
-        };
-        self.workers.remove(&index);
-        if let Err(e) = outcome {
-            tracing::warn!(projection = %self.template.name, index, error = %e, "segment worker ended");
+        self.tasks.abort_all();
+        crate::metrics::segments_held(self.name(), 0);
+        self.template.held.send_replace(Vec::new());
+        // Leave the group, so that the others take up the share at once.
+        let (name, owner) = (self.template.name.clone(), self.owner);
+        if let Ok(claims) = self.claims() {
+            if let Err(e) = claims.heartbeat(&name, owner, Duration::ZERO).await {
+                tracing::warn!(projection = %name, error = %e, "leaving the group failed; the others see it gone after its lease");
+            }
         }
     }
 
     /// The smallest position of the segments held (what every one of them has committed) and
-    /// the lag of the one furthest behind.
-    fn publish(&self, position: &watch::Sender<u64>, lag: &watch::Sender<Lag>) {
-        if let Some(min) = self.workers.values().map(|w| *w.position.borrow()).min() {
+    /// the lag of the one furthest behind; caught up while it holds none (a spare).
+    fn publish(&self) {
+        let (position, lag) = (&self.template.position, &self.template.lag);
+        let held = self.workers.values().filter(|w| !w.releasing);
+        if let Some(min) = held.clone().map(|w| *w.position.borrow()).min() {
             position.send_if_modified(|p| {
                 let moved = min > *p;
                 if moved {
@@ -306,20 +353,21 @@ impl<P: Projection> Coordinator<'_, P> {
                 moved
             });
         }
-        let lags = self.workers.values().map(|w| *w.lag.borrow());
-        let worst = lags.fold(None, |worst: Option<Lag>, l| match (worst, l) {
-            (None, l) => Some(l),
-            (Some(Lag::Behind(a)), Lag::Behind(b)) => Some(Lag::Behind(a.min(b))),
-            (Some(w @ Lag::Behind(_)), _) | (Some(_), w @ Lag::Behind(_)) => Some(w),
-            (Some(Lag::Unknown), _) | (Some(_), Lag::Unknown) => Some(Lag::Unknown),
-            (Some(w), _) => Some(w),
-        });
-        if let Some(worst) = worst {
-            lag.send_if_modified(|l| {
-                let changed = *l != worst;
-                *l = worst;
-                changed
+        let worst = held
+            .map(|w| *w.lag.borrow())
+            .fold(Lag::CaughtUp, |worst, l| match (worst, l) {
+                (Lag::Behind(a), Lag::Behind(b)) => Lag::Behind(a.min(b)),
+                (w @ Lag::Behind(_), _) | (_, w @ Lag::Behind(_)) => w,
+                (Lag::Unknown, _) | (_, Lag::Unknown) => Lag::Unknown,
+                (w, _) => w,
             });
+        let changed = lag.send_if_modified(|l| {
+            let changed = *l != worst;
+            *l = worst;
+            changed
+        });
+        if changed {
+            crate::metrics::lag_seconds(self.name(), worst.seconds().unwrap_or(0.0));
         }
     }
 }
