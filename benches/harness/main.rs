@@ -22,6 +22,7 @@ use shop::catalog::Catalog;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod kafka;
+mod members;
 mod mongo;
 mod pg;
 mod pg_raw;
@@ -258,6 +259,11 @@ async fn main() {
     }
     if std::env::args().any(|a| a == "--mongo") {
         mongo::run(events, runs, products, batch_size).await;
+    }
+    if std::env::args().any(|a| a == "--kafka") && std::env::args().any(|a| a == "--mongo") {
+        let uri = std::env::var("MONGODB_URI")
+            .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
+        members::run(&uri, events, runs, products).await;
     }
 
     for _ in 0..runs * u64::from(wanted("commands_memory")) {

@@ -37,7 +37,11 @@ async fn seed(store: &PgEventStore, n: u64, batch: usize) -> f64 {
                 event_name: e.event_name.clone(),
                 event_version: e.event_version,
                 payload: e.payload.clone(),
-                metadata: e.metadata.clone(),
+                // A stream of mixed events for the load: it routes by its own id.
+                metadata: cqrs_core::Metadata {
+                    routing_key: None,
+                    ..e.metadata.clone()
+                },
             })
             .collect();
         store

@@ -27,7 +27,8 @@ use bytes::Bytes;
 use crate::envelope::{Envelope, Metadata};
 use crate::event::EventSet;
 
-/// Wraps an event in an envelope as if stored at `stream_id`/`version`/`position`.
+/// Wraps an event in an envelope as if stored at `stream_id`/`version`/`position`, with the
+/// routing key the event names.
 ///
 /// # Panics
 /// When the event cannot be serialized (a test helper).
@@ -42,7 +43,7 @@ pub fn envelope_of<E: EventSet>(
         Ok(p) => p,
         Err(e) => panic!("event {event:?} does not serialize: {e}"),
     };
-    raw_envelope(
+    let mut envelope = raw_envelope(
         aggregate_type,
         stream_id,
         version,
@@ -50,7 +51,13 @@ pub fn envelope_of<E: EventSet>(
         event.event_name(),
         event.event_version(),
         payload,
-    )
+    );
+    // The routing key the event names, as a store keeps it (none when it is the stream id).
+    envelope.metadata.routing_key = event
+        .routing_key()
+        .filter(|key| *key != stream_id)
+        .map(str::to_owned);
+    envelope
 }
 
 /// An envelope with any name, version and payload bytes: for unknown or corrupted events.
