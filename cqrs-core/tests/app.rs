@@ -127,6 +127,13 @@ async fn a_projection_runs_in_segments_from_the_builder() {
         all.iter().all(|(_, v)| v.versions == [1, 2, 3, 4, 5]),
         "{all:?}"
     );
+    let health = app.health().await;
+    assert_eq!(
+        health.processors[0].segments,
+        Some(vec![0, 1, 2]),
+        "{health:?}"
+    );
+    assert_eq!(health.processors[0].lag, Some(0));
     app.shutdown().await.expect("shutdown");
 }
 

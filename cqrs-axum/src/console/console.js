@@ -61,7 +61,10 @@ async function refreshHealth() {
     barCell.append(bar);
     const lag = p.lag === undefined ? "–" : p.lag + " events";
     const seconds = p.lag_seconds === undefined ? "" : " · " + p.lag_seconds.toFixed(1) + " s";
-    tr.append(cell(p.name), cell(p.feed), cell(p.position, "num"), cell(lag + seconds), barCell,
+    // A projection run in segments names the ones this instance holds (none: a spare).
+    const feed = p.segments === undefined ? p.feed
+      : p.feed + " · segments " + (p.segments.length ? p.segments.join(", ") : "none (spare)");
+    tr.append(cell(p.name), cell(feed), cell(p.position, "num"), cell(lag + seconds), barCell,
       p.stopped ? badge("stopped: " + p.stopped, "stopped") : badge("running", "ok"));
     return tr;
   });

@@ -71,6 +71,10 @@ pub struct ProcessorHealth {
     /// first poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
+    /// For a projection run in segments: the segments this instance holds (empty: a spare,
+    /// whose lag is then 0). The lag and position are those of these segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<u32>>,
     /// Why it stopped, once it has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,

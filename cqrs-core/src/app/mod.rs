@@ -231,6 +231,7 @@ impl AppBuilder {
                 lag: started.handle.watch_lag(),
                 ended: started.handle.watch_ended(),
                 retry: started.retry,
+                segments: started.handle.watch_segments(),
             });
             app.processors.push(Running {
                 name: pending.options.name.clone(),

@@ -45,6 +45,7 @@ pub(super) struct ProcessorWatch {
     pub(super) lag: LagWatch,
     pub(super) ended: EndWatch,
     pub(super) retry: Arc<dyn RetryDeadLetters>,
+    pub(super) segments: Option<watch::Receiver<Vec<u32>>>,
 }
 
 impl Ops {
@@ -91,9 +92,16 @@ impl Ops {
             .map(|p| {
                 let position = *p.position.borrow();
                 let on_store = p.source == Source::Store;
-                let lag = head
-                    .filter(|_| on_store)
-                    .map(|head| head.saturating_sub(position));
+                let segments = p.segments.as_ref().map(|held| held.borrow().clone());
+                // A spare instance (holding no segment) has nothing ahead of it.
+                let spare = segments.as_ref().is_some_and(Vec::is_empty);
+                let lag = head.filter(|_| on_store).map(|head| {
+                    if spare {
+                        0
+                    } else {
+                        head.saturating_sub(position)
+                    }
+                });
                 let lag_seconds = p.lag.seconds();
                 crate::metrics::processor_position(&p.name, position, lag, lag_seconds);
                 ProcessorHealth {
@@ -102,6 +110,7 @@ impl Ops {
                     position,
                     lag,
                     lag_seconds,
+                    segments,
                     stopped: p.ended.why(),
                 }
             })

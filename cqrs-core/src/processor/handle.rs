@@ -108,6 +108,8 @@ pub struct ProcessorHandle {
     pub(super) progress: Arc<Progress>,
     /// The segments held, for a processor run in segments.
     pub(super) held: watch::Receiver<Vec<u32>>,
+    /// Whether it runs in segments.
+    pub(super) segmented: bool,
 }
 
 /// How far behind a processor is.
@@ -155,6 +157,12 @@ impl ProcessorHandle {
     /// ([`TrackingProcessor::segments`](super::TrackingProcessor::segments)); empty otherwise.
     pub fn held_segments(&self) -> Vec<u32> {
         self.held.borrow().clone()
+    }
+
+    /// The segments this instance holds, readable from anywhere (a health report); `None`
+    /// for a processor that does not run in segments.
+    pub fn watch_segments(&self) -> Option<watch::Receiver<Vec<u32>>> {
+        self.segmented.then(|| self.held.clone())
     }
 
     /// The largest global position committed so far.

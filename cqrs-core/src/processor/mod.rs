@@ -493,7 +493,7 @@ impl<P: Projection> TrackingProcessor<P> {
         let stop = CancellationToken::new();
         let position = self.watch_position();
         let lag = self.lag.subscribe();
-        let held = self.held.subscribe();
+        let (held, segmented) = (self.held.subscribe(), self.segmenting.is_some());
         let token = stop.clone();
         let name = self.name.clone();
         let progress = self.progress.clone();
@@ -526,6 +526,7 @@ impl<P: Projection> TrackingProcessor<P> {
             ordered,
             progress,
             held,
+            segmented,
         }
     }
 }
