@@ -1,0 +1,327 @@
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+//! The Redis Streams bus on the real server: the bus conformance suite, the lease fence,
+//! retention, entries that are not envelopes, and a wrong password.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{bus, bus_with, config, redis_url};
+use cqrs_core::testing::bus_conformance::{self, Ticked, TYPE, TYPE_2};
+use cqrs_core::testing::envelope_of;
+use cqrs_core::{Envelope, Error, EventBus};
+use cqrs_redis::{RedisBus, RedisConfig};
+
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+async fn len(stream: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap()
+}
+
+fn round(streams: u64, v: u64) -> Vec<Envelope> {
+    (0..streams)
+        .map(|s| envelope_of(TYPE, &format!("s-{s}"), v, v * 1_000 + s, &Ticked { n: v }))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_bus_passes_the_bus_conformance_suite() {
+    let buses = parking_lot::Mutex::new(Vec::new());
+    bus_conformance::run(|| async {
+        let bus = bus().await;
+        buses.lock().push(bus.clone());
+        bus
+    })
+    .await;
+    for bus in buses.into_inner() {
+        bus.delete_streams(&[TYPE, TYPE_2]).await.unwrap();
+    }
+}
+
+/// A member whose lease moved while it held a batch (paused past its lease) cannot
+/// acknowledge it: the next holder takes the entries over and applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_lease_moved_cannot_acknowledge() {
+    let bus = bus_with(config(&redis_url()).partitions(1)).await;
+    let mut first = bus
+        .subscribe("fence", &[TYPE], Duration::from_millis(200))
+        .await
+        .unwrap();
+    bus.publish(&round(3, 1)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let batch = first.next_batch(100).await.unwrap();
+        if !batch.events.is_empty() {
+            break batch;
+        }
+        assert!(Instant::now() < deadline, "the first member got nothing");
+    };
+    assert_eq!(held.events.len(), 3);
+    // The lease moves under it: it expired and another member took the partition.
+    let lease = format!("{}lease:fence:0", bus.config().prefix());
+    let _: () = redis::cmd("SET")
+        .arg(&lease)
+        .arg("someone-else#0")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    first.ack(&held).await.expect("a fenced ack is no error");
+    let stream = bus.config().stream(TYPE, 0);
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("fence")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let redis::Value::Array(summary) = pending else {
+        panic!("{pending:?}")
+    };
+    assert_eq!(summary[0], redis::Value::Int(3), "nothing was acknowledged");
+    // Nothing more of that partition reaches the fenced member.
+    bus.publish(&round(3, 2)).await.unwrap();
+    let later = first.next_batch(100).await.unwrap();
+    assert!(later.events.is_empty(), "{:?}", later.events);
+    drop(first);
+
+    // The lease is free again: the next member takes the three over, then the new ones.
+    let _: () = redis::cmd("DEL")
+        .arg(&lease)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let mut second = bus
+        .subscribe("fence", &[TYPE], Duration::from_millis(200))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        assert!(Instant::now() < deadline, "the next holder got {got:?}");
+        let batch = second.next_batch(100).await.unwrap();
+        second.ack(&batch).await.unwrap();
+        got.extend(
+            batch
+                .events
+                .iter()
+                .map(|e| (e.stream_id.clone(), e.version)),
+        );
+    }
+    let mut s0: Vec<u64> = got
+        .iter()
+        .filter(|(s, _)| s == "s-0")
+        .map(|(_, v)| *v)
+        .collect();
+    s0.dedup();
+    assert_eq!(s0, vec![1, 2], "taken over first, in order: {got:?}");
+    bus.delete_streams(&[TYPE]).await.unwrap();
+}
+
+/// Trimming keeps what any group has not acknowledged, and removes what every group has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_keeps_what_a_group_has_not_acknowledged() {
+    let bus = bus_with(config(&redis_url()).partitions(1)).await;
+    let mut fast = bus
+        .subscribe("fast", &[TYPE], Duration::from_millis(100))
+        .await
+        .unwrap();
+    let mut slow = bus
+        .subscribe("slow", &[TYPE], Duration::from_millis(100))
+        .await
+        .unwrap();
+    let events: Vec<Envelope> = (1..=10)
+        .map(|v| envelope_of(TYPE, "s-0", v, v, &Ticked { n: v }))
+        .collect();
+    bus.publish(&events).await.unwrap();
+    let stream = bus.config().stream(TYPE, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = 0;
+    while seen < 10 {
+        assert!(Instant::now() < deadline);
+        let batch = fast.next_batch(100).await.unwrap();
+        fast.ack(&batch).await.unwrap();
+        seen += batch.events.len();
+    }
+    let mut slow_seen = Vec::new();
+    while slow_seen.len() < 4 {
+        assert!(Instant::now() < deadline);
+        let batch = slow.next_batch(4 - slow_seen.len()).await.unwrap();
+        slow.ack(&batch).await.unwrap();
+        slow_seen.extend(batch.events.iter().map(|e| e.version));
+    }
+    // The slow group has 4 acknowledged; one more is handed out, unacknowledged.
+    let held = loop {
+        let batch = slow.next_batch(1).await.unwrap();
+        if !batch.events.is_empty() {
+            break batch;
+        }
+    };
+    assert_eq!(held.events[0].version, 5);
+    let removed = bus.trim(&[TYPE]).await.unwrap();
+    assert_eq!((removed, len(&stream).await), (4, 6), "entries 5..=10 kept");
+    slow.ack(&held).await.unwrap();
+    let mut rest = Vec::new();
+    while rest.len() < 5 {
+        assert!(Instant::now() < deadline);
+        let batch = slow.next_batch(100).await.unwrap();
+        slow.ack(&batch).await.unwrap();
+        rest.extend(batch.events.iter().map(|e| e.version));
+    }
+    assert_eq!(
+        rest,
+        vec![6, 7, 8, 9, 10],
+        "nothing the slow group needed was lost"
+    );
+    let removed = bus.trim(&[TYPE]).await.unwrap();
+    assert_eq!(
+        (removed, len(&stream).await),
+        (5, 1),
+        "only the last delivered entry stays"
+    );
+    bus.delete_streams(&[TYPE]).await.unwrap();
+}
+
+/// An entry written by a tool that knows nothing of envelopes is a dead letter with its
+/// reason, on the group's dead-letter stream too; the rest flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_is_no_envelope_is_a_dead_letter_and_the_rest_flows() {
+    use cqrs_core::memory::MemoryViewStore;
+    use cqrs_core::processor::ErrorPolicy;
+    use cqrs_core::{BusFeed, DeadLetterStore, ReadModel, TrackingProcessor};
+    let bus = Arc::new(bus_with(config(&redis_url()).partitions(1)).await);
+    let stream = bus.config().stream(TYPE, 0);
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("payload")
+        .arg("not an envelope")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let good: Vec<Envelope> = (1..=3)
+        .map(|v| envelope_of(TYPE, "s-0", v, v, &Ticked { n: v }))
+        .collect();
+    bus.publish(&good).await.unwrap();
+    let store = Arc::new(MemoryViewStore::new());
+    let handle = TrackingProcessor::new(common::Seen, store.clone())
+        .error_policy(ErrorPolicy::dead_letter())
+        .idle_wait(Duration::from_millis(200))
+        .spawn(Arc::new(BusFeed::new(bus.clone(), "raw", [TYPE])));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let dead = store.dead_letters("seen").await.unwrap();
+        let view = ReadModel::<common::Seen>::new(store.clone())
+            .get("s-0")
+            .await
+            .unwrap();
+        if dead.len() == 1 && view.as_ref().map(|v| v.versions.len()) == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead {dead:?}, view {view:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop().await.unwrap();
+    let dead = store.dead_letters("seen").await.unwrap();
+    assert!(
+        dead[0].reason.contains("cqrs.stream_id"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(&dead[0].envelope.payload[..], b"not an envelope");
+    assert_eq!(len(&bus.config().dead_letters("raw")).await, 1);
+    bus.delete_streams(&[TYPE]).await.unwrap();
+    bus.delete_group("raw", &[TYPE]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_typed_error_that_never_shows_the_password() {
+    let url = redis_url().replacen("redis://", "redis://nobody:hunter2-wrong@", 1);
+    let bus = RedisBus::new(RedisConfig::new(&url, "auth.").unwrap()).unwrap();
+    let err = bus.check().await.expect_err("a wrong password is refused");
+    let shown = format!("{err} {err:?} {bus:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        matches!(err, Error::Config(_)),
+        "a refused login is a configuration error: {err:?}"
+    );
+    let refused = bus
+        .publish(&round(1, 1))
+        .await
+        .expect_err("publishing is refused too");
+    assert!(!format!("{refused:?}").contains("hunter2"));
+}
+
+/// A crash loop: members take an entry over and die before acknowledging it, again and
+/// again. Past the delivery limit it is handed alone, so the entries beside it are
+/// acknowledged without it; after three more it is a dead letter, not applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_dead_letters_the_entry_it_restarts_at_and_spares_the_rest() {
+    use cqrs_core::memory::MemoryViewStore;
+    use cqrs_core::processor::ErrorPolicy;
+    use cqrs_core::{BusFeed, DeadLetterStore, ReadModel, TrackingProcessor};
+    let bus = Arc::new(bus_with(config(&redis_url()).partitions(1).delivery_limit(1)).await);
+    let events: Vec<Envelope> = (1..=3)
+        .map(|v| envelope_of(TYPE, "s-0", v, v, &Ticked { n: v }))
+        .collect();
+    bus.publish(&events).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sizes = Vec::new();
+    for _ in 0..4 {
+        let mut doomed = bus
+            .subscribe("loop", &[TYPE], Duration::from_millis(100))
+            .await
+            .unwrap();
+        let batch = loop {
+            let batch = doomed.next_batch(100).await.unwrap();
+            if !batch.events.is_empty() {
+                break batch;
+            }
+            assert!(Instant::now() < deadline, "a member got nothing");
+        };
+        sizes.push(batch.events.len());
+        drop(doomed); // dies without an ack
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        sizes,
+        vec![3, 1, 1, 1],
+        "the whole batch, then the suspect alone"
+    );
+    let store = Arc::new(MemoryViewStore::new());
+    let handle = TrackingProcessor::new(common::Seen, store.clone())
+        .error_policy(ErrorPolicy::dead_letter())
+        .idle_wait(Duration::from_millis(100))
+        .spawn(Arc::new(BusFeed::new(bus.clone(), "loop", [TYPE])));
+    loop {
+        let dead = store.dead_letters("seen").await.unwrap();
+        let view = ReadModel::<common::Seen>::new(store.clone())
+            .get("s-0")
+            .await
+            .unwrap();
+        if dead.len() == 1 && view.as_ref().map(|v| v.versions.clone()) == Some(vec![2, 3]) {
+            assert!(
+                dead[0].reason.contains("delivered 5 times"),
+                "{}",
+                dead[0].reason
+            );
+            assert_eq!(dead[0].envelope.version, 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "dead {dead:?}, view {view:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop().await.unwrap();
+    assert_eq!(len(&bus.config().dead_letters("loop")).await, 1);
+    println!("[fault] Redis crash loop: batches of {sizes:?}, then 1 dead letter (version 1), versions 2 and 3 applied once");
+    bus.delete_streams(&[TYPE]).await.unwrap();
+    bus.delete_group("loop", &[TYPE]).await.unwrap();
+}
