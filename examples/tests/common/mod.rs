@@ -28,6 +28,8 @@ pub struct Env {
     pub name: String,
     /// RabbitMQ between the services instead of Kafka, at this URL.
     pub amqp_url: Option<String>,
+    /// Redis Streams between the services instead of Kafka, at this URL.
+    pub redis_url: Option<String>,
     /// The catalog reads the store's log in segments (a 2 s lease) instead of the bus.
     pub store_feed: bool,
 }
@@ -50,6 +52,7 @@ impl Env {
             ),
             name,
             amqp_url: None,
+            redis_url: None,
             store_feed: false,
         }
     }
@@ -70,13 +73,31 @@ impl Env {
         }
     }
 
+    /// The same, with Redis Streams between the services.
+    pub fn over_redis(test: &str) -> Self {
+        Env {
+            redis_url: Some(server("REDIS_URL", "redis://127.0.0.1:6379")),
+            ..Env::new(test)
+        }
+    }
+
+    /// The bus between the services, as the tests name it.
+    pub fn bus_name(&self) -> &'static str {
+        match (&self.amqp_url, &self.redis_url) {
+            (Some(_), _) => "RabbitMQ",
+            (None, Some(_)) => "Redis",
+            (None, None) => "Kafka",
+        }
+    }
+
     fn connection_args(&self) -> Vec<String> {
-        let bus = match &self.amqp_url {
-            Some(url) => [
+        let bus = match (&self.amqp_url, &self.redis_url) {
+            (Some(url), _) => [
                 ("--bus", "rabbitmq".to_owned()),
                 ("--amqp-url", url.clone()),
             ],
-            None => [
+            (None, Some(url)) => [("--bus", "redis".to_owned()), ("--redis-url", url.clone())],
+            (None, None) => [
                 ("--bus", "kafka".to_owned()),
                 ("--kafka-brokers", self.kafka_brokers.clone()),
             ],
@@ -140,8 +161,18 @@ impl Env {
             .expect("list")
     }
 
-    /// Drops what the test created in PostgreSQL, MongoDB and RabbitMQ.
+    /// Drops what the test created in PostgreSQL, MongoDB, RabbitMQ and Redis.
     pub async fn clean_up(&self) {
+        if let Some(url) = &self.redis_url {
+            let prefix = format!("{}.", self.name);
+            let config = cqrs_redis::RedisConfig::new(url, &prefix).expect("config");
+            let bus = cqrs_redis::RedisBus::new(config.partitions(3)).expect("bus");
+            for group in ["catalog", "comment-service"] {
+                let group = format!("{prefix}{group}");
+                let _ = bus.delete_group(&group, &["product", "comment"]).await;
+            }
+            let _ = bus.delete_streams(&["product", "comment"]).await;
+        }
         if let Some(url) = &self.amqp_url {
             let prefix = format!("{}.", self.name);
             let config = cqrs_rabbitmq::RabbitConfig::new(url, &prefix).expect("config");
