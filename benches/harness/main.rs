@@ -7,6 +7,7 @@
 //! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`), `--mongo` (also the MongoDB
 //! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`),
 //! `--rabbitmq` (also the RabbitMQ scenarios, on `AMQP_URL`, `--rabbit-events N`, 100 000).
+//! `--redis` (also the Redis Streams scenarios, on `REDIS_URL`, `--redis-events N`, 100 000).
 //! Tuning knobs: `--group-tx N` (PostgreSQL commands with a group commit of N transactions),
 //! `--bus-batch N` (the batch size of `kafka_bus_only_*`).
 
@@ -27,6 +28,7 @@ mod mongo;
 mod pg;
 mod pg_raw;
 mod rabbit;
+mod redis_streams;
 mod segments;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -59,6 +61,7 @@ const RATIOS: &[(&str, &str)] = &[
     ("kafka_to_projection_3p", "kafka_raw_consume_3p"),
     ("rabbitmq_to_projection", "rabbitmq_raw_consume"),
     ("relay_to_rabbitmq", "rabbitmq_raw_publish"),
+    ("redis_to_projection", "redis_raw_consume"),
     ("mongo_read_model_transaction", "mongo_raw_upserts"),
     ("mongo_read_model_idempotent", "mongo_raw_upserts"),
 ];
@@ -256,6 +259,9 @@ async fn main() {
     }
     if std::env::args().any(|a| a == "--rabbitmq") {
         rabbit::run(arg("--rabbit-events", 100_000), runs, products).await;
+    }
+    if std::env::args().any(|a| a == "--redis") {
+        redis_streams::run(arg("--redis-events", 100_000), runs, products).await;
     }
     if std::env::args().any(|a| a == "--mongo") {
         mongo::run(events, runs, products, batch_size).await;
