@@ -88,6 +88,11 @@ impl RedisConfig {
                 "a Redis URL starts with redis:// or rediss://".into(),
             ));
         }
+        if url.contains("protocol=resp3") {
+            return Err(Error::Config(
+                "this bus speaks RESP2 to Redis: leave `protocol=resp3` out of the URL".into(),
+            ));
+        }
         validate_name("prefix", &prefix)?;
         Ok(RedisConfig {
             url,
@@ -134,9 +139,10 @@ impl RedisConfig {
         self
     }
 
-    /// How often a member compares its partitions with its fair share (default 1 s).
+    /// How often a member compares its partitions with its fair share (default 1 s, from
+    /// 50 ms to an hour).
     pub fn rebalance_every(mut self, every: Duration) -> Self {
-        self.rebalance_every = every.max(Duration::from_millis(50));
+        self.rebalance_every = every.clamp(Duration::from_millis(50), Duration::from_secs(3_600));
         self
     }
 
@@ -150,17 +156,17 @@ impl RedisConfig {
     }
 
     /// How long a command may wait for the server, and a connection for it to answer, before
-    /// it fails (default 10 s).
+    /// it fails (default 10 s, from 100 ms to an hour).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(100));
+        self.timeout = timeout.clamp(Duration::from_millis(100), Duration::from_secs(3_600));
         self
     }
 
     /// What is kept of the streams (default [`Retention::Acknowledged`]), and how often a member
-    /// trims the streams it holds (default every 30 s).
+    /// trims the streams it holds (default every 30 s, from 100 ms to a day).
     pub fn retention(mut self, retention: Retention, every: Duration) -> Self {
         self.retention = retention;
-        self.trim_every = every.max(Duration::from_millis(100));
+        self.trim_every = every.clamp(Duration::from_millis(100), Duration::from_secs(86_400));
         self
     }
 
@@ -241,6 +247,7 @@ mod tests {
     #[test]
     fn names_that_would_meet_are_refused() {
         assert!(RedisConfig::new("http://x", "p.").is_err());
+        assert!(RedisConfig::new("redis://x/?protocol=resp3", "p.").is_err());
         assert!(RedisConfig::new("redis://x", "a:b").is_err());
         let c = RedisConfig::new("redis://x", "p.").unwrap();
         assert!(c.check("g:1", &["t"]).is_err());

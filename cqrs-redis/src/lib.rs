@@ -124,6 +124,8 @@ impl RedisBus {
 
     async fn forget_link(&self) {
         *self.inner.link.lock().await = None;
+        // The server may have lost the groups too: create them again on the next publish.
+        self.inner.prepared.lock().clear();
     }
 
     /// Connects now, to find out whether the server answers.

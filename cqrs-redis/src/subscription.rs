@@ -114,7 +114,16 @@ impl RedisSubscription {
         if let Some(reader) = &self.reader {
             return Ok(reader.clone());
         }
-        let reader = self.bus.connect(self.idle).await?;
+        let mut reader = self.bus.connect(self.idle).await?;
+        // The group again, where the server lost it (a restart without persistence, a
+        // fail-over to a replica that missed it, streams deleted).
+        let config = self.bus.config();
+        let streams: Vec<String> = self
+            .types
+            .iter()
+            .flat_map(|t| (0..config.partitions).map(|p| config.stream(t, p)))
+            .collect();
+        RedisBus::create_group(&mut reader, &self.group, &streams).await?;
         tracing::info!(group = %self.group, "reconnected to Redis");
         self.reader = Some(reader.clone());
         Ok(reader)
@@ -273,44 +282,75 @@ impl RedisSubscription {
             .collect())
     }
 
-    /// Reads new entries of the held streams, waiting up to `wait` for some.
+    /// Reads new entries of the held streams behind their leases ([`scripts::READ`]); when
+    /// there are none, waits up to `wait` for an entry to arrive (a plain blocking `XREAD`,
+    /// which reads nothing for the group) and tries once more.
     async fn read(
         &mut self,
         connection: &mut MultiplexedConnection,
         max: usize,
         wait: Duration,
     ) -> Result<()> {
-        let config = self.bus.config().clone();
         let held: Vec<(u32, u64)> = self.holdings.lock().iter().map(|(p, e)| (*p, *e)).collect();
         if held.is_empty() {
             tokio::time::sleep(wait).await;
             return Ok(());
         }
-        let mut streams: Vec<(String, u32, u64)> = Vec::new();
-        for (p, epoch) in held {
-            for t in &self.types {
-                streams.push((config.stream(t, p), p, epoch));
-            }
+        if self.read_fenced(connection, max, &held).await? {
+            return Ok(());
         }
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.member)
-            .arg("COUNT")
-            .arg(max.max(1))
+        let config = self.bus.config().clone();
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
             .arg("BLOCK")
             .arg(wait.as_millis().max(1) as u64)
             .arg("STREAMS");
-        for (stream, _, _) in &streams {
-            cmd.arg(stream);
+        for (p, _) in &held {
+            for t in &self.types {
+                cmd.arg(config.stream(t, *p));
+            }
         }
-        for _ in &streams {
-            cmd.arg(">");
+        for _ in 0..held.len() * self.types.len() {
+            cmd.arg("$");
         }
-        let reply: Value = cmd
+        let _: Value = cmd
             .query_async(connection)
             .await
+            .map_err(|e| backend("waiting for new entries", e))?;
+        self.read_fenced(connection, max, &held).await.map(|_| ())
+    }
+
+    /// One fenced read; whether it gave entries. A lease found to be another's ends its
+    /// holding.
+    async fn read_fenced(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        max: usize,
+        held: &[(u32, u64)],
+    ) -> Result<bool> {
+        let config = self.bus.config().clone();
+        let mut streams: Vec<(String, u32, u64)> = Vec::new();
+        let mut invocation = scripts::READ.prepare_invoke();
+        invocation
+            .arg(&self.group)
+            .arg(&self.member)
+            .arg(max.max(1));
+        for (p, epoch) in held {
+            for t in &self.types {
+                let stream = config.stream(t, *p);
+                invocation
+                    .key(config.lease_key(&self.group, *p))
+                    .key(&stream);
+                invocation.arg(token(&self.member, *epoch));
+                streams.push((stream, *p, *epoch));
+            }
+        }
+        let reply: Value = invocation
+            .invoke_async(connection)
+            .await
             .map_err(|e| backend("reading the group's streams", e))?;
+        let mut got = false;
         for key in codec::items(&reply) {
             let [name, entries] = codec::items(key) else {
                 continue;
@@ -318,11 +358,24 @@ impl RedisSubscription {
             let Some(name) = codec::text(name) else {
                 continue;
             };
+            if let Some(p) = held
+                .iter()
+                .find(|(p, _)| config.lease_key(&self.group, *p) == name)
+                .map(|(p, e)| (*p, *e))
+            {
+                tracing::warn!(group = %self.group, partition = p.0, "the lease of a partition was lost");
+                let mut current = self.holdings.lock();
+                if current.get(&p.0) == Some(&p.1) {
+                    current.remove(&p.0);
+                }
+                continue;
+            }
             let Some((stream, p, epoch)) = streams.iter().find(|(s, _, _)| *s == name) else {
                 continue;
             };
             let stream: Arc<str> = stream.as_str().into();
             for raw in codec::items(entries).iter().filter_map(codec::entry) {
+                got = true;
                 self.buffer.push_back(Item {
                     partition: *p,
                     epoch: *epoch,
@@ -333,7 +386,7 @@ impl RedisSubscription {
                 });
             }
         }
-        Ok(())
+        Ok(got)
     }
 
     async fn next_batch_on(&mut self, max: usize) -> Result<Batch> {
