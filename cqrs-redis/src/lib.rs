@@ -2,6 +2,7 @@
 
 mod codec;
 mod config;
+mod lease;
 mod scripts;
 mod subscription;
 
