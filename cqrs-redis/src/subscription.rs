@@ -128,7 +128,8 @@ impl RedisSubscription {
     /// members, rounded up): gives up what is over, takes free partitions while under. Only
     /// between batches, with nothing handed out unacknowledged.
     async fn rebalance(&mut self, connection: &mut MultiplexedConnection) -> Result<()> {
-        let config = self.bus.config().clone();
+        let bus = self.bus.clone();
+        let config = bus.config();
         let lease_ms = config.lease.as_millis() as u64;
         let members: u32 = scripts::ROSTER
             .key(config.roster(&self.group))
@@ -193,7 +194,8 @@ impl RedisSubscription {
         p: u32,
         epoch: u64,
     ) -> Result<()> {
-        let config = self.bus.config().clone();
+        let bus = self.bus.clone();
+        let config = bus.config();
         for t in &self.types {
             let stream: Arc<str> = config.stream(t, p).into();
             let mut cursor = "0-0".to_owned();
@@ -290,7 +292,8 @@ impl RedisSubscription {
         if self.read_fenced(connection, max, &held).await? {
             return Ok(());
         }
-        let config = self.bus.config().clone();
+        let bus = self.bus.clone();
+        let config = bus.config();
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(1)
@@ -320,7 +323,8 @@ impl RedisSubscription {
         max: usize,
         held: &[(u32, u64)],
     ) -> Result<bool> {
-        let config = self.bus.config().clone();
+        let bus = self.bus.clone();
+        let config = bus.config();
         let mut streams: Vec<(String, u32, u64)> = Vec::new();
         let mut invocation = scripts::READ.prepare_invoke();
         invocation
@@ -381,7 +385,8 @@ impl RedisSubscription {
     }
 
     async fn next_batch_on(&mut self, max: usize) -> Result<Batch> {
-        let config = self.bus.config().clone();
+        let bus = self.bus.clone();
+        let config = bus.config();
         let mut connection = self.reader().await?;
         let now = Instant::now();
         if self.delivered.is_empty() && now >= self.next_rebalance {
@@ -396,9 +401,11 @@ impl RedisSubscription {
             self.next_trim = now + config.trim_every;
         }
         // Entries of a holding that ended (lost or given up) are the next holder's.
-        let holdings = self.holdings.lock().clone();
-        self.buffer
-            .retain(|item| holdings.get(&item.partition) == Some(&item.epoch));
+        {
+            let holdings = self.holdings.lock();
+            self.buffer
+                .retain(|item| holdings.get(&item.partition) == Some(&item.epoch));
+        }
         if self.buffer.is_empty() {
             let wait = self
                 .idle
@@ -450,7 +457,8 @@ impl RedisSubscription {
 
     /// Trims the held streams to what every group still needs.
     async fn trim(&mut self, connection: &mut MultiplexedConnection) -> Result<()> {
-        let config = self.bus.config().clone();
+        let bus = self.bus.clone();
+        let config = bus.config();
         let held: Vec<u32> = self.holdings.lock().keys().copied().collect();
         for p in held {
             for t in &self.types {
@@ -469,7 +477,8 @@ impl RedisSubscription {
             return Ok(());
         }
         let mut connection = self.reader().await?;
-        let config = self.bus.config().clone();
+        let bus = self.bus.clone();
+        let config = bus.config();
         let mut by_stream: BTreeMap<(u32, u64, Arc<str>), Vec<String>> = BTreeMap::new();
         for item in delivered {
             by_stream
