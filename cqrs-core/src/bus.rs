@@ -37,6 +37,15 @@ pub trait EventBus: Send + Sync {
         aggregate_types: &[&str],
         idle: Duration,
     ) -> Result<Box<dyn EventSource>>;
+
+    /// Whether a routing key stays with one member of a group while the group does not
+    /// change (partitions held by members: Kafka, RabbitMQ, Redis). A bus that hands each key
+    /// to one member at a time, but not always the same one (SQS FIFO message groups), says
+    /// `false`: a processor on it keeps no views in memory between batches, since another
+    /// member may have changed them meanwhile.
+    fn pins_keys(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -52,6 +61,9 @@ impl<T: EventBus + ?Sized> EventBus for Arc<T> {
     ) -> Result<Box<dyn EventSource>> {
         (**self).subscribe(group, aggregate_types, idle).await
     }
+    fn pins_keys(&self) -> bool {
+        (**self).pins_keys()
+    }
 }
 
 #[async_trait]
@@ -66,6 +78,9 @@ impl<T: EventBus + ?Sized> EventBus for Box<T> {
         idle: Duration,
     ) -> Result<Box<dyn EventSource>> {
         (**self).subscribe(group, aggregate_types, idle).await
+    }
+    fn pins_keys(&self) -> bool {
+        (**self).pins_keys()
     }
 }
 
@@ -106,5 +121,9 @@ impl Feed for BusFeed {
     async fn open(&self, _checkpoint: Option<u64>, idle: Duration) -> Result<Box<dyn EventSource>> {
         let types: Vec<&str> = self.aggregate_types.iter().map(String::as_str).collect();
         self.bus.subscribe(&self.group, &types, idle).await
+    }
+
+    fn pins_keys(&self) -> bool {
+        self.bus.pins_keys()
     }
 }

@@ -150,6 +150,17 @@ pub enum Error {
         /// The handler's message.
         reason: String,
     },
+    /// An event larger than the bus carries in one message: refused before anything of its
+    /// batch was sent, never truncated.
+    #[error("{event} is {size} bytes as a message; the bus carries at most {limit}")]
+    TooLarge {
+        /// The event.
+        event: EventRef,
+        /// Its size as the bus counts it.
+        size: usize,
+        /// The bus's limit.
+        limit: usize,
+    },
     /// A configuration value (a name, a size, an address) that is not acceptable.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -196,7 +207,8 @@ impl Error {
         match self {
             Error::UnknownEvent { event }
             | Error::Decode { event, .. }
-            | Error::Handler { event, .. } => Some(event),
+            | Error::Handler { event, .. }
+            | Error::TooLarge { event, .. } => Some(event),
             _ => None,
         }
     }

@@ -135,7 +135,8 @@ impl<P: Projection> TrackingProcessor<P> {
     }
 
     /// Keeps up to `capacity` views in memory between batches (default 10 000; 0 turns it
-    /// off). A cached view that another processor changed meanwhile is caught by its revision
+    /// off; always off on a feed whose keys move between members, see
+    /// [`Feed::pins_keys`]). A cached view that another processor changed meanwhile is caught by its revision
     /// at commit, and the batch is folded again from the store.
     pub fn view_cache(mut self, capacity: usize) -> Self {
         self.cache_capacity = capacity;
@@ -499,6 +500,11 @@ impl<P: Projection> TrackingProcessor<P> {
         let progress = self.progress.clone();
         let ordered = feed.globally_ordered();
         self.record_streams = !ordered;
+        if !feed.pins_keys() {
+            // Another member may change a view between two of this one's batches: a cached
+            // view would fail its commit and be folded again, every time.
+            self.cache_capacity = 0;
+        }
         let (ended_tx, ended) = watch::channel(None);
         let task = tokio::spawn(async move {
             let outcome = match self.segmenting {

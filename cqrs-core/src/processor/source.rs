@@ -107,6 +107,13 @@ pub trait Feed: Send + Sync {
     fn globally_ordered(&self) -> bool {
         false
     }
+
+    /// Whether the views a processor on this feed writes stay its own between batches (see
+    /// [`EventBus::pins_keys`](crate::EventBus::pins_keys)). When not, the processor keeps no
+    /// views in memory. The default says they do.
+    fn pins_keys(&self) -> bool {
+        true
+    }
 }
 
 /// Feeds a processor from an event store's global log.
