@@ -3,10 +3,10 @@
 # this script started. Source it, or run `scripts/services.sh start` to leave them running.
 #
 # Every address comes from the environment first: when DATABASE_URL, KAFKA_BROKERS,
-# MONGODB_URI, AMQP_URL or REDIS_URL is set and answers, nothing is started for it. Otherwise a local
+# MONGODB_URI, AMQP_URL, REDIS_URL or AWS_ENDPOINT_URL is set and answers, nothing is started for it. Otherwise a local
 # server is started: PostgreSQL and RabbitMQ from Debian's packages, tansu (a Kafka-API broker)
 # and SecantusDB (a MongoDB-API server) from PyPI, in a virtual environment kept in the cache
-# folder.
+# folder, and moto (an SQS API server) from PyPI in another.
 
 CQRS_CACHE="${CQRS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cqrs-rs}"
 CQRS_RUN="${CQRS_RUN:-$CQRS_CACHE/run}"
@@ -188,6 +188,32 @@ start_redis() {
   wait_port 127.0.0.1 6379 30 Redis
 }
 
+# SQS: AWS_ENDPOINT_URL first, else moto (an SQS API server, from PyPI) on 127.0.0.1:4566, in a
+# virtual environment of its own in the cache folder. A local server takes any credentials:
+# test ones are exported where none are set.
+start_sqs() {
+  if [[ -n "${AWS_ENDPOINT_URL:-}" ]] && port_open "$(url_host "$AWS_ENDPOINT_URL")" "$(url_port "$AWS_ENDPOINT_URL" 443)"; then
+    log "SQS: using AWS_ENDPOINT_URL"
+    return 0
+  fi
+  export AWS_ENDPOINT_URL="http://127.0.0.1:4566"
+  export AWS_REGION="${AWS_REGION:-us-east-1}" AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+  if port_open 127.0.0.1 4566; then
+    log "SQS: already running on 127.0.0.1:4566"
+    return 0
+  fi
+  local venv="$CQRS_CACHE/moto-venv"
+  if [[ ! -x "$venv/bin/moto_server" ]]; then
+    log "installing moto into $venv"
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/pip" install -q 'moto==5.2.5' 'flask>=3,<4' 'flask-cors>=5,<7' || return 1
+  fi
+  # moto with its FIFO group lock made whole for concurrent long polls (see the script).
+  setsid "$venv/bin/python" "$(dirname "${BASH_SOURCE[0]}")/moto_server.py" -H 127.0.0.1 -p 4566 >"$CQRS_RUN/moto.log" 2>&1 </dev/null &
+  STARTED_PIDS+=($!)
+  wait_port 127.0.0.1 4566 60 moto
+}
+
 start_services() {
   local failed=0
   find_chromium || { log "Chromium and its WebDriver could not be installed"; failed=1; }
@@ -196,9 +222,10 @@ start_services() {
   start_mongo || { log "the MongoDB-API server could not be started"; failed=1; }
   start_rabbitmq || { log "RabbitMQ could not be started"; failed=1; }
   start_redis || { log "Redis could not be started"; failed=1; }
+  start_sqs || { log "the SQS API server could not be started"; failed=1; }
   mongo_server_command || { log "no MongoDB-API server command for the fault tests"; failed=1; }
   kafka_server_command || { log "no Kafka-API broker command for the fault tests"; failed=1; }
-  log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI AMQP_URL=$AMQP_URL REDIS_URL=$REDIS_URL"
+  log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI AMQP_URL=$AMQP_URL REDIS_URL=$REDIS_URL AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"
   return $failed
 }
 
@@ -217,7 +244,7 @@ stop_services() {
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
   case "${1:-start}" in
-    start) start_services && printf 'export DATABASE_URL=%q KAFKA_BROKERS=%q MONGODB_URI=%q AMQP_URL=%q REDIS_URL=%q\n' "$DATABASE_URL" "$KAFKA_BROKERS" "$MONGODB_URI" "$AMQP_URL" "$REDIS_URL" ;;
+    start) start_services && printf 'export DATABASE_URL=%q KAFKA_BROKERS=%q MONGODB_URI=%q AMQP_URL=%q REDIS_URL=%q AWS_ENDPOINT_URL=%q AWS_REGION=%q\n' "$DATABASE_URL" "$KAFKA_BROKERS" "$MONGODB_URI" "$AMQP_URL" "$REDIS_URL" "$AWS_ENDPOINT_URL" "${AWS_REGION:-}" ;;
     *) echo "usage: scripts/services.sh [start]" >&2; exit 2 ;;
   esac
 fi

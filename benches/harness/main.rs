@@ -8,6 +8,7 @@
 //! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`),
 //! `--rabbitmq` (also the RabbitMQ scenarios, on `AMQP_URL`, `--rabbit-events N`, 100 000).
 //! `--redis` (also the Redis Streams scenarios, on `REDIS_URL`, `--redis-events N`, 100 000).
+//! `--sqs` (also the SQS scenarios, on `AWS_ENDPOINT_URL`, `--sqs-events N`, 5 000).
 //! Tuning knobs: `--group-tx N` (PostgreSQL commands with a group commit of N transactions),
 //! `--bus-batch N` (the batch size of `kafka_bus_only_*`).
 
@@ -30,6 +31,7 @@ mod pg_raw;
 mod rabbit;
 mod redis_streams;
 mod segments;
+mod sqs;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -62,6 +64,7 @@ const RATIOS: &[(&str, &str)] = &[
     ("rabbitmq_to_projection", "rabbitmq_raw_consume"),
     ("relay_to_rabbitmq", "rabbitmq_raw_publish"),
     ("redis_to_projection", "redis_raw_consume"),
+    ("sqs_to_projection", "sqs_raw_consume"),
     ("mongo_read_model_transaction", "mongo_raw_upserts"),
     ("mongo_read_model_idempotent", "mongo_raw_upserts"),
 ];
@@ -262,6 +265,9 @@ async fn main() {
     }
     if std::env::args().any(|a| a == "--redis") {
         redis_streams::run(arg("--redis-events", 100_000), runs, products).await;
+    }
+    if std::env::args().any(|a| a == "--sqs") {
+        sqs::run(arg("--sqs-events", 5_000), runs, products).await;
     }
     if std::env::args().any(|a| a == "--mongo") {
         mongo::run(events, runs, products, batch_size).await;

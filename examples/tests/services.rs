@@ -1,6 +1,6 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! End to end over HTTP: the product, comment and catalog services as separate processes on
-//! real PostgreSQL, Kafka-API (or RabbitMQ, or Redis) and MongoDB-API servers.
+//! real PostgreSQL, Kafka-API (or RabbitMQ, Redis or SQS) and MongoDB-API servers.
 
 mod common;
 
@@ -20,6 +20,11 @@ async fn the_same_over_rabbitmq() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_over_redis() {
     flow(Env::over_redis("redis")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_over_sqs() {
+    flow(Env::over_sqs("sqs")).await;
 }
 
 async fn metrics_page(http: &reqwest::Client, service: &common::Service) -> String {

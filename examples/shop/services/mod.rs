@@ -1,8 +1,9 @@
 //! The shop as services: the product and comment write services, the catalog read service,
 //! and the catalog's replay, one file each. Each is wired with one [`App`] builder from the
 //! framework's backends: PostgreSQL (`cqrs-postgres`) for the event store, Kafka
-//! (`cqrs-kafka`), RabbitMQ (`cqrs-rabbitmq`) or Redis (`cqrs-redis`) between services, MongoDB (`cqrs-mongo`) for
-//! the catalog; the embedded in-memory backends wherever no address is given.
+//! (`cqrs-kafka`), RabbitMQ (`cqrs-rabbitmq`), Redis (`cqrs-redis`) or SQS (`cqrs-sqs`)
+//! between services, MongoDB (`cqrs-mongo`) for the catalog; the embedded in-memory backends
+//! wherever no address is given.
 
 mod catalog;
 mod comment;
@@ -22,6 +23,7 @@ use cqrs_mongo::Mongo;
 use cqrs_postgres::Postgres;
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
 use cqrs_redis::{RedisBus, RedisConfig};
+use cqrs_sqs::{SqsBus, SqsConfig};
 use tokio::sync::OnceCell;
 
 pub use self::catalog::{catalog_service, CatalogPage, Paging};
@@ -49,6 +51,9 @@ pub struct Connections {
     pub database_url: Option<String>,
     /// Which bus runs between the services. Without it: Kafka when brokers are given, else
     /// RabbitMQ when an AMQP URL is, else Redis when a Redis URL is, else the embedded one.
+    /// SQS is chosen by name only (`--bus sqs`): its endpoint, region and credentials come
+    /// from the standard AWS configuration (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`,
+    /// ...).
     #[arg(long, env = "SHOP_BUS", value_enum)]
     pub bus: Option<BusKind>,
     /// Kafka brokers (`host:port,...`) between the services.
@@ -111,6 +116,8 @@ pub enum BusKind {
     Rabbitmq,
     /// Redis Streams, at `--redis-url`.
     Redis,
+    /// Amazon SQS FIFO queues, where the AWS configuration says.
+    Sqs,
     /// The in-memory bus (the services of one process only).
     Embedded,
 }
@@ -141,6 +148,7 @@ pub struct Backends {
     kafka: OnceCell<KafkaBus>,
     rabbit: OnceCell<RabbitBus>,
     redis: OnceCell<RedisBus>,
+    sqs: OnceCell<SqsBus>,
 }
 
 impl Backends {
@@ -154,6 +162,7 @@ impl Backends {
             kafka: OnceCell::new(),
             rabbit: OnceCell::new(),
             redis: OnceCell::new(),
+            sqs: OnceCell::new(),
         }
     }
 
@@ -215,7 +224,7 @@ impl Backends {
         self.store_side().await?.build()
     }
 
-    /// The bus between the services: Kafka, RabbitMQ, Redis, or the embedded one.
+    /// The bus between the services: Kafka, RabbitMQ, Redis, SQS, or the embedded one.
     async fn with_bus(&self, app: AppBuilder) -> cqrs_core::Result<AppBuilder> {
         let c = &self.connections;
         let missing = |flag: &str| Error::Config(format!("the chosen bus needs {flag}"));
@@ -270,6 +279,19 @@ impl Backends {
                     self.redis
                         .get_or_try_init(|| async { RedisBus::new(config) })
                         .await?
+                        .clone(),
+                )
+            }
+            BusKind::Sqs => {
+                // The groups' queues exist before their services first start.
+                let config = SqsConfig::new(&c.topic_prefix)?
+                    .groups([self.group("catalog"), self.group("comment-service")])?
+                    // A killed instance's messages come back after this.
+                    .visibility(Duration::from_secs(6));
+                app.with(
+                    self.sqs
+                        .get_or_init(|| SqsBus::from_env(config))
+                        .await
                         .clone(),
                 )
             }

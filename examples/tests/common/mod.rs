@@ -30,6 +30,8 @@ pub struct Env {
     pub amqp_url: Option<String>,
     /// Redis Streams between the services instead of Kafka, at this URL.
     pub redis_url: Option<String>,
+    /// SQS between the services instead of Kafka, at this endpoint.
+    pub sqs_endpoint: Option<String>,
     /// The catalog reads the store's log in segments (a 2 s lease) instead of the bus.
     pub store_feed: bool,
 }
@@ -53,6 +55,7 @@ impl Env {
             name,
             amqp_url: None,
             redis_url: None,
+            sqs_endpoint: None,
             store_feed: false,
         }
     }
@@ -81,23 +84,53 @@ impl Env {
         }
     }
 
-    /// The bus between the services, as the tests name it.
-    pub fn bus_name(&self) -> &'static str {
-        match (&self.amqp_url, &self.redis_url) {
-            (Some(_), _) => "RabbitMQ",
-            (None, Some(_)) => "Redis",
-            (None, None) => "Kafka",
+    /// The same, with SQS between the services (moto where `AWS_ENDPOINT_URL` is not set).
+    pub fn over_sqs(test: &str) -> Self {
+        Env {
+            sqs_endpoint: Some(server("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")),
+            ..Env::new(test)
         }
     }
 
+    /// The bus between the services, as the tests name it.
+    pub fn bus_name(&self) -> &'static str {
+        match (&self.amqp_url, &self.redis_url, &self.sqs_endpoint) {
+            (Some(_), _, _) => "RabbitMQ",
+            (None, Some(_), _) => "Redis",
+            (None, None, Some(_)) => "SQS",
+            (None, None, None) => "Kafka",
+        }
+    }
+
+    /// The AWS configuration of a service on SQS: the endpoint, and the environment's region
+    /// and credentials, else test ones (a local server takes any).
+    fn aws_env(&self) -> Vec<(&'static str, String)> {
+        let Some(endpoint) = &self.sqs_endpoint else {
+            return Vec::new();
+        };
+        vec![
+            ("AWS_ENDPOINT_URL", endpoint.clone()),
+            ("AWS_REGION", server("AWS_REGION", "us-east-1")),
+            ("AWS_ACCESS_KEY_ID", server("AWS_ACCESS_KEY_ID", "test")),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                server("AWS_SECRET_ACCESS_KEY", "test"),
+            ),
+        ]
+    }
+
     fn connection_args(&self) -> Vec<String> {
-        let bus = match (&self.amqp_url, &self.redis_url) {
-            (Some(url), _) => [
+        let bus = match (&self.amqp_url, &self.redis_url, &self.sqs_endpoint) {
+            (Some(url), _, _) => [
                 ("--bus", "rabbitmq".to_owned()),
                 ("--amqp-url", url.clone()),
             ],
-            (None, Some(url)) => [("--bus", "redis".to_owned()), ("--redis-url", url.clone())],
-            (None, None) => [
+            (None, Some(url), _) => [("--bus", "redis".to_owned()), ("--redis-url", url.clone())],
+            (None, None, Some(_)) => [
+                ("--bus", "sqs".to_owned()),
+                ("--partitions", "3".to_owned()),
+            ],
+            (None, None, None) => [
                 ("--bus", "kafka".to_owned()),
                 ("--kafka-brokers", self.kafka_brokers.clone()),
             ],
@@ -161,8 +194,28 @@ impl Env {
             .expect("list")
     }
 
-    /// Drops what the test created in PostgreSQL, MongoDB, RabbitMQ and Redis.
+    /// Drops what the test created in PostgreSQL, MongoDB, RabbitMQ, Redis and SQS.
     pub async fn clean_up(&self) {
+        if self.sqs_endpoint.is_some() {
+            let config = cqrs_sqs::SqsConfig::new(format!("{}.", self.name)).expect("config");
+            let mut aws = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            for (name, value) in self.aws_env() {
+                aws = match name {
+                    "AWS_ENDPOINT_URL" => aws.endpoint_url(value),
+                    "AWS_REGION" => aws.region(aws_sdk_sqs::config::Region::new(value)),
+                    _ => aws,
+                };
+            }
+            let (key, secret) = (
+                server("AWS_ACCESS_KEY_ID", "test"),
+                server("AWS_SECRET_ACCESS_KEY", "test"),
+            );
+            let aws = aws.credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                key, secret, None, None, "tests",
+            ));
+            let bus = cqrs_sqs::SqsBus::new(aws_sdk_sqs::Client::new(&aws.load().await), config);
+            let _ = bus.delete_queues().await;
+        }
         if let Some(url) = &self.redis_url {
             let prefix = format!("{}.", self.name);
             let config = cqrs_redis::RedisConfig::new(url, &prefix).expect("config");
@@ -195,6 +248,7 @@ impl Env {
             .arg(service)
             .args(["--listen", "127.0.0.1:0"])
             .args(self.connection_args())
+            .envs(self.aws_env())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
@@ -207,6 +261,7 @@ impl Env {
         let output = Command::new(shop_binary())
             .arg("replay")
             .args(self.connection_args())
+            .envs(self.aws_env())
             .output()
             .expect("run the replay");
         assert!(

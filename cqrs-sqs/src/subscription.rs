@@ -1,0 +1,409 @@
+//! A member of a consumer group: receivers that long-poll each queue in the background, a
+//! heartbeat that keeps what the member holds invisible to the others, and batches that are
+//! deleted only once the projection's unit of work committed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName,
+};
+use cqrs_core::processor::{Backoff, Batch, EventSource};
+use cqrs_core::view::DeadLetter;
+use cqrs_core::{Error, Result};
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::codec::{self, Incoming};
+use crate::config::ISOLATED_ATTEMPTS;
+use crate::queues::Queue;
+use crate::{backend, Inner};
+
+/// What a member holds, by receipt handle: the queue URL of each message received and not
+/// yet deleted or given back. The heartbeat keeps them invisible.
+type Held = Arc<Mutex<HashMap<String, Arc<str>>>>;
+
+/// One receive: the queue's index and its messages, or why it failed.
+type Received = Result<Vec<(usize, Incoming)>>;
+
+pub(crate) struct SqsSubscription {
+    bus: Arc<Inner>,
+    group: String,
+    queues: Arc<Vec<Queue>>,
+    idle: Duration,
+    inbox: mpsc::Receiver<Received>,
+    buffer: VecDeque<(usize, Incoming)>,
+    /// Handed out since the last ack: the queue, the message and the event id it went by.
+    delivered: Vec<(usize, Incoming, Uuid)>,
+    held: Held,
+    /// Stops the receivers.
+    stop: CancellationToken,
+    /// Stops the heartbeat, once what the member held was given back.
+    beat: CancellationToken,
+    receivers: Vec<JoinHandle<()>>,
+}
+
+impl SqsSubscription {
+    pub(crate) fn new(bus: Arc<Inner>, group: &str, queues: Vec<Queue>, idle: Duration) -> Self {
+        let queues = Arc::new(queues);
+        let receives = bus.config.receives;
+        let (tx, inbox) = mpsc::channel(receives * queues.len());
+        let held: Held = Arc::default();
+        let stop = CancellationToken::new();
+        let beat = CancellationToken::new();
+        let mut receivers = Vec::new();
+        for q in 0..queues.len() {
+            for _ in 0..receives {
+                receivers.push(tokio::spawn(receive(
+                    bus.clone(),
+                    queues.clone(),
+                    q,
+                    tx.clone(),
+                    held.clone(),
+                    stop.clone(),
+                )));
+            }
+        }
+        tokio::spawn(heartbeat(bus.clone(), held.clone(), beat.clone()));
+        SqsSubscription {
+            bus,
+            group: group.to_owned(),
+            queues,
+            idle,
+            inbox,
+            buffer: VecDeque::new(),
+            delivered: Vec::new(),
+            held,
+            stop,
+            beat,
+            receivers,
+        }
+    }
+
+    /// Moves what the receivers got into the buffer: waits up to the idle time for the first
+    /// receive when the buffer is empty, then takes what is there without waiting.
+    async fn fill(&mut self, max: usize) -> Result<()> {
+        if self.buffer.is_empty() {
+            match tokio::time::timeout(self.idle, self.inbox.recv()).await {
+                Err(_) => return Ok(()),
+                Ok(None) => return Err(Error::Shutdown),
+                Ok(Some(got)) => self.buffer.extend(got?),
+            }
+        }
+        while self.buffer.len() < max {
+            match self.inbox.try_recv() {
+                Ok(got) => self.buffer.extend(got?),
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventSource for SqsSubscription {
+    async fn next_batch(&mut self, max: usize) -> Result<Batch> {
+        self.fill(max.max(1)).await?;
+        let limit = u64::from(self.bus.config.delivery_limit);
+        let last_chance = limit + u64::from(ISOLATED_ATTEMPTS);
+        let mut batch = Batch::from_bus(Vec::new());
+        while batch.events.len() + batch.rejected.len() < max.max(1) {
+            let Some((_, front)) = self.buffer.front() else {
+                break;
+            };
+            let suspect = front.receives > limit;
+            if suspect && !(batch.events.is_empty() && batch.rejected.is_empty()) {
+                // Suspected of crashing its batches: it goes alone, in the next batch.
+                break;
+            }
+            let Some((q, message)) = self.buffer.pop_front() else {
+                break;
+            };
+            let queue = &self.queues[q].name;
+            let event_id = if message.first && message.receives > last_chance {
+                let reason = format!(
+                    "received {} times without an acknowledgement, the last {ISOLATED_ATTEMPTS} \
+                     of them alone in their batch",
+                    message.receives
+                );
+                let rejected = message.rejected(queue, reason);
+                let id = rejected.envelope.metadata.event_id;
+                batch.rejected.push(rejected);
+                id
+            } else {
+                match message.decode() {
+                    Ok(envelope) => {
+                        let id = envelope.metadata.event_id;
+                        batch.events.push(envelope);
+                        id
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%queue, %reason, "a message that is not an envelope");
+                        let rejected = message.rejected(queue, reason);
+                        let id = rejected.envelope.metadata.event_id;
+                        batch.rejected.push(rejected);
+                        id
+                    }
+                }
+            };
+            self.delivered.push((q, message, event_id));
+            if suspect {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Deletes everything handed out since the last ack. A message whose receipt is no longer
+    /// valid (its visibility ran out and another member received it) is left to that member;
+    /// the projection skips what it applied.
+    async fn ack(&mut self, _batch: &Batch) -> Result<()> {
+        let mut by_queue: HashMap<usize, Vec<String>> = HashMap::new();
+        for (q, message, _) in &self.delivered {
+            by_queue
+                .entry(*q)
+                .or_default()
+                .push(message.receipt.clone());
+        }
+        let deletes = by_queue
+            .iter()
+            .map(|(q, receipts)| delete(&self.bus, &self.queues[*q].url, receipts));
+        futures::future::try_join_all(deletes).await?;
+        let mut held = self.held.lock();
+        for (_, message, _) in self.delivered.drain(..) {
+            held.remove(&message.receipt);
+        }
+        Ok(())
+    }
+
+    /// Sends dead letters to the dead-letter queue of the queue they came from, with their
+    /// reasons.
+    async fn dead_letter(&mut self, letters: &[DeadLetter]) -> Result<()> {
+        let limit = self.bus.config.max_message;
+        let mut by_queue: HashMap<usize, Vec<(&cqrs_core::Envelope, codec::Outgoing)>> =
+            HashMap::new();
+        for letter in letters {
+            let id = letter.envelope.metadata.event_id;
+            let q = self
+                .delivered
+                .iter()
+                .find(|(_, _, e)| *e == id)
+                .map_or(0, |(q, _, _)| *q);
+            let mut out = codec::encode(&letter.envelope, Some(&letter.reason), usize::MAX)?;
+            if out.size > limit {
+                // The reason made it too large: the payload and headers are kept, the reason
+                // shortened to what fits.
+                let spare = limit.saturating_sub(out.size - letter.reason.len());
+                let reason: String = letter.reason.chars().take(spare / 4).collect();
+                out = codec::encode(&letter.envelope, Some(&reason), usize::MAX)?;
+            }
+            by_queue.entry(q).or_default().push((&letter.envelope, out));
+        }
+        for (q, outs) in by_queue {
+            let url = &self.queues[q].dead_letters;
+            let items: Vec<_> = outs.iter().map(|(e, out)| (*e, out)).collect();
+            for chunk in items.chunks(crate::BATCH) {
+                self.bus.send_batch(url, chunk).await?;
+            }
+        }
+        tracing::info!(group = %self.group, letters = letters.len(), "sent to the dead-letter queue");
+        Ok(())
+    }
+}
+
+impl Drop for SqsSubscription {
+    /// Leaves the group: the receivers stop, and once their last long polls have ended (what
+    /// those bring is held too), everything the member held is made visible again at once (in
+    /// the background) for the other members, instead of after its visibility timeout. Giving
+    /// back only then keeps the member's own last polls from receiving it again (each receive
+    /// counts towards the delivery limit).
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.inbox.close();
+        let receivers = std::mem::take(&mut self.receivers);
+        let (bus, held, beat) = (self.bus.clone(), self.held.clone(), self.beat.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            beat.cancel();
+            return;
+        };
+        runtime.spawn(async move {
+            for receiver in receivers {
+                if let Err(e) = receiver.await {
+                    tracing::warn!(error = %e, "a receiver ended abnormally");
+                }
+            }
+            let given_back: Vec<(String, Arc<str>)> = held.lock().drain().collect();
+            give_back(&bus, given_back).await;
+            beat.cancel();
+        });
+    }
+}
+
+/// Deletes messages by receipt, ten a call.
+async fn delete(bus: &Inner, url: &str, receipts: &[String]) -> Result<()> {
+    for chunk in receipts.chunks(crate::BATCH) {
+        let mut request = bus.client.delete_message_batch().queue_url(url);
+        for (i, receipt) in chunk.iter().enumerate() {
+            let entry = DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(receipt)
+                .build()
+                .map_err(|e| Error::backend("sqs", "building a delete", e))?;
+            request = request.entries(entry);
+        }
+        let done = request
+            .send()
+            .await
+            .map_err(|e| backend("deleting messages", e))?;
+        for failed in done.failed() {
+            if failed.code() == "ReceiptHandleIsInvalid" {
+                tracing::warn!(%url, "not deleted: its visibility ran out and another member received it; that member applies it (the projection skips what it applied)");
+            } else {
+                return Err(Error::Backend {
+                    backend: "sqs",
+                    message: format!(
+                        "SQS did not delete a message ({}: {})",
+                        failed.code(),
+                        failed.message().unwrap_or_default()
+                    ),
+                    source: None,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the visibility of held messages, ten a call; failures are logged (the messages then
+/// come back when their visibility runs out, and the projection skips what it applied).
+async fn set_visibility(bus: &Inner, receipts: &[(String, Arc<str>)], seconds: i32) {
+    let mut by_queue: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (receipt, url) in receipts {
+        by_queue.entry(url).or_default().push(receipt);
+    }
+    for (url, receipts) in by_queue {
+        for chunk in receipts.chunks(crate::BATCH) {
+            let mut request = bus.client.change_message_visibility_batch().queue_url(url);
+            for (i, receipt) in chunk.iter().enumerate() {
+                match ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*receipt)
+                    .visibility_timeout(seconds)
+                    .build()
+                {
+                    Ok(entry) => request = request.entries(entry),
+                    Err(e) => tracing::warn!(error = %e, "building a visibility change"),
+                }
+            }
+            match request.send().await {
+                Ok(done) if !done.failed().is_empty() => {
+                    tracing::debug!(%url, failed = done.failed().len(), "visibility not changed (deleted or received elsewhere)");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%url, error = %backend("changing visibility", e), "visibility not changed; the messages come back when it runs out");
+                }
+            }
+        }
+    }
+}
+
+async fn give_back(bus: &Inner, receipts: Vec<(String, Arc<str>)>) {
+    if !receipts.is_empty() {
+        set_visibility(bus, &receipts, 0).await;
+    }
+}
+
+/// Extends the visibility of everything held, every third of the visibility timeout.
+async fn heartbeat(bus: Arc<Inner>, held: Held, stop: CancellationToken) {
+    let visibility = bus.config.visibility;
+    let seconds = i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(visibility / 3) => {}
+        }
+        let receipts: Vec<(String, Arc<str>)> = held
+            .lock()
+            .iter()
+            .map(|(r, u)| (r.clone(), u.clone()))
+            .collect();
+        if !receipts.is_empty() {
+            set_visibility(&bus, &receipts, seconds).await;
+        }
+    }
+}
+
+/// Long-polls one queue until the member leaves, handing each receive to the member (which
+/// holds at most a few receives a queue before the receivers wait).
+async fn receive(
+    bus: Arc<Inner>,
+    queues: Arc<Vec<Queue>>,
+    q: usize,
+    tx: mpsc::Sender<Received>,
+    held: Held,
+    stop: CancellationToken,
+) {
+    let url: Arc<str> = Arc::from(queues[q].url.as_str());
+    let seconds = i32::try_from(bus.config.visibility.as_secs()).unwrap_or(i32::MAX);
+    let wait = i32::try_from(bus.config.long_poll.as_secs()).unwrap_or(20);
+    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failures = 0u32;
+    while !stop.is_cancelled() {
+        #[allow(deprecated)] // `attribute_names` for servers that do not read the newer field
+        let got = bus
+            .client
+            .receive_message()
+            .queue_url(&*url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait)
+            .visibility_timeout(seconds)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .attribute_names(QueueAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await;
+        let received = match got {
+            Ok(out) => {
+                failures = 0;
+                let mut messages: Vec<(usize, Incoming)> = out
+                    .messages()
+                    .iter()
+                    .filter_map(Incoming::of)
+                    .map(|m| (q, m))
+                    .collect();
+                if let Some((_, m)) = messages.first_mut() {
+                    m.first = true;
+                }
+                if messages.is_empty() {
+                    continue;
+                }
+                let mut h = held.lock();
+                for (_, m) in &messages {
+                    h.insert(m.receipt.clone(), url.clone());
+                }
+                Ok(messages)
+            }
+            Err(e) => Err(backend("receiving messages", e)),
+        };
+        let failed = received.is_err();
+        if tx.send(received).await.is_err() {
+            // The member left while this receive was under way: what it brought is held, and
+            // given back with the rest once every receiver has ended.
+            return;
+        }
+        if failed {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.delay(failures)) => {}
+            }
+            failures = failures.saturating_add(1);
+        }
+    }
+}
