@@ -148,8 +148,9 @@ impl RedisConfig {
 
     /// Deliveries of one entry without an acknowledgement (default 10, at most 900) after which
     /// it is handed over alone, in a batch of its own; after [`ISOLATED_ATTEMPTS`] more it is a
-    /// dead letter instead of being applied again. Redis counts a delivery each time a new
-    /// holder of the partition takes the entry over (`XAUTOCLAIM`).
+    /// dead letter instead of being applied again. Redis counts a delivery each time another
+    /// member takes the entry over (`XCLAIM`); a member that reads its own pending entries
+    /// again after a reconnect counts none.
     pub fn delivery_limit(mut self, limit: u32) -> Self {
         self.delivery_limit = limit.clamp(1, 900);
         self

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
 use cqrs_core::testing::bus_conformance::Ticked;
 use cqrs_core::{
-    Aggregate, Backoff, Breaker, BusFeed, Command, CommandGateway, EventReader, EventStore, Query,
-    ReadModel, Relay, TrackingProcessor,
+    Aggregate, Backoff, Breaker, BusFeed, Command, CommandGateway, EventBus, EventReader,
+    EventStore, Query, ReadModel, Relay, TrackingProcessor,
 };
 use cqrs_redis::{RedisBus, RedisConfig};
 
@@ -143,7 +143,7 @@ async fn the_relay_and_a_member_ride_out_a_server_kill_and_every_event_arrives_o
     server.start().await;
     let config = RedisConfig::new(server.url(), "outage.")
         .unwrap()
-        .groups(["outage"])
+        .groups(["outage", "held"])
         .unwrap()
         .partitions(4)
         .lease(Duration::from_secs(2))
@@ -186,6 +186,17 @@ async fn the_relay_and_a_member_ride_out_a_server_kill_and_every_event_arrives_o
     };
     send(20).await;
     until_total(&views, 20, "the first events").await;
+    // A second group's member holds what it read, unacknowledged, through the outage.
+    let mut holder = bus
+        .subscribe("held", &["clock"], Duration::from_millis(200))
+        .await
+        .unwrap();
+    let mut held = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held < 20 {
+        assert!(Instant::now() < deadline, "the holder read {held} of 20");
+        held += holder.next_batch(100).await.unwrap().events.len();
+    }
 
     // The server dies; commands go on; the relay's circuit opens.
     server.kill();
@@ -226,6 +237,56 @@ async fn the_relay_and_a_member_ride_out_a_server_kill_and_every_event_arrives_o
          connections again",
         restarted.elapsed()
     );
+    // The holder reconnects and re-reads its own pending entries: the same 20, each still
+    // counted as delivered once (a member's own reconnect is no redelivery).
+    let mut again = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while again < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the holder read again {again} of 20"
+        );
+        if let Ok(batch) = holder.next_batch(100).await {
+            again += batch.events.iter().filter(|e| e.version <= 5).count();
+        }
+    }
+    let mut raw = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut counts = Vec::new();
+    for p in 0..4 {
+        let reply: redis::Value = redis::cmd("XPENDING")
+            .arg(bus.config().stream("clock", p))
+            .arg("held")
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let redis::Value::Array(rows) = reply else {
+            panic!("{reply:?}")
+        };
+        for row in rows {
+            if let redis::Value::Array(fields) = row {
+                if let Some(redis::Value::Int(n)) = fields.get(3) {
+                    counts.push(*n);
+                }
+            }
+        }
+    }
+    assert!(counts.len() >= 20, "{counts:?}");
+    assert!(
+        counts.iter().all(|n| *n == 1),
+        "reconnecting counted deliveries: {counts:?}"
+    );
+    println!(
+        "[fault] Redis: a member holding 20 unacknowledged entries reconnected after the \
+         restart and handed them out again; their delivery counts stayed at 1"
+    );
+    drop(holder);
     processor.stop().await.expect("stop");
     relay.stop().await.expect("relay");
     for (id, view) in ReadModel::<Seen>::new(views.clone())
