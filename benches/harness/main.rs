@@ -8,7 +8,7 @@
 //! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`),
 //! `--rabbitmq` (also the RabbitMQ scenarios, on `AMQP_URL`, `--rabbit-events N`, 100 000).
 //! `--redis` (also the Redis Streams scenarios, on `REDIS_URL`, `--redis-events N`, 100 000).
-//! `--sqs` (also the SQS scenarios, on `AWS_ENDPOINT_URL`, `--sqs-events N`, 5 000).
+//! `--sqs` (also the SQS scenarios, on `AWS_ENDPOINT_URL`, `--sqs-events N`, 1 000).
 //! Tuning knobs: `--group-tx N` (PostgreSQL commands with a group commit of N transactions),
 //! `--bus-batch N` (the batch size of `kafka_bus_only_*`).
 
@@ -267,7 +267,7 @@ async fn main() {
         redis_streams::run(arg("--redis-events", 100_000), runs, products).await;
     }
     if std::env::args().any(|a| a == "--sqs") {
-        sqs::run(arg("--sqs-events", 5_000), runs, products).await;
+        sqs::run(arg("--sqs-events", 1_000), runs, products).await;
     }
     if std::env::args().any(|a| a == "--mongo") {
         mongo::run(events, runs, products, batch_size).await;

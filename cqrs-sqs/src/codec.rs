@@ -12,7 +12,8 @@ use cqrs_core::{Envelope, Error, EventRef, Result};
 /// The message attribute that holds an envelope's headers, as a JSON object of strings.
 pub const HEADERS: &str = "cqrs.headers";
 /// The message attribute that says how the body holds the payload: absent for the payload's
-/// own text, `base64` for a payload that is not text SQS accepts.
+/// own text, `base64` for a payload that is not text SQS accepts, `empty` for an empty
+/// payload (SQS refuses an empty body; the body is then `-`).
 pub const BODY: &str = "cqrs.body";
 /// The message attribute of a dead letter's reason.
 pub const REASON: &str = "cqrs.dlq.reason";
@@ -56,9 +57,17 @@ pub(crate) fn encode(e: &Envelope, reason: Option<&str>, limit: usize) -> Result
         what: format!("the headers of {}", event_ref(e)),
         source,
     })?;
+    // JSON escapes control characters but not the two non-characters SQS refuses.
+    let headers = headers
+        .replace('\u{FFFE}', "\\ufffe")
+        .replace('\u{FFFF}', "\\uffff");
     let mut attributes = vec![(HEADERS, headers)];
     let body = match std::str::from_utf8(&e.payload) {
-        Ok(text) if !text.is_empty() && sqs_text(text) => text.to_owned(),
+        Ok("") => {
+            attributes.push((BODY, "empty".to_owned()));
+            "-".to_owned()
+        }
+        Ok(text) if sqs_text(text) => text.to_owned(),
         _ => {
             attributes.push((BODY, "base64".to_owned()));
             aws_smithy_types::base64::encode(&e.payload)
@@ -112,6 +121,7 @@ pub(crate) struct Incoming {
     pub(crate) id: String,
     pub(crate) receipt: String,
     pub(crate) receives: u64,
+    body_empty: bool,
     /// Whether it came first in its receive: only such a message is suspected of crashing
     /// the batches it was in (the others were received behind it).
     pub(crate) first: bool,
@@ -143,12 +153,15 @@ impl Incoming {
             first: false,
             headers: attribute(HEADERS).map(str::to_owned),
             body_base64: attribute(BODY) == Some("base64"),
+            body_empty: attribute(BODY) == Some("empty"),
             body: m.body().unwrap_or_default().to_owned(),
         })
     }
 
     fn payload(&self) -> Result<Vec<u8>, String> {
-        if self.body_base64 {
+        if self.body_empty {
+            Ok(Vec::new())
+        } else if self.body_base64 {
             aws_smithy_types::base64::decode(&self.body)
                 .map_err(|e| format!("the body is not base64: {e}"))
         } else {
@@ -202,6 +215,22 @@ mod tests {
         let out = encode(&e, None, 262_144).unwrap();
         assert_eq!(out.body, "{\"a\":1}");
         assert_eq!(out.attributes.len(), 1);
+        let empty = encode(&raw_envelope("t", "s-1", 1, 1, "t.E", 1, ""), None, 262_144).unwrap();
+        assert_eq!(empty.body, "-", "SQS refuses an empty body");
+        assert!(empty
+            .attributes
+            .iter()
+            .any(|(n, v)| *n == BODY && v == "empty"));
+        let mut odd = raw_envelope("t", "s-\u{FFFE}", 1, 1, "t.E", 1, "{}");
+        odd.metadata.routing_key = None;
+        let out = encode(&odd, None, 262_144).unwrap();
+        assert!(
+            out.attributes.iter().all(|(_, v)| sqs_text(v)),
+            "{:?}",
+            out.attributes
+        );
+        let headers: BTreeMap<String, String> = serde_json::from_str(&out.attributes[0].1).unwrap();
+        assert_eq!(headers["cqrs.stream_id"], "s-\u{FFFE}");
         let mut e = raw_envelope("t", "s-1", 1, 1, "t.E", 1, "");
         e.payload = bytes::Bytes::from_static(&[0, 159, 146, 150]);
         let out = encode(&e, None, 262_144).unwrap();

@@ -18,15 +18,23 @@ pub const ISOLATED_ATTEMPTS: u32 = 3;
 /// The largest message SQS takes: body and message attributes (names, types and values).
 pub const SQS_MAX_MESSAGE: usize = 262_144;
 
-/// Checks a name given to this bus (prefix, group, aggregate type): ASCII letters, digits,
-/// `.`, `_` and `-`, never `--`. SQS takes no `.` in a queue name: it becomes `_` there, so
+/// Checks a name given to this bus as a group or aggregate type: ASCII letters, digits, `.`,
+/// `_` and `-`, never `--`, and not starting or ending with `-` (where it would meet the `--`
+/// that joins names). SQS takes no `.` in a queue name: it becomes `_` there, so
 /// `shop.catalog` and `shop_catalog` name the same queues.
 ///
 /// # Errors
 /// [`Error::Config`] naming the rule.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    check_name(what, name, true)
+}
+
+/// As [`validate_name`]; a prefix may end with `-` (`shop-`), since no `--` follows it.
+fn check_name(what: &str, name: &str, edges: bool) -> Result<()> {
     let ok = name.len() <= MAX_QUEUE_NAME
         && !name.contains(JOIN)
+        && !name.starts_with('-')
+        && (!edges || !name.ends_with('-'))
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -34,8 +42,8 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Config(format!(
-            "invalid SQS {what} {name:?}: use A-Z, a-z, 0-9, ., _ and -, never `{JOIN}`, at \
-             most {MAX_QUEUE_NAME} characters"
+            "invalid SQS {what} {name:?}: use A-Z, a-z, 0-9, ., _ and -, never `{JOIN}`, no `-` \
+             at either end (a prefix may end with one), at most {MAX_QUEUE_NAME} characters"
         )))
     }
 }
@@ -60,12 +68,16 @@ impl SqsConfig {
     /// Queues named `<prefix><aggregate type>--<group>.fifo` (`.` in a name becomes `_`).
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad prefix.
+    /// [`Error::Config`] for a bad or empty prefix (the prefix is what
+    /// [`SqsBus::delete_queues`](crate::SqsBus::delete_queues) deletes by).
     pub fn new(prefix: impl Into<String>) -> Result<Self> {
         let prefix = prefix.into();
-        if !prefix.is_empty() {
-            validate_name("prefix", &prefix)?;
+        if prefix.is_empty() {
+            return Err(Error::Config(
+                "an SQS bus needs a prefix for its queue names".into(),
+            ));
         }
+        check_name("prefix", &prefix, false)?;
         Ok(SqsConfig {
             prefix,
             groups: Vec::new(),
@@ -107,8 +119,8 @@ impl SqsConfig {
     /// Receives of one message without an acknowledgement (default 10, at most 900) after
     /// which it is handed over alone, in a batch of its own; after [`ISOLATED_ATTEMPTS`] more
     /// it is a dead letter instead of being applied again. The queue's redrive policy moves a
-    /// message to the group's dead-letter queue after twice as many receives plus 10, a
-    /// backstop for members that die before they can reject it.
+    /// message to the group's dead-letter queue after twice as many receives plus 13 (at most
+    /// SQS's 1 000), a backstop for members that die before they can reject it.
     pub fn delivery_limit(mut self, limit: u32) -> Self {
         self.delivery_limit = limit.clamp(1, 900);
         self
@@ -186,7 +198,7 @@ impl SqsConfig {
 
     /// Receives after which SQS itself moves a message to the dead-letter queue.
     pub(crate) fn redrive_after(&self) -> u32 {
-        self.delivery_limit * 2 + ISOLATED_ATTEMPTS + 10
+        (self.delivery_limit * 2 + ISOLATED_ATTEMPTS + 10).min(1_000)
     }
 
     /// Checks a group and its aggregate types.
@@ -227,6 +239,23 @@ mod tests {
     fn names_that_would_meet_are_refused() {
         assert!(SqsConfig::new("a--b").is_err());
         assert!(SqsConfig::new("a:b").is_err());
+        assert!(SqsConfig::new("").is_err());
+        assert!(SqsConfig::new("shop-").is_ok());
+        assert!(SqsConfig::new("p")
+            .unwrap()
+            .check("g", &["order-"])
+            .is_err());
+        assert!(SqsConfig::new("p")
+            .unwrap()
+            .check("-g", &["order"])
+            .is_err());
+        assert_eq!(
+            SqsConfig::new("p")
+                .unwrap()
+                .delivery_limit(900)
+                .redrive_after(),
+            1_000
+        );
         let c = SqsConfig::new("shop.").unwrap();
         assert!(c.check("g--1", &["t"]).is_err());
         assert!(c.check("g", &["t/x"]).is_err());

@@ -22,9 +22,9 @@ pub use crate::config::{validate_name, SqsConfig, ISOLATED_ATTEMPTS, SQS_MAX_MES
 use crate::queues::Queues;
 use crate::subscription::SqsSubscription;
 
-/// Error codes with which SQS refuses the caller, not the call: configuration errors, which
-/// retrying does not mend.
-const REFUSALS: [&str; 9] = [
+/// Error codes with which SQS refuses the caller or the request, not the moment: retrying
+/// does not mend them, so they are configuration errors.
+const PERMANENT: [&str; 17] = [
     "InvalidClientTokenId",
     "SignatureDoesNotMatch",
     "IncompleteSignature",
@@ -34,17 +34,34 @@ const REFUSALS: [&str; 9] = [
     "MissingAuthenticationToken",
     "InvalidSecurity",
     "KmsAccessDenied",
+    "InvalidParameterValue",
+    "InvalidAttributeValue",
+    "InvalidAttributeName",
+    "InvalidMessageContents",
+    "UnsupportedOperation",
+    "AWS.SimpleQueueService.BatchRequestTooLong",
+    "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+    "AWS.SimpleQueueService.UnsupportedOperation",
 ];
 
-/// An SQS error as the framework's: a refused caller (credentials, permissions) or a request
-/// that cannot be made (no region) are configuration errors; the rest are backend errors,
+/// Whether an error code says a queue does not exist (deleted, or never made).
+pub(crate) fn missing_queue(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("AWS.SimpleQueueService.NonExistentQueue" | "QueueDoesNotExist")
+    )
+}
+
+/// An SQS error as the framework's: a refused caller (credentials, permissions), a request SQS
+/// refuses as such, or one that cannot be made (no region) are configuration errors; the
+/// rest, a queue that went missing and a server that is down among them, are backend errors,
 /// which callers retry.
 pub(crate) fn backend<E, R>(what: &str, e: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let refused = e.code().is_some_and(|code| REFUSALS.contains(&code));
+    let refused = e.code().is_some_and(|code| PERMANENT.contains(&code));
     if refused || matches!(e, SdkError::ConstructionFailure(_)) {
         return Error::Config(format!("SQS refused {what}: {}", DisplayErrorContext(&e)));
     }
@@ -143,6 +160,9 @@ impl SqsBus {
 
 impl Inner {
     /// Sends messages to one queue: each routing key on one lane, in order; lanes at once.
+    /// Requests of a lane go one after another, each holding at most one message per routing
+    /// key, so a key's messages enter the queue in order even when SQS takes a request in
+    /// part.
     pub(crate) async fn send(&self, url: &str, items: &[(&Envelope, &Outgoing)]) -> Result<()> {
         let mut lanes: BTreeMap<u64, Vec<(&Envelope, &Outgoing)>> = BTreeMap::new();
         for item in items {
@@ -153,9 +173,17 @@ impl Inner {
         let sends = lanes.into_values().map(|lane| async move {
             let mut rest = lane.as_slice();
             while !rest.is_empty() {
+                // At most one message of a message group per request: SQS may take a request
+                // in part, and a later message of a group must never go in without an earlier
+                // one (the retry would put the earlier after it). A failed request ends the
+                // lane, so nothing after it is sent before the retry.
                 let mut size = 0;
+                let mut groups = std::collections::HashSet::new();
                 let mut n = 0;
-                while n < rest.len().min(BATCH) && size + rest[n].1.size <= SQS_MAX_MESSAGE {
+                while n < rest.len().min(BATCH)
+                    && size + rest[n].1.size <= SQS_MAX_MESSAGE
+                    && groups.insert(rest[n].0.routing_key())
+                {
                     size += rest[n].1.size;
                     n += 1;
                 }
@@ -186,10 +214,16 @@ impl Inner {
                 .map_err(|e| Error::backend("sqs", "building a message", e))?;
             request = request.entries(entry);
         }
-        let sent = request
-            .send()
-            .await
-            .map_err(|e| backend("sending messages", e))?;
+        let sent = match request.send().await {
+            Ok(sent) => sent,
+            Err(e) => {
+                if missing_queue(e.code()) {
+                    // Deleted under the bus: made again (or found gone) on the retry.
+                    self.queues.forget();
+                }
+                return Err(backend("sending messages", e));
+            }
+        };
         if let Some(failed) = sent.failed().first() {
             let what = format!(
                 "SQS refused {} of {} messages ({}: {})",
@@ -198,7 +232,7 @@ impl Inner {
                 failed.code(),
                 failed.message().unwrap_or_default()
             );
-            return Err(if failed.sender_fault() {
+            return Err(if PERMANENT.contains(&failed.code()) {
                 Error::Config(what)
             } else {
                 Error::Backend {

@@ -205,9 +205,19 @@ impl Queues {
         Ok(urls)
     }
 
-    /// Deletes every queue of the prefix.
+    /// Forgets every URL and fan-out it knew, so that the next use makes or finds them again.
+    pub(crate) fn forget(&self) {
+        self.urls.lock().clear();
+        self.fanout.lock().clear();
+    }
+
+    /// Deletes every queue of the prefix: those named `<prefix><type>--<group>[--dlq].fifo`.
     pub(crate) async fn delete_all(&self) -> Result<usize> {
-        let urls = self.list(&self.config.queue_prefix()).await?;
+        let mut urls = self.list(&self.config.queue_prefix()).await?;
+        urls.retain(|url| {
+            let name = name_of(url);
+            name.contains(JOIN) && name.ends_with(".fifo")
+        });
         for url in &urls {
             self.client
                 .delete_queue()
@@ -216,8 +226,7 @@ impl Queues {
                 .await
                 .map_err(|e| backend("deleting a queue", e))?;
         }
-        self.urls.lock().clear();
-        self.fanout.lock().clear();
+        self.forget();
         Ok(urls.len())
     }
 }

@@ -46,6 +46,7 @@ pub(crate) struct SqsSubscription {
     stop: CancellationToken,
     /// Stops the heartbeat, once what the member held was given back.
     beat: CancellationToken,
+    heartbeat: Option<JoinHandle<()>>,
     receivers: Vec<JoinHandle<()>>,
 }
 
@@ -70,7 +71,11 @@ impl SqsSubscription {
                 )));
             }
         }
-        tokio::spawn(heartbeat(bus.clone(), held.clone(), beat.clone()));
+        let heartbeat = Some(tokio::spawn(heartbeat(
+            bus.clone(),
+            held.clone(),
+            beat.clone(),
+        )));
         SqsSubscription {
             bus,
             group: group.to_owned(),
@@ -82,6 +87,7 @@ impl SqsSubscription {
             held,
             stop,
             beat,
+            heartbeat,
             receivers,
         }
     }
@@ -190,27 +196,35 @@ impl EventSource for SqsSubscription {
             HashMap::new();
         for letter in letters {
             let id = letter.envelope.metadata.event_id;
-            let q = self
-                .delivered
-                .iter()
-                .find(|(_, _, e)| *e == id)
-                .map_or(0, |(q, _, _)| *q);
+            let q = match self.delivered.iter().find(|(_, _, e)| *e == id) {
+                Some((q, _, _)) => *q,
+                None => {
+                    // Not one of this member's: the queue of its aggregate type, else the first.
+                    tracing::warn!(group = %self.group, %id, "a dead letter this member did not hand out");
+                    let t = self
+                        .bus
+                        .config
+                        .queue(&letter.envelope.aggregate_type, &self.group);
+                    self.queues
+                        .iter()
+                        .position(|queue| queue.name == t)
+                        .unwrap_or(0)
+                }
+            };
             let mut out = codec::encode(&letter.envelope, Some(&letter.reason), usize::MAX)?;
             if out.size > limit {
                 // The reason made it too large: the payload and headers are kept, the reason
-                // shortened to what fits.
-                let spare = limit.saturating_sub(out.size - letter.reason.len());
+                // shortened to what fits (or the letter is refused, typed, if nothing does).
+                let spare = limit.saturating_sub(out.size.saturating_sub(letter.reason.len()));
                 let reason: String = letter.reason.chars().take(spare / 4).collect();
-                out = codec::encode(&letter.envelope, Some(&reason), usize::MAX)?;
+                out = codec::encode(&letter.envelope, Some(&reason), limit)?;
             }
             by_queue.entry(q).or_default().push((&letter.envelope, out));
         }
         for (q, outs) in by_queue {
             let url = &self.queues[q].dead_letters;
             let items: Vec<_> = outs.iter().map(|(e, out)| (*e, out)).collect();
-            for chunk in items.chunks(crate::BATCH) {
-                self.bus.send_batch(url, chunk).await?;
-            }
+            self.bus.send(url, &items).await?;
         }
         tracing::info!(group = %self.group, letters = letters.len(), "sent to the dead-letter queue");
         Ok(())
@@ -227,20 +241,36 @@ impl Drop for SqsSubscription {
         self.stop.cancel();
         self.inbox.close();
         let receivers = std::mem::take(&mut self.receivers);
+        let heartbeat = self.heartbeat.take();
         let (bus, held, beat) = (self.bus.clone(), self.held.clone(), self.beat.clone());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             beat.cancel();
             return;
         };
         runtime.spawn(async move {
+            // A receive ends within its long poll; one that hangs is cut off after that.
+            let patience = bus.config.long_poll + Duration::from_secs(5);
             for receiver in receivers {
-                if let Err(e) = receiver.await {
-                    tracing::warn!(error = %e, "a receiver ended abnormally");
+                let abort = receiver.abort_handle();
+                match tokio::time::timeout(patience, receiver).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if e.is_cancelled() => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "a receiver ended abnormally"),
+                    Err(_) => {
+                        tracing::warn!("a receive outlived its long poll; cut off");
+                        abort.abort();
+                    }
+                }
+            }
+            // No extension may land after the give-back.
+            beat.cancel();
+            if let Some(heartbeat) = heartbeat {
+                if let Err(e) = heartbeat.await {
+                    tracing::warn!(error = %e, "the heartbeat ended abnormally");
                 }
             }
             let given_back: Vec<(String, Arc<str>)> = held.lock().drain().collect();
             give_back(&bus, given_back).await;
-            beat.cancel();
         });
     }
 }
@@ -262,8 +292,11 @@ async fn delete(bus: &Inner, url: &str, receipts: &[String]) -> Result<()> {
             .await
             .map_err(|e| backend("deleting messages", e))?;
         for failed in done.failed() {
-            if failed.code() == "ReceiptHandleIsInvalid" {
-                tracing::warn!(%url, "not deleted: its visibility ran out and another member received it; that member applies it (the projection skips what it applied)");
+            if failed.sender_fault() {
+                // The receipt is no longer good (its visibility ran out and another member
+                // received the message): retrying it never succeeds, and the message is that
+                // member's to apply (the projection skips what it applied).
+                tracing::warn!(%url, code = failed.code(), message = failed.message().unwrap_or_default(), "not deleted: another member has the message now");
             } else {
                 return Err(Error::Backend {
                     backend: "sqs",
@@ -280,16 +313,17 @@ async fn delete(bus: &Inner, url: &str, receipts: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Sets the visibility of held messages, ten a call; failures are logged (the messages then
-/// come back when their visibility runs out, and the projection skips what it applied).
+/// Sets the visibility of held messages, ten a call, all calls at once; failures are logged
+/// (the messages then come back when their visibility runs out, and the projection skips what
+/// it applied).
 async fn set_visibility(bus: &Inner, receipts: &[(String, Arc<str>)], seconds: i32) {
     let mut by_queue: HashMap<&str, Vec<&str>> = HashMap::new();
     for (receipt, url) in receipts {
         by_queue.entry(url).or_default().push(receipt);
     }
-    for (url, receipts) in by_queue {
-        for chunk in receipts.chunks(crate::BATCH) {
-            let mut request = bus.client.change_message_visibility_batch().queue_url(url);
+    let calls = by_queue.iter().flat_map(|(url, receipts)| {
+        receipts.chunks(crate::BATCH).map(move |chunk| async move {
+            let mut request = bus.client.change_message_visibility_batch().queue_url(*url);
             for (i, receipt) in chunk.iter().enumerate() {
                 match ChangeMessageVisibilityBatchRequestEntry::builder()
                     .id(i.to_string())
@@ -310,8 +344,9 @@ async fn set_visibility(bus: &Inner, receipts: &[(String, Arc<str>)], seconds: i
                     tracing::warn!(%url, error = %backend("changing visibility", e), "visibility not changed; the messages come back when it runs out");
                 }
             }
-        }
-    }
+        })
+    });
+    futures::future::join_all(calls).await;
 }
 
 async fn give_back(bus: &Inner, receipts: Vec<(String, Arc<str>)>) {
@@ -320,22 +355,35 @@ async fn give_back(bus: &Inner, receipts: Vec<(String, Arc<str>)>) {
     }
 }
 
-/// Extends the visibility of everything held, every third of the visibility timeout.
+/// Extends the visibility of everything held, every third of the visibility timeout (a
+/// fixed rate: a slow round does not push the next one back), each round cut off at that.
 async fn heartbeat(bus: Arc<Inner>, held: Held, stop: CancellationToken) {
     let visibility = bus.config.visibility;
     let seconds = i32::try_from(visibility.as_secs()).unwrap_or(i32::MAX);
+    let mut ticks = tokio::time::interval(visibility / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticks.tick().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(visibility / 3) => {}
+            _ = ticks.tick() => {}
         }
         let receipts: Vec<(String, Arc<str>)> = held
             .lock()
             .iter()
             .map(|(r, u)| (r.clone(), u.clone()))
             .collect();
-        if !receipts.is_empty() {
-            set_visibility(&bus, &receipts, seconds).await;
+        if receipts.is_empty() {
+            continue;
+        }
+        let round = set_visibility(&bus, &receipts, seconds);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            outcome = tokio::time::timeout(visibility / 3, round) => {
+                if outcome.is_err() {
+                    tracing::warn!(held = receipts.len(), "extending visibility took longer than a third of it");
+                }
+            }
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct TrackingProcessor<P: Projection> {
     lag: watch::Sender<Lag>,
     cache: Mutex<HashMap<String, fold::Cached<P::View>>>,
     cache_capacity: usize,
+    /// Set when it runs on a feed whose keys move between members: no views kept then.
+    uncached: std::sync::atomic::AtomicBool,
     track_streams: bool,
     progress: Arc<Progress>,
     /// Whether to record each committed batch's stream versions, for waits on a feed that
@@ -95,6 +97,7 @@ impl<P: Projection> TrackingProcessor<P> {
             lag: watch::Sender::new(Lag::Unknown),
             cache: Mutex::new(HashMap::new()),
             cache_capacity: 10_000,
+            uncached: std::sync::atomic::AtomicBool::new(false),
             track_streams: false,
             progress: Arc::new(Progress::new(100_000)),
             record_streams: false,
@@ -314,7 +317,7 @@ impl<P: Projection> TrackingProcessor<P> {
     }
 
     fn cache_views(&self, views: Vec<(String, fold::Cached<P::View>)>) {
-        if self.cache_capacity == 0 {
+        if self.cache_capacity == 0 || self.uncached.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let mut cache = self.cache.lock();
@@ -398,6 +401,13 @@ impl<P: Projection> TrackingProcessor<P> {
         checkpoint: Option<u64>,
         stop: CancellationToken,
     ) -> Result<()> {
+        if !feed.pins_keys() {
+            // Another member may change a view between two of this one's batches: a cached
+            // view would fail its commit and be folded again, every time.
+            self.uncached
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.cache.lock().clear();
+        }
         let mut source = match self
             .retry_backend("opening the feed", &stop, || {
                 feed.open(checkpoint, self.idle)
@@ -500,11 +510,6 @@ impl<P: Projection> TrackingProcessor<P> {
         let progress = self.progress.clone();
         let ordered = feed.globally_ordered();
         self.record_streams = !ordered;
-        if !feed.pins_keys() {
-            // Another member may change a view between two of this one's batches: a cached
-            // view would fail its commit and be folded again, every time.
-            self.cache_capacity = 0;
-        }
         let (ended_tx, ended) = watch::channel(None);
         let task = tokio::spawn(async move {
             let outcome = match self.segmenting {
