@@ -272,8 +272,11 @@ impl EventBus for SqsBus {
             .collect::<Result<_>>()?;
         let mut by_type: BTreeMap<&str, Vec<(&Envelope, &Outgoing)>> = BTreeMap::new();
         for (e, out) in events.iter().zip(&encoded) {
-            self.inner.config.check_type(&e.aggregate_type)?;
             by_type.entry(&e.aggregate_type).or_default().push((e, out));
+        }
+        // Each type's name once, and all of them before anything is sent.
+        for aggregate_type in by_type.keys() {
+            self.inner.config.check_type(aggregate_type)?;
         }
         for (aggregate_type, items) in by_type {
             let urls = self.inner.queues.groups_of(aggregate_type).await?;
