@@ -88,20 +88,69 @@ pub(crate) fn items(v: &Value) -> &[Value] {
     }
 }
 
-/// An entry, `[id, [field, value, ...]]`; `None` for one whose body is gone (trimmed).
-pub(crate) fn entry(v: &Value) -> Option<Raw> {
-    let [id, body] = items(v) else { return None };
-    if matches!(body, Value::Nil) {
-        return None;
+/// A string reply's bytes, taken out of it.
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
     }
-    let id = text(id)?;
-    let fields = items(body)
-        .chunks(2)
-        .filter_map(|pair| match pair {
-            [name, value] => Some((text(name)?, bytes(value)?.to_vec())),
-            _ => None,
-        })
-        .collect();
+}
+
+/// A string reply as text, taken out of it (lossy only where it is not UTF-8).
+fn into_text(v: Value) -> Option<String> {
+    into_bytes(v).map(|b| {
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
+}
+
+/// An array reply's items, taken out of it (nil as none).
+pub(crate) fn into_items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        _ => Vec::new(),
+    }
+}
+
+/// The streams of an `XREAD`/`XREADGROUP` reply, as name and entries: an array of pairs in
+/// RESP2, a map in RESP3; none for nil.
+pub(crate) fn streams(v: Value) -> Vec<(Vec<u8>, Value)> {
+    match v {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(name, entries)| Some((into_bytes(name)?, entries)))
+            .collect(),
+        _ => into_items(v)
+            .into_iter()
+            .filter_map(|pair| {
+                let mut pair = into_items(pair).into_iter();
+                match (pair.next(), pair.next(), pair.next()) {
+                    (Some(name), Some(entries), None) => Some((into_bytes(name)?, entries)),
+                    _ => None,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// An entry, `[id, [field, value, ...]]`, its strings moved out of the reply rather than
+/// copied; `None` for one whose body is gone (trimmed).
+pub(crate) fn entry(v: Value) -> Option<Raw> {
+    let mut parts = into_items(v).into_iter();
+    let (Some(id), Some(body), None) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let Value::Array(body) = body else {
+        return None;
+    };
+    let id = into_text(id)?;
+    let mut fields = Vec::with_capacity(body.len() / 2);
+    let mut body = body.into_iter();
+    while let (Some(name), Some(value)) = (body.next(), body.next()) {
+        if let (Some(name), Some(value)) = (into_text(name), into_bytes(value)) {
+            fields.push((name, value));
+        }
+    }
     Some(Raw { id, fields })
 }
 
@@ -155,10 +204,10 @@ mod tests {
                 Value::BulkString(b"x".to_vec()),
             ]),
         ]);
-        let r = entry(&v).unwrap();
+        let r = entry(v).unwrap();
         assert_eq!(r.id, "5-1");
         assert_eq!(r.payload(), Some(&b"x"[..]));
         let gone = Value::Array(vec![Value::BulkString(b"5-2".to_vec()), Value::Nil]);
-        assert!(entry(&gone).is_none());
+        assert!(entry(gone).is_none());
     }
 }

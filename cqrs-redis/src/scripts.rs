@@ -114,27 +114,3 @@ return redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
 ",
     )
 });
-
-/// Reads new entries of streams, each only while its partition's lease holds the holding's
-/// token: the fence on reading, so that everything a member reads it read while it held the
-/// partition, and the next holder's take-over finds it pending. KEYS: lease and stream, in
-/// pairs. ARGV: group, consumer, count, then one token per pair. Returns `[stream, entries]`
-/// per stream that gave entries, and `[lease, false]` per lease that was not the token's.
-pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local out = {}
-for i = 1, #KEYS, 2 do
-  if redis.call('GET', KEYS[i]) == ARGV[3 + (i + 1) / 2] then
-    local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[i + 1], '>')
-    if got then
-      for _, s in ipairs(got) do out[#out + 1] = s end
-    end
-  else
-    out[#out + 1] = {KEYS[i], 0}
-  end
-end
-return out
-",
-    )
-});

@@ -139,6 +139,92 @@ async fn a_member_whose_lease_moved_cannot_acknowledge() {
     bus.delete_streams(&[TYPE]).await.unwrap();
 }
 
+/// A read is a watched transaction that the server drops when the lease is written between
+/// the watch and the `EXEC` (the member's own renewals do that). With the lease rewritten in
+/// bursts all the while (its own token, so the member still holds it), every entry still
+/// arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_dropped_by_a_lease_written_meanwhile_lose_nothing() {
+    let bus = bus_with(config(&redis_url()).partitions(1)).await;
+    let mut member = bus
+        .subscribe("watched", &[TYPE], Duration::from_millis(100))
+        .await
+        .unwrap();
+    bus.publish(&round(2, 1)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got: Vec<(String, u64)> = Vec::new();
+    while got.is_empty() {
+        assert!(Instant::now() < deadline, "the member got nothing");
+        let batch = member.next_batch(2).await.unwrap();
+        member.ack(&batch).await.unwrap();
+        got.extend(
+            batch
+                .events
+                .iter()
+                .map(|e| (e.stream_id.clone(), e.version)),
+        );
+    }
+    let lease = format!("{}lease:watched:0", bus.config().prefix());
+    let mut connection = raw().await;
+    let token: String = redis::cmd("GET")
+        .arg(&lease)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = tokio::spawn({
+        let (stop, lease) = (stop.clone(), lease.clone());
+        async move {
+            let mut writes = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut pipe = redis::pipe();
+                for _ in 0..50 {
+                    pipe.cmd("SET")
+                        .arg(&lease)
+                        .arg(&token)
+                        .arg("PX")
+                        .arg(2_000)
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut connection).await.unwrap();
+                writes += 50;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            writes
+        }
+    });
+    for v in 2..=40 {
+        bus.publish(&round(2, v)).await.unwrap();
+    }
+    while got.len() < 80 {
+        assert!(
+            Instant::now() < deadline,
+            "got {} of 80: {got:?}",
+            got.len()
+        );
+        let batch = member.next_batch(2).await.unwrap();
+        member.ack(&batch).await.unwrap();
+        got.extend(
+            batch
+                .events
+                .iter()
+                .map(|e| (e.stream_id.clone(), e.version)),
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = hammer.await.unwrap();
+    assert!(writes >= 200, "the lease was written {writes} times only");
+    for s in ["s-0", "s-1"] {
+        let versions: Vec<u64> = got
+            .iter()
+            .filter(|(id, _)| id == s)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(versions, (1..=40).collect::<Vec<_>>(), "{s}");
+    }
+    bus.delete_streams(&[TYPE]).await.unwrap();
+}
+
 /// Trimming keeps what any group has not acknowledged, and removes what every group has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimming_keeps_what_a_group_has_not_acknowledged() {

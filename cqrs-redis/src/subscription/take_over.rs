@@ -58,8 +58,8 @@ impl RedisSubscription {
                         .await
                         .map_err(|e| backend(format!("taking over `{stream}`"), e))?;
                     bodies.extend(
-                        codec::items(&reply)
-                            .iter()
+                        codec::into_items(reply)
+                            .into_iter()
                             .filter_map(codec::entry)
                             .map(|r| (r.id.clone(), r)),
                     );
@@ -72,10 +72,10 @@ impl RedisSubscription {
                     let replies: Vec<Value> = pipe.query_async(connection).await.map_err(|e| {
                         backend(format!("reading again what is pending on `{stream}`"), e)
                     })?;
-                    for reply in &replies {
+                    for reply in replies {
                         bodies.extend(
-                            codec::items(reply)
-                                .iter()
+                            codec::into_items(reply)
+                                .into_iter()
                                 .filter_map(codec::entry)
                                 .map(|r| (r.id.clone(), r)),
                         );
