@@ -43,6 +43,7 @@
 //! }
 //! ```
 
+pub mod check;
 mod command;
 mod console;
 mod error;

@@ -4,7 +4,6 @@
 pub mod catalog;
 pub mod comment;
 pub mod events;
-pub mod http;
 pub mod product;
 pub mod services;
 

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use cqrs_axum::{ApiError, Json, Path, Query};
+use cqrs_axum::{check, ApiError, Json, Path, Query};
 use std::time::Duration;
 
 use cqrs_core::app::ProjectionOptions;
@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::{policy, Backends, CatalogFeed, Service, MAX_PAGE, MAX_PER_PAGE};
 use crate::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use crate::comment::COMMENT;
-use crate::http::check_id;
 use crate::product::PRODUCT;
 
 /// `GET /products`'s query.
@@ -72,7 +71,7 @@ async fn entry(
     State(queries): State<CatalogQueries>,
     Path(product_id): Path<String>,
 ) -> Result<Json<CatalogEntry>, ApiError> {
-    check_id("product_id", &product_id)?;
+    check::id("product_id", &product_id)?;
     let missing = || ApiError::not_found(format!("product `{product_id}` is not in the catalog"));
     queries
         .entry(&product_id)

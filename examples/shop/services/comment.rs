@@ -5,13 +5,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::Router;
-use cqrs_axum::{send, Accepted, ApiError, Json, Path};
+use cqrs_axum::{check, send, Accepted, ApiError, Json, Path};
 use cqrs_core::{BoxError, CommandGateway, ReadModel};
 use serde::Deserialize;
 
 use super::{policy, relay_backoff, Backends, Service, MAX_NAME, MAX_TEXT};
 use crate::comment::{CommentCommand, CommentError, KnownProducts, COMMENT};
-use crate::http::{check_id, check_len};
 use crate::product::PRODUCT;
 
 /// `POST /comments`.
@@ -77,10 +76,10 @@ async fn create(
     Json(body): Json<PostComment>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let comment_id = body.comment_id.unwrap_or_else(super::new_id);
-    check_id("comment_id", &comment_id)?;
-    check_id("product_id", &body.product_id)?;
-    check_len("author", &body.author, MAX_NAME)?;
-    check_len("text", &body.text, MAX_TEXT)?;
+    check::id("comment_id", &comment_id)?;
+    check::id("product_id", &body.product_id)?;
+    check::text("author", &body.author, MAX_NAME)?;
+    check::text("text", &body.text, MAX_TEXT)?;
     let rating = check_rating(body.rating)?;
     // The service's own projection of product events answers, not the product service.
     if state.products.get(&body.product_id).await?.is_none() {
@@ -109,8 +108,8 @@ async fn edit(
     Path(comment_id): Path<String>,
     Json(EditComment { text, rating }): Json<EditComment>,
 ) -> Result<Json<Accepted>, ApiError> {
-    check_id("comment_id", &comment_id)?;
-    check_len("text", &text, MAX_TEXT)?;
+    check::id("comment_id", &comment_id)?;
+    check::text("text", &text, MAX_TEXT)?;
     let rating = check_rating(rating)?;
     send(
         &state.gateway,
@@ -127,7 +126,7 @@ async fn delete(
     State(state): State<Comments>,
     Path(comment_id): Path<String>,
 ) -> Result<Json<Accepted>, ApiError> {
-    check_id("comment_id", &comment_id)?;
+    check::id("comment_id", &comment_id)?;
     send(&state.gateway, CommentCommand::Delete { comment_id }).await
 }
 

@@ -5,12 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::Router;
-use cqrs_axum::{send, Accepted, ApiError, Json, Path};
+use cqrs_axum::{check, send, Accepted, ApiError, Json, Path};
 use cqrs_core::{BoxError, CommandGateway};
 use serde::Deserialize;
 
 use super::{relay_backoff, Backends, Service, MAX_NAME};
-use crate::http::{check_id, check_len};
 use crate::product::{ProductCommand, ProductError, PRODUCT};
 
 /// `POST /products`.
@@ -61,8 +60,8 @@ async fn create(
     Json(body): Json<CreateProduct>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let product_id = body.product_id.unwrap_or_else(super::new_id);
-    check_id("product_id", &product_id)?;
-    check_len("name", &body.name, MAX_NAME)?;
+    check::id("product_id", &product_id)?;
+    check::text("name", &body.name, MAX_NAME)?;
     let (name, price_cents) = (body.name, body.price_cents);
     let command = ProductCommand::Create {
         product_id,
@@ -77,8 +76,8 @@ async fn rename(
     Path(product_id): Path<String>,
     Json(RenameProduct { name }): Json<RenameProduct>,
 ) -> Answer {
-    check_id("product_id", &product_id)?;
-    check_len("name", &name, MAX_NAME)?;
+    check::id("product_id", &product_id)?;
+    check::text("name", &name, MAX_NAME)?;
     send(&gateway, ProductCommand::Rename { product_id, name }).await
 }
 
@@ -87,7 +86,7 @@ async fn change_price(
     Path(product_id): Path<String>,
     Json(ChangePrice { price_cents }): Json<ChangePrice>,
 ) -> Answer {
-    check_id("product_id", &product_id)?;
+    check::id("product_id", &product_id)?;
     send(
         &gateway,
         ProductCommand::ChangePrice {

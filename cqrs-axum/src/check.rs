@@ -1,16 +1,28 @@
-//! The shop's rules for what its HTTP services accept: ids and text fields. Errors, extractors
-//! and the ops routes come from `cqrs-axum`.
+//! Checks of what a request carries, each a `422` naming the field: ids that are safe in a
+//! path, a log line and any store's key, and text of a bounded length without control
+//! characters. The limits of text are the caller's; the domain still checks its own rules.
+//!
+//! ```
+//! use cqrs_axum::{check, ApiError};
+//!
+//! fn rename(product_id: &str, name: &str) -> Result<(), ApiError> {
+//!     check::id("product_id", product_id)?;
+//!     check::text("name", name, 200)
+//! }
+//! assert!(rename("p-1", "Mug").is_ok());
+//! assert_eq!(rename("p 1", "Mug").unwrap_err().code, "invalid_id");
+//! ```
 
-use cqrs_axum::ApiError;
+use crate::ApiError;
 
-/// The longest id the services accept.
+/// The longest id [`id`] accepts.
 pub const MAX_ID_LEN: usize = 64;
 
 /// Checks an id: 1 to 64 characters out of letters, digits, `-`, `_` and `.`.
 ///
 /// # Errors
 /// `422 invalid_id` naming the field.
-pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+pub fn id(field: &str, id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id
@@ -31,7 +43,7 @@ pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
 ///
 /// # Errors
 /// `422 too_long` or `422 invalid_text` naming the field.
-pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+pub fn text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value
         .chars()
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
@@ -58,9 +70,9 @@ mod tests {
 
     #[test]
     fn ids_are_short_and_plain() {
-        assert!(check_id("id", "p-1_a.b").is_ok());
+        assert!(id("id", "p-1_a.b").is_ok());
         for bad in ["", "a b", "x'; DROP TABLE events; --", "é", &"a".repeat(65)] {
-            let e = check_id("product_id", bad).expect_err(bad);
+            let e = id("product_id", bad).expect_err(bad);
             assert_eq!(
                 (e.status, e.code),
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_id")
@@ -71,10 +83,7 @@ mod tests {
 
     #[test]
     fn lengths_count_characters() {
-        assert!(check_len("text", "ééé", 3).is_ok());
-        assert_eq!(
-            check_len("text", "éééé", 3).map_err(|e| e.code),
-            Err("too_long")
-        );
+        assert!(text("text", "ééé", 3).is_ok());
+        assert_eq!(text("text", "éééé", 3).map_err(|e| e.code), Err("too_long"));
     }
 }
