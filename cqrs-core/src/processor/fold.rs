@@ -223,24 +223,24 @@ pub(super) async fn fold<P: Projection>(
     // 2. The views the batch touches: from the cache, else from the store.
     let mut docs: HashMap<String, Doc<P::View>> = HashMap::new();
     let mut missing: Vec<String> = Vec::new();
-    {
-        let mut cache = processor.cache.lock();
-        for (id, _) in decoded.iter().flatten() {
-            if docs.contains_key(id) {
-                continue;
-            }
-            let state = cache.remove(id).unwrap_or_else(|| {
-                missing.push(id.clone());
-                empty()
-            });
-            docs.insert(
-                id.clone(),
-                Doc {
-                    state,
-                    applied_now: Vec::new(),
-                },
-            );
+    let mut cached = processor
+        .cache
+        .take(decoded.iter().flatten().map(|(id, _)| id));
+    for (id, _) in decoded.iter().flatten() {
+        if docs.contains_key(id) {
+            continue;
         }
+        let state = cached.remove(id).unwrap_or_else(|| {
+            missing.push(id.clone());
+            empty()
+        });
+        docs.insert(
+            id.clone(),
+            Doc {
+                state,
+                applied_now: Vec::new(),
+            },
+        );
     }
     if !missing.is_empty() {
         for stored in processor.store.load(name, &missing).await? {

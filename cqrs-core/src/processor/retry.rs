@@ -69,7 +69,7 @@ impl<P: Projection> TrackingProcessor<P> {
                 };
                 match self.store.commit(work).await {
                     Ok(()) => {
-                        self.cache.lock().remove(&id);
+                        self.cache.forget(&id);
                         tracing::info!(projection = %self.name, %event_id, "dead letter resolved");
                         report.resolved.push(event_id);
                         break;

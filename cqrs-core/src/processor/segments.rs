@@ -61,7 +61,7 @@ impl<P: Projection> TrackingProcessor<P> {
             .error_policy(self.policy)
             .backend_backoff(self.backend_backoff)
             .idle_wait(self.idle)
-            .view_cache(self.cache_capacity);
+            .view_cache(self.cache.capacity());
         worker.fail_on_unknown = self.fail_on_unknown;
         worker.track_streams = self.track_streams;
         worker.segment = Some(claim);
