@@ -29,6 +29,7 @@ mod mongo;
 mod pg;
 mod pg_raw;
 mod rabbit;
+mod raw_fold;
 mod redis_streams;
 mod segments;
 mod sqs;
@@ -54,6 +55,11 @@ fn wanted(scenario: &str) -> bool {
 
 /// Framework scenarios and the raw baseline each is read against (same invocation).
 const RATIOS: &[(&str, &str)] = &[
+    ("pg_append_batched", "pg_raw_append_batched"),
+    ("pg_to_pg_read_model", "pg_raw_read_model"),
+    ("pg_catch_up_lag_at_5k_per_s", "pg_raw_tail_lag_at_5k_per_s"),
+    ("relay_to_kafka", "kafka_raw_produce"),
+    ("pg_to_mongo_read_model", "pg_raw_to_mongo"),
     ("pg_commands_8_writers", "pg_raw_commands_8_writers"),
     ("pg_commands_32_writers", "pg_raw_commands_32_writers"),
     ("pg_rebuild_fresh_log_defaults", "pg_raw_select_into_map"),
@@ -65,8 +71,8 @@ const RATIOS: &[(&str, &str)] = &[
     ("relay_to_rabbitmq", "rabbitmq_raw_publish"),
     ("redis_to_projection", "redis_raw_consume"),
     ("sqs_to_projection", "sqs_raw_consume"),
-    ("mongo_read_model_transaction", "mongo_raw_upserts"),
-    ("mongo_read_model_idempotent", "mongo_raw_upserts"),
+    ("mongo_read_model_transaction", "mongo_raw_bulk_upserts"),
+    ("mongo_read_model_idempotent", "mongo_raw_bulk_upserts"),
 ];
 
 /// Every result so far: scenario, events/s, p99 in ms where measured.
@@ -98,27 +104,35 @@ fn summarize(chart: Option<String>) {
         let runs: Vec<&(String, f64, Option<f64>)> = all.iter().filter(|r| r.0 == name).collect();
         let rate = median(runs.iter().map(|r| r.1).collect());
         let p99: Vec<f64> = runs.iter().filter_map(|r| r.2).collect();
+        let p99 = (!p99.is_empty()).then(|| median(p99));
         let line = serde_json::json!({
             "summary": name,
             "runs": runs.len(),
             "median_events_per_s": rate.round(),
-            "median_p99_ms": if p99.is_empty() { serde_json::Value::Null } else { median(p99).into() },
+            "median_p99_ms": p99,
         });
         println!("{line}");
-        medians.push((name, rate));
+        medians.push((name, rate, p99));
     }
-    // Each framework scenario over its raw baseline of the same invocation.
-    let rate_of = |name: &str| medians.iter().find(|m| m.0 == name).map(|m| m.1);
+    // Each framework scenario over its raw baseline of the same invocation; where both
+    // measured latencies, the p99s' ratio too (above 1: the framework's is longer).
+    let of = |name: &str| medians.iter().find(|m| m.0 == name).map(|m| (m.1, m.2));
     for (framework, baseline) in RATIOS {
-        if let (Some(f), Some(b)) = (rate_of(framework), rate_of(baseline)) {
+        if let (Some((f, f99)), Some((b, b99))) = (of(framework), of(baseline)) {
+            let p99_ratio: serde_json::Value = match (f99, b99) {
+                (Some(f99), Some(b99)) if b99 > 0.0 => ((f99 / b99 * 100.0).round() / 100.0).into(),
+                _ => serde_json::Value::Null,
+            };
             let line = serde_json::json!({
                 "ratio": framework,
                 "over": baseline,
                 "median_ratio": (f / b * 100.0).round() / 100.0,
+                "p99_ratio": p99_ratio,
             });
             println!("{line}");
         }
     }
+    let medians: Vec<(String, f64)> = medians.into_iter().map(|(n, r, _)| (n, r)).collect();
     if let Some(path) = chart {
         match std::fs::write(&path, svg(&medians)) {
             Ok(()) => eprintln!("chart written to {path}"),

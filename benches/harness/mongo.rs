@@ -7,6 +7,7 @@ use cqrs_benches::{batches, catalog_envelopes, ProductStats};
 use cqrs_core::TrackingProcessor;
 use cqrs_mongo::{CommitMode, Mongo};
 
+use crate::raw_fold::{Figures, RawFold};
 use crate::{report, wanted};
 
 fn uri() -> String {
@@ -14,46 +15,44 @@ fn uri() -> String {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
 }
 
-/// **Baseline**: a plain `mongodb` program doing the projection's work: each payload parsed,
-/// the per-product figures folded in memory, and after every batch each changed document
-/// written with one upsert (`replace_one`, in turn). No revisions, no stream versions, no
-/// checkpoint.
-async fn raw_upserts(db: &mongodb::Database, envelopes: &[cqrs_core::processor::Batch]) -> u64 {
+/// Writes changed views with one `update` command of upserts (what drivers send for a bulk
+/// write to servers before MongoDB 8.0).
+async fn bulk_upsert(db: &mongodb::Database, changed: Vec<(String, Figures)>) {
     use mongodb::bson::{doc, Document};
-    use std::collections::{HashMap, HashSet};
+    if changed.is_empty() {
+        return;
+    }
+    let updates: Vec<Document> = changed
+        .into_iter()
+        .map(|(id, f)| {
+            doc! {
+                "q": { "_id": &id },
+                "u": { "_id": &id, "price_cents": f.price_cents, "changes": f.changes,
+                       "rating_sum": f.rating_sum, "ratings": f.ratings },
+                "upsert": true,
+            }
+        })
+        .collect();
+    db.run_command(doc! { "update": "raw_views", "updates": updates, "ordered": false })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
 
-    let views = db.collection::<Document>("raw_views");
-    let mut state: HashMap<String, (i64, i64, i64, i64)> = HashMap::new();
+/// **Baseline**: a plain `mongodb` program doing the projection's work: each payload parsed,
+/// the per-product figures folded in memory, and after every batch the changed documents
+/// written in one bulk request of upserts. No revisions, no stream versions, no checkpoint.
+async fn raw_bulk_upserts(
+    db: &mongodb::Database,
+    envelopes: &[cqrs_core::processor::Batch],
+) -> u64 {
+    let mut fold = RawFold::default();
     let mut n = 0u64;
     for batch in envelopes {
-        let mut changed: HashSet<String> = HashSet::new();
         for e in &batch.events {
-            let payload: serde_json::Value =
-                serde_json::from_slice(&e.payload).unwrap_or_else(|e| panic!("{e}"));
-            let product = payload["product_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let entry = state.entry(product.clone()).or_default();
-            if let Some(price) = payload["price_cents"].as_i64() {
-                (entry.0, entry.1) = (price, entry.1 + 1);
-            }
-            if let Some(rating) = payload["rating"].as_i64() {
-                (entry.2, entry.3) = (entry.2 + rating, entry.3 + 1);
-            }
-            changed.insert(product);
+            fold.apply(&e.payload);
             n += 1;
         }
-        for id in changed {
-            let (price, changes, sum, ratings) = state[&id];
-            let view = doc! { "_id": &id, "price_cents": price, "changes": changes,
-            "rating_sum": sum, "ratings": ratings };
-            views
-                .replace_one(doc! { "_id": &id }, view)
-                .upsert(true)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
+        bulk_upsert(db, fold.take_changed()).await;
     }
     n
 }
@@ -61,7 +60,7 @@ async fn raw_upserts(db: &mongodb::Database, envelopes: &[cqrs_core::processor::
 pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
     // Larger batches than in memory: each batch is one round trip of view upserts.
     let envelopes = batches(catalog_envelopes(events, products), 10_000);
-    if wanted("mongo_raw_upserts") {
+    if wanted("mongo_raw_bulk_upserts") {
         for run in 0..runs {
             let client = mongodb::Client::with_uri_str(uri())
                 .await
@@ -69,8 +68,8 @@ pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
             let db = client.database(&format!("bench_raw_{run}"));
             db.drop().await.unwrap_or_else(|e| panic!("{e}"));
             let start = Instant::now();
-            let n = raw_upserts(&db, &envelopes).await;
-            report("mongo_raw_upserts", n, start.elapsed().as_secs_f64());
+            let n = raw_bulk_upserts(&db, &envelopes).await;
+            report("mongo_raw_bulk_upserts", n, start.elapsed().as_secs_f64());
             db.drop().await.unwrap_or_else(|e| panic!("{e}"));
         }
     }
@@ -108,7 +107,7 @@ pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
     }
     crate::segments::run(&uri(), runs).await;
     // From the PostgreSQL event store (the log `--pg` leaves in schema `bench_log`).
-    if wanted("pg_to_mongo_read_model") {
+    if wanted("pg_to_mongo_read_model") || wanted("pg_raw_to_mongo") {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let Ok(pg) = cqrs_postgres::Postgres::connect(&url, "bench_log").await else {
@@ -124,7 +123,30 @@ pub async fn run(events: u64, runs: u64, products: u64, _batch: usize) {
             eprintln!("pg_to_mongo_read_model: the PostgreSQL log is empty (run with --pg)");
             return;
         }
+        // **Baseline**: the log streamed with a plain `SELECT`, folded, and the changed
+        // documents written in one bulk request every 10 000 rows.
+        if wanted("pg_raw_to_mongo") {
+            let pool = crate::pg_raw::pool().await;
+            for run in 0..runs {
+                let client = mongodb::Client::with_uri_str(uri())
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let db = client.database(&format!("bench_raw_pg_{run}"));
+                db.drop().await.unwrap_or_else(|e| panic!("{e}"));
+                let start = Instant::now();
+                let n = crate::pg_raw::fold_log(&pool, "bench_log", 10_000, |changed, _| {
+                    let db = db.clone();
+                    async move { bulk_upsert(&db, changed).await }
+                })
+                .await;
+                report("pg_raw_to_mongo", n, start.elapsed().as_secs_f64());
+                db.drop().await.unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
         for run in 0..runs {
+            if !wanted("pg_to_mongo_read_model") {
+                break;
+            }
             let mongo = Mongo::connect(&uri(), &format!("bench_pg_{run}"), "cqrs_")
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -56,6 +56,17 @@ pub async fn run(events: u64, runs: u64) {
     let pg = fresh("bench").await;
     let store = pg.event_store();
 
+    let raw_pool = crate::pg_raw::pool().await;
+    if wanted("pg_raw_append_batched") {
+        let envelopes = catalog_envelopes(events.min(200_000), 100);
+        for _ in 0..runs {
+            crate::pg_raw::raw_table(&raw_pool, "bench_raw_append", 0).await;
+            let seconds =
+                crate::pg_raw::append_batched(&raw_pool, "bench_raw_append", &envelopes, 1_000)
+                    .await;
+            report("pg_raw_append_batched", events.min(200_000), seconds);
+        }
+    }
     if wanted("pg_append_batched") {
         for run in 0..runs {
             let pg = fresh(&format!("bench_append_{run}")).await;
@@ -67,7 +78,6 @@ pub async fn run(events: u64, runs: u64) {
 
     // Commands: the app's gateway on the store as it comes (group commit on, the gateway's
     // defaults), beside a plain sqlx loop of one transaction per command, 8 and 32 writers.
-    let raw_pool = crate::pg_raw::pool().await;
     for writers in [8u64, 32] {
         let raw = format!("pg_raw_commands_{writers}_writers");
         if wanted(&raw) {
@@ -180,6 +190,13 @@ pub async fn run(events: u64, runs: u64) {
         }
     }
 
+    if wanted("pg_raw_read_model") {
+        for _ in 0..runs {
+            let (n, seconds) =
+                crate::pg_raw::read_model(&raw_pool, "bench_log", "bench_raw_views", 5_000).await;
+            report("pg_raw_read_model", n, seconds);
+        }
+    }
     if wanted("pg_to_pg_read_model") {
         for run in 0..runs {
             let processor = TrackingProcessor::new(ProductStats, Arc::new(log.view_store()))
@@ -194,7 +211,12 @@ pub async fn run(events: u64, runs: u64) {
         }
     }
 
-    if wanted("pg_catch_up_lag") {
+    if wanted("pg_raw_tail_lag_at_5k_per_s") {
+        let (sent, seconds, mut lags) =
+            crate::pg_raw::tail_lag(&raw_pool, "bench_raw_lag", Duration::from_secs(4)).await;
+        report_latency("pg_raw_tail_lag_at_5k_per_s", sent, seconds, &mut lags);
+    }
+    if wanted("pg_catch_up_lag_at_5k_per_s") {
         // 10 writers, each sending 5 commands every 10 ms: 5 000 events/s, while a processor
         // tails the log. A command's lag is from its return to the processor having committed
         // its event.
