@@ -3,7 +3,8 @@
 //! Scenario harness: runs each scenario `runs` times and prints one JSON line per run:
 //! scenario, events, seconds, events/s. Options: `--batch N` (events per batch, 1000),
 //! `--products N` (views, 100), `--catalog-events N` (100 000), `--only a,b` (scenarios),
-//! `--quick` (50 000 events, one run), `--chart FILE.svg` (a chart of the medians),
+//! `--table` (the scenarios of BENCHMARKS.md's main table, each backend row with its raw
+//! baseline), `--quick` (50 000 events, one run), `--chart FILE.svg` (a chart of the medians),
 //! `--pg` (also the PostgreSQL scenarios, on `DATABASE_URL`), `--mongo` (also the MongoDB
 //! scenarios, on `MONGODB_URI`), `--kafka` (also the Kafka scenarios, on `KAFKA_BROKERS`),
 //! `--rabbitmq` (also the RabbitMQ scenarios, on `AMQP_URL`, `--rabbit-events N`, 100 000).
@@ -43,12 +44,49 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The scenarios of BENCHMARKS.md's main table (`--table`): each backend row with its raw
+/// baseline.
+const TABLE: &[&str] = &[
+    "projection_memory_json",
+    "projection_memory_json_catalog",
+    "commands_memory",
+    "pg_raw_append_batched",
+    "pg_append_batched",
+    "pg_raw_commands_8_writers",
+    "pg_commands_8_writers",
+    "pg_raw_commands_32_writers",
+    "pg_commands_32_writers",
+    "pg_commands_32_writers_unbatched",
+    "pg_raw_copy",
+    "pg_raw_select_into_map",
+    "pg_rebuild_fresh_log_defaults",
+    "pg_rebuild_into_memory",
+    "pg_raw_read_model",
+    "pg_to_pg_read_model",
+    "pg_raw_tail_lag_at_5k_per_s",
+    "pg_catch_up_lag_at_5k_per_s",
+    "kafka_raw_consume_1p",
+    "kafka_to_projection_1p",
+    "kafka_raw_consume_3p",
+    "kafka_to_projection_3p",
+    "kafka_raw_produce",
+    "relay_to_kafka",
+    "mongo_raw_bulk_upserts",
+    "mongo_read_model_transaction",
+    "mongo_read_model_idempotent",
+    "pg_raw_to_mongo",
+    "pg_to_mongo_read_model",
+];
+
+/// Whether to run `scenario`: the ones `--only a,b` names, else the main table's with
+/// `--table`, else every one.
 fn wanted(scenario: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == "--only") {
         Some(i) => args
             .get(i + 1)
             .is_some_and(|s| s.split(',').any(|one| one == scenario)),
+        None if args.iter().any(|a| a == "--table") => TABLE.contains(&scenario),
         None => true,
     }
 }
