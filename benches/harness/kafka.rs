@@ -71,13 +71,8 @@ fn raw_consume(bus: &KafkaBus, events: u64) -> f64 {
     start.map_or(0.0, |s| s.elapsed().as_secs_f64())
 }
 
-/// **Baseline**: a plain rdkafka `FutureProducer` with the bus's settings (idempotence,
-/// `linger.ms` 5) sending the same records (the stream id as key, the payload, no headers) to
-/// topics of 3 partitions, 20 000 at a time, every delivery awaited; nothing read from a log.
-async fn raw_produce(envelopes: &[cqrs_core::Envelope]) -> f64 {
-    use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-
-    let bus = bus(3);
+/// The bus's two topics, made (idempotent).
+async fn made_topics(bus: &KafkaBus) -> Vec<String> {
     let topics: Vec<String> = ["product", "comment"]
         .iter()
         .map(|t| bus.topic(t).unwrap_or_else(|e| panic!("{e}")))
@@ -85,6 +80,17 @@ async fn raw_produce(envelopes: &[cqrs_core::Envelope]) -> f64 {
     bus.ensure_topics(&topics)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    topics
+}
+
+/// **Baseline**: a plain rdkafka `FutureProducer` with the bus's settings (idempotence,
+/// `linger.ms` 5) sending the same records (the stream id as key, the payload, no headers) to
+/// topics of 3 partitions, 20 000 at a time, every delivery awaited; nothing read from a log.
+async fn raw_produce(envelopes: &[cqrs_core::Envelope]) -> f64 {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+
+    let bus = bus(3);
+    let topics = made_topics(&bus).await;
     let producer: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
@@ -194,13 +200,7 @@ pub async fn run(events: u64, runs: u64, products: u64) {
             // The topics made before the clock starts, as for the raw producer: a relay
             // makes them once in its life, on its first publish.
             let bus = bus(3);
-            let topics: Vec<String> = ["product", "comment"]
-                .iter()
-                .map(|t| bus.topic(t).unwrap_or_else(|e| panic!("{e}")))
-                .collect();
-            bus.ensure_topics(&topics)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            made_topics(&bus).await;
             let relay = Relay::new(
                 "bench-relay",
                 store,

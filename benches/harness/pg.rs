@@ -236,42 +236,24 @@ pub async fn run(events: u64, runs: u64) {
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         let start = Instant::now();
-        let mut writers = Vec::new();
-        for w in 0..10u64 {
-            let gateway = gateway.clone();
-            let mut position = handle.watch_position();
-            writers.push(tokio::spawn(async move {
-                let mut lags = Vec::new();
-                let mut tick = tokio::time::interval(Duration::from_millis(10));
-                let mut sent = 0u64;
-                while start.elapsed() < Duration::from_secs(4) {
-                    tick.tick().await;
-                    for k in 0..5u64 {
-                        let committed = gateway
-                            .send(ProductCommand::ChangePrice {
-                                product_id: format!("p-{}", (w * 10 + k) % 100),
-                                price_cents: (sent + k) as i64,
-                            })
-                            .await
-                            .unwrap_or_else(|e| panic!("{e}"));
-                        let at = Instant::now();
-                        if let Some(target) = committed.last().map(|e| e.position) {
-                            let waited = position.wait_for(|p| *p >= target);
-                            let _ = tokio::time::timeout(Duration::from_secs(5), waited).await;
-                        }
-                        lags.push(at.elapsed());
-                    }
-                    sent += 5;
+        let (sent, mut lags) = crate::pg_raw::lag_writers(
+            Duration::from_secs(4),
+            handle.watch_position(),
+            move |w, k, sent| {
+                let gateway = gateway.clone();
+                async move {
+                    let committed = gateway
+                        .send(ProductCommand::ChangePrice {
+                            product_id: format!("p-{}", (w * 10 + k) % 100),
+                            price_cents: sent as i64,
+                        })
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    committed.last().map_or(0, |e| e.position)
                 }
-                (sent, lags)
-            }));
-        }
-        let (mut sent, mut lags) = (0u64, Vec::new());
-        for w in writers {
-            let (n, l) = w.await.unwrap_or_else(|e| panic!("{e}"));
-            sent += n;
-            lags.extend(l);
-        }
+            },
+        )
+        .await;
         report_latency(
             "pg_catch_up_lag_at_5k_per_s",
             sent,

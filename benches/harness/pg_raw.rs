@@ -277,7 +277,7 @@ pub async fn read_model(pool: &PgPool, log: &str, views: &str, batch: u64) -> (u
 pub async fn tail_lag(pool: &PgPool, schema: &str, run: Duration) -> (u64, f64, Vec<Duration>) {
     raw_table(pool, schema, 0).await;
     raw_views(pool, &format!("{schema}_views")).await;
-    let (committed, _) = tokio::sync::watch::channel(0i64);
+    let (committed, _) = tokio::sync::watch::channel(0u64);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = tokio::spawn({
         let (pool, schema, committed, stop) = (
@@ -307,7 +307,7 @@ pub async fn tail_lag(pool: &PgPool, schema: &str, run: Duration) -> (u64, f64, 
                     fold.apply(row.get::<&str, _>(1).as_bytes());
                 }
                 write_views(&pool, &format!("{schema}_views"), fold.take_changed(), last).await;
-                committed.send_replace(last);
+                committed.send_replace(last as u64);
             }
         }
     });
@@ -316,28 +316,56 @@ pub async fn tail_lag(pool: &PgPool, schema: &str, run: Duration) -> (u64, f64, 
          VALUES ($1, $2, 'shop.ProductPriceChanged', $3::jsonb) RETURNING position"
     );
     let start = Instant::now();
+    let writer_pool = pool.clone();
+    let (sent, lags) = lag_writers(run, committed.subscribe(), move |w, k, sent| {
+        let (pool, insert) = (writer_pool.clone(), insert.clone());
+        async move {
+            let payload = format!(
+                "{{\"product_id\": \"p-{}\", \"price_cents\": {sent}}}",
+                w * 10 + k
+            );
+            let position: i64 = sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
+                .bind(format!("w{w}-{k}"))
+                .bind((sent / 5 + 1) as i64)
+                .bind(payload)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .get(0);
+            position as u64
+        }
+    })
+    .await;
+    let seconds = start.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.await.unwrap_or_else(|e| panic!("{e}"));
+    (sent, seconds, lags)
+}
+
+/// 10 writers, each sending 5 events every 10 ms for `run` through `send` (writer, index in
+/// the tick, events the writer sent so far; it returns the event's position), each then
+/// waiting until `committed` reaches that position. Returns the events sent and each one's
+/// lag from its send's return to its commit by the reader.
+pub async fn lag_writers<F, Fut>(
+    run: Duration,
+    committed: tokio::sync::watch::Receiver<u64>,
+    send: F,
+) -> (u64, Vec<Duration>)
+where
+    F: Fn(u64, u64, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = u64> + Send,
+{
+    let start = Instant::now();
     let mut writers = Vec::new();
     for w in 0..10u64 {
-        let (pool, insert, committed) = (pool.clone(), insert.clone(), committed.clone());
+        let (send, mut seen) = (send.clone(), committed.clone());
         writers.push(tokio::spawn(async move {
             let (mut lags, mut sent) = (Vec::new(), 0u64);
-            let mut seen = committed.subscribe();
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             while start.elapsed() < run {
                 tick.tick().await;
                 for k in 0..5u64 {
-                    let payload = format!(
-                        "{{\"product_id\": \"p-{}\", \"price_cents\": {sent}}}",
-                        w * 10 + k
-                    );
-                    let position: i64 = sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
-                        .bind(format!("w{w}-{k}"))
-                        .bind((sent / 5 + 1) as i64)
-                        .bind(payload)
-                        .fetch_one(&pool)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}"))
-                        .get(0);
+                    let position = send(w, k, sent).await;
                     let at = Instant::now();
                     let waited = seen.wait_for(|p| *p >= position);
                     let _ = tokio::time::timeout(Duration::from_secs(5), waited).await;
@@ -354,8 +382,5 @@ pub async fn tail_lag(pool: &PgPool, schema: &str, run: Duration) -> (u64, f64, 
         sent += n;
         lags.extend(l);
     }
-    let seconds = start.elapsed().as_secs_f64();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    reader.await.unwrap_or_else(|e| panic!("{e}"));
-    (sent, seconds, lags)
+    (sent, lags)
 }
