@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{bus, bus_with, config, redis_url};
+use cqrs_core::processor::EventSource;
 use cqrs_core::testing::bus_conformance::{self, Ticked, TYPE, TYPE_2};
 use cqrs_core::testing::envelope_of;
 use cqrs_core::{Envelope, Error, EventBus};
@@ -27,6 +28,32 @@ async fn len(stream: &str) -> u64 {
         .query_async(&mut raw().await)
         .await
         .unwrap()
+}
+
+/// Reads batches of at most `max` from `member`, acknowledging each, into `got` (stream id
+/// and version) until it holds `until`; fails past `deadline`.
+async fn read_until(
+    member: &mut dyn EventSource,
+    max: usize,
+    until: usize,
+    got: &mut Vec<(String, u64)>,
+    deadline: Instant,
+) {
+    while got.len() < until {
+        assert!(
+            Instant::now() < deadline,
+            "got {} of {until}: {got:?}",
+            got.len()
+        );
+        let batch = member.next_batch(max).await.unwrap();
+        member.ack(&batch).await.unwrap();
+        got.extend(
+            batch
+                .events
+                .iter()
+                .map(|e| (e.stream_id.clone(), e.version)),
+        );
+    }
 }
 
 fn round(streams: u64, v: u64) -> Vec<Envelope> {
@@ -118,17 +145,7 @@ async fn a_member_whose_lease_moved_cannot_acknowledge() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    while got.len() < 6 {
-        assert!(Instant::now() < deadline, "the next holder got {got:?}");
-        let batch = second.next_batch(100).await.unwrap();
-        second.ack(&batch).await.unwrap();
-        got.extend(
-            batch
-                .events
-                .iter()
-                .map(|e| (e.stream_id.clone(), e.version)),
-        );
-    }
+    read_until(second.as_mut(), 100, 6, &mut got, deadline).await;
     let mut s0: Vec<u64> = got
         .iter()
         .filter(|(s, _)| s == "s-0")
@@ -153,17 +170,7 @@ async fn reads_dropped_by_a_lease_written_meanwhile_lose_nothing() {
     bus.publish(&round(2, 1)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut got: Vec<(String, u64)> = Vec::new();
-    while got.is_empty() {
-        assert!(Instant::now() < deadline, "the member got nothing");
-        let batch = member.next_batch(2).await.unwrap();
-        member.ack(&batch).await.unwrap();
-        got.extend(
-            batch
-                .events
-                .iter()
-                .map(|e| (e.stream_id.clone(), e.version)),
-        );
-    }
+    read_until(member.as_mut(), 2, 1, &mut got, deadline).await;
     let lease = format!("{}lease:watched:0", bus.config().prefix());
     let mut connection = raw().await;
     let token: String = redis::cmd("GET")
@@ -196,21 +203,7 @@ async fn reads_dropped_by_a_lease_written_meanwhile_lose_nothing() {
     for v in 2..=40 {
         bus.publish(&round(2, v)).await.unwrap();
     }
-    while got.len() < 80 {
-        assert!(
-            Instant::now() < deadline,
-            "got {} of 80: {got:?}",
-            got.len()
-        );
-        let batch = member.next_batch(2).await.unwrap();
-        member.ack(&batch).await.unwrap();
-        got.extend(
-            batch
-                .events
-                .iter()
-                .map(|e| (e.stream_id.clone(), e.version)),
-        );
-    }
+    read_until(member.as_mut(), 2, 80, &mut got, deadline).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = hammer.await.unwrap();
     assert!(writes >= 200, "the lease was written {writes} times only");
