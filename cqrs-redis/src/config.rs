@@ -74,6 +74,16 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
+/// Whether a URL's query asks for RESP3 (`protocol=resp3` or `protocol=3`).
+fn speaks_resp3(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            matches!(pair.split_once('='), Some((k, v)) if k.eq_ignore_ascii_case("protocol")
+                && (v.eq_ignore_ascii_case("resp3") || v == "3"))
+        })
+    })
+}
+
 impl RedisConfig {
     /// A server at a Redis URL (`redis://[user:password@]host:port[/db]`, or `rediss://`), its
     /// keys named `<prefix>...`.
@@ -88,9 +98,10 @@ impl RedisConfig {
                 "a Redis URL starts with redis:// or rediss://".into(),
             ));
         }
-        if url.contains("protocol=resp3") {
+        if speaks_resp3(&url) {
             return Err(Error::Config(
-                "this bus speaks RESP2 to Redis: leave `protocol=resp3` out of the URL".into(),
+                "this bus speaks RESP2 to Redis: leave `protocol=resp3` (or `3`) out of the URL"
+                    .into(),
             ));
         }
         validate_name("prefix", &prefix)?;
@@ -249,6 +260,8 @@ mod tests {
     fn names_that_would_meet_are_refused() {
         assert!(RedisConfig::new("http://x", "p.").is_err());
         assert!(RedisConfig::new("redis://x/?protocol=resp3", "p.").is_err());
+        assert!(RedisConfig::new("redis://x/?db=1&PROTOCOL=3", "p.").is_err());
+        assert!(RedisConfig::new("redis://x/?protocol=resp2", "p.").is_ok());
         assert!(RedisConfig::new("redis://x", "a:b").is_err());
         let c = RedisConfig::new("redis://x", "p.").unwrap();
         assert!(c.check("g:1", &["t"]).is_err());

@@ -20,15 +20,20 @@ pub use crate::codec::PAYLOAD;
 pub use crate::config::{validate_name, RedisConfig, Retention, ISOLATED_ATTEMPTS};
 use crate::subscription::RedisSubscription;
 
-/// A Redis error as the framework's: a refused login or a command the server does not know
-/// (an older Redis) are configuration errors; the rest are backend errors, which callers
-/// retry.
+/// A Redis error as the framework's: a refused login, a command the user may not run (also
+/// when the server refused it inside a transaction, which reports `EXECABORT`) or a command
+/// the server does not know (an older Redis) are configuration errors; the rest are backend
+/// errors, which callers retry.
 pub(crate) fn backend(what: impl Into<String>, e: RedisError) -> Error {
     use redis::ErrorKind;
     let what = what.into();
     let permanent = matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
         || matches!(e.kind(), ErrorKind::AuthenticationFailed)
-        || e.code() == Some("ERR") && e.to_string().contains("unknown command");
+        || e.code() == Some("ERR") && e.to_string().contains("unknown command")
+        || e.code() == Some("EXECABORT")
+            && e.clone()
+                .into_server_errors()
+                .is_some_and(|errors| errors.iter().any(|(_, s)| s.code() == "NOPERM"));
     if permanent {
         return Error::Config(format!("Redis refused {what}: {e}"));
     }

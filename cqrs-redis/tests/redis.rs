@@ -352,6 +352,63 @@ async fn a_wrong_password_is_a_typed_error_that_never_shows_the_password() {
     assert!(!format!("{refused:?}").contains("hunter2"));
 }
 
+/// A user whose ACL denies the fenced read's `XREADGROUP` (refused when queued in the read's
+/// transaction, so the server aborts it) gets a configuration error from the read, which a
+/// processor does not retry, rather than a backend error retried for ever. The user is made
+/// for the test and deleted after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_the_acl_denies_the_read_gets_a_configuration_error() {
+    let user = format!(
+        "cqrs-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut admin = raw().await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(">not-a-secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-xreadgroup")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let base = redis_url();
+    let host = base
+        .rsplit_once('@')
+        .map_or(&base["redis://".len()..], |(_, h)| h);
+    let url = format!("redis://{user}:not-a-secret@{host}");
+    let bus = bus_with(config(&url).partitions(1)).await;
+    bus.publish(&round(1, 1)).await.unwrap();
+    let mut member = bus
+        .subscribe("denied", &[TYPE], Duration::from_millis(100))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let err = loop {
+        match member.next_batch(10).await {
+            Err(e) => break e,
+            Ok(batch) => assert!(batch.events.is_empty(), "read past the ACL: {batch:?}"),
+        }
+        assert!(Instant::now() < deadline, "the denied read never failed");
+    };
+    drop(member);
+    let cleaned = bus.delete_streams(&[TYPE]).await;
+    let _: i64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(
+        matches!(err, Error::Config(_)),
+        "a command the ACL denies is a configuration error: {err:?}"
+    );
+    cleaned.unwrap();
+}
+
 /// A crash loop: members take an entry over and die before acknowledging it, again and
 /// again. Past the delivery limit it is handed alone, so the entries beside it are
 /// acknowledged without it; after three more it is a dead letter, not applied again.

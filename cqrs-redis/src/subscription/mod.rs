@@ -245,7 +245,19 @@ impl RedisSubscription {
         held: &[(u32, u64)],
     ) -> Result<bool> {
         for _ in 0..READ_ATTEMPTS {
-            if let Some(got) = self.try_read_fenced(connection, max, held).await? {
+            // A holding an earlier attempt found lost is neither read nor watched again (its
+            // new holder's renewals would drop every read).
+            let current: Vec<(u32, u64)> = {
+                let holdings = self.holdings.lock();
+                held.iter()
+                    .filter(|(p, e)| holdings.get(p) == Some(e))
+                    .copied()
+                    .collect()
+            };
+            if current.is_empty() {
+                return Ok(false);
+            }
+            if let Some(got) = self.try_read_fenced(connection, max, &current).await? {
                 return Ok(got);
             }
         }
