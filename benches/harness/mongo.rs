@@ -33,9 +33,19 @@ async fn bulk_upsert(db: &mongodb::Database, changed: Vec<(String, Figures)>) {
             }
         })
         .collect();
-    db.run_command(doc! { "update": "raw_views", "updates": updates, "ordered": false })
+    let expected = updates.len() as i64;
+    let reply = db
+        .run_command(doc! { "update": "raw_views", "updates": updates, "ordered": false })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    // A refused upsert is reported in the reply, not as an error: the baseline must not
+    // count writes that did not happen.
+    assert!(!reply.contains_key("writeErrors"), "{reply:?}");
+    let matched = reply
+        .get_i32("n")
+        .map(i64::from)
+        .or_else(|_| reply.get_i64("n"));
+    assert_eq!(matched.ok(), Some(expected), "{reply:?}");
 }
 
 /// **Baseline**: a plain `mongodb` program doing the projection's work: each payload parsed,
