@@ -38,6 +38,18 @@ pub fn id(field: &str, id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The id a request gave, checked with [`id`], or a new one (a UUIDv7, which sorts by creation
+/// time) when it gave none.
+///
+/// # Errors
+/// `422 invalid_id` naming the field.
+pub fn id_or_new(field: &str, given: Option<String>) -> Result<String, ApiError> {
+    match given {
+        Some(given) => id(field, &given).map(|()| given),
+        None => Ok(uuid::Uuid::now_v7().to_string()),
+    }
+}
+
 /// Checks a text field: at most `max` characters, and no control characters other than line
 /// breaks and tabs (a NUL, say, which some stores refuse).
 ///
@@ -79,6 +91,21 @@ mod tests {
             );
             assert!(e.message.contains("product_id"));
         }
+    }
+
+    #[test]
+    fn an_id_is_checked_when_given_and_made_when_not() {
+        assert_eq!(
+            id_or_new("id", Some("p-1".into())).map_err(|e| e.code),
+            Ok("p-1".into())
+        );
+        let bad = id_or_new("comment_id", Some("a b".into())).expect_err("a space");
+        assert!(bad.message.contains("comment_id"));
+        let (a, b) = (
+            id_or_new("id", None).expect("new"),
+            id_or_new("id", None).expect("new"),
+        );
+        assert!(id("id", &a).is_ok() && a != b, "{a} {b}");
     }
 
     #[test]

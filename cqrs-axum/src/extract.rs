@@ -1,7 +1,8 @@
 //! Extractors whose rejections are [`ApiError`]s, and the limit on request bodies.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -57,6 +58,42 @@ pub struct Query<T>(pub T);
 #[derive(Debug, FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
+
+/// The one parameter of a route's path, an id checked with [`check::id`](crate::check::id):
+/// `422 invalid_id` naming the parameter (`/products/{product_id}` names `product_id`), `400
+/// bad_path` when the route has not exactly one parameter or it is not UTF-8.
+///
+/// ```
+/// use cqrs_axum::Id;
+///
+/// async fn show(Id(product_id): Id) -> String {
+///     product_id
+/// }
+/// let _routes: axum::Router = axum::Router::new().route("/products/{product_id}", axum::routing::get(show));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
+        let mut params = params.iter();
+        match (params.next(), params.next()) {
+            (Some((name, value)), None) => {
+                crate::check::id(name, value)?;
+                Ok(Id(value.to_owned()))
+            }
+            _ => Err(ApiError::bad_request(
+                "bad_path",
+                "an `Id` takes a route with exactly one path parameter",
+            )),
+        }
+    }
+}
 
 /// The most read of a body that is too large before it is answered: reading it to its end lets
 /// the client finish sending, so it gets its 413 instead of a connection closed under it.

@@ -58,7 +58,7 @@ use std::future::Future;
 
 pub use crate::command::{send, send_to, Accepted};
 pub use crate::error::ApiError;
-pub use crate::extract::{json_service, Json, Path, Query};
+pub use crate::extract::{json_service, Id, Json, Path, Query};
 pub use crate::metrics::prometheus;
 pub use crate::ops::{
     DeadLetterInfo, DeadLetterPage, HealthAnswer, OpsApi, DEFAULT_DEAD_LETTERS_PAGE,
