@@ -11,5 +11,7 @@ if ! start_services; then
   exit 1
 fi
 cargo test --workspace "$@"
+# cqrs-config without its backend features: a configuration naming a missing one is refused.
+cargo test -p cqrs-config --no-default-features "$@"
 # The optional OpenTelemetry export of cqrs-axum.
 cargo test -p cqrs-axum --features otel --test otel "$@"

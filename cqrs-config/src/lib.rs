@@ -1,0 +1,173 @@
+#![doc = include_str!("../README.md")]
+
+mod backends;
+mod bus;
+
+use clap::{Args, FromArgMatches as _};
+use cqrs_core::{Error, Result};
+
+pub use self::backends::{Backends, Store, Views};
+pub use self::bus::Bus;
+
+/// The PostgreSQL schema of the event store unless one is given.
+pub const DEFAULT_SCHEMA: &str = "cqrs";
+/// The prefix of topics, queues, streams and consumer groups unless one is given.
+pub const DEFAULT_PREFIX: &str = "cqrs.";
+/// The MongoDB database of the views unless one is given.
+pub const DEFAULT_MONGO_DATABASE: &str = "cqrs";
+
+/// Where a service finds its servers. Every address comes from a flag or the environment;
+/// without one, that part runs on the embedded in-memory backend.
+///
+/// No `Debug`: connection strings may carry passwords.
+#[derive(Clone, Args)]
+pub struct Connections {
+    /// PostgreSQL for the event store, its snapshots, the relays' checkpoints and views.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Which bus runs between the services. Without it: Kafka when brokers are given, else
+    /// RabbitMQ when an AMQP URL is, else Redis when a Redis URL is, else the embedded one.
+    /// SQS is chosen by name only (`--bus sqs`): its endpoint, region and credentials come
+    /// from the standard AWS configuration (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE`,
+    /// ...).
+    #[arg(long, env = "CQRS_BUS", value_enum)]
+    pub bus: Option<BusKind>,
+    /// Kafka brokers (`host:port,...`).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// RabbitMQ (`amqp://user:password@host:port/vhost`).
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// Redis Streams (`redis://[user:password@]host:port`).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// MongoDB for the views.
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+    /// The PostgreSQL schema of the event store.
+    #[arg(long, env = "CQRS_SCHEMA", default_value = DEFAULT_SCHEMA)]
+    pub schema: String,
+    /// The prefix of the bus's topics, queues or streams (`<prefix><aggregate type>`) and of
+    /// consumer groups ([`Backends::group`]).
+    #[arg(long, env = "CQRS_TOPIC_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub topic_prefix: String,
+    /// The MongoDB database of the views.
+    #[arg(long, env = "CQRS_MONGO_DATABASE", default_value = DEFAULT_MONGO_DATABASE)]
+    pub mongo_database: String,
+    /// Partitions of each aggregate type on the bus (Kafka topics the bus creates, RabbitMQ
+    /// and Redis partitions, the embedded bus); SQS FIFO queues keep order per key and have
+    /// none.
+    #[arg(long, env = "CQRS_PARTITIONS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub partitions: u32,
+    /// How long a consumer that died keeps its partitions or messages before another member
+    /// of its group gets them, in ms: Kafka's session timeout (the broker allows 6 s to 30 min
+    /// by default), Redis Streams' lease, SQS's visibility timeout. RabbitMQ moves them when
+    /// the connection drops.
+    #[arg(long, env = "CQRS_BUS_LEASE_MS", default_value_t = 6_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub bus_lease_ms: u64,
+    /// How long a publish to a bus that does not answer waits before it fails (and the relay
+    /// retries), in ms: Kafka's message timeout, RabbitMQ's publisher confirm, a Redis
+    /// command.
+    #[arg(long, env = "CQRS_PUBLISH_TIMEOUT_MS", default_value_t = 3_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub publish_timeout_ms: u64,
+}
+
+/// A bus between services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BusKind {
+    /// Kafka, at `--kafka-brokers`.
+    Kafka,
+    /// RabbitMQ, at `--amqp-url`.
+    Rabbitmq,
+    /// Redis Streams, at `--redis-url`.
+    Redis,
+    /// Amazon SQS FIFO queues, where the AWS configuration says.
+    Sqs,
+    /// The in-memory bus (the services of one process only).
+    Embedded,
+}
+
+impl Connections {
+    /// The configuration the environment gives (every flag's variable, or its default).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a variable holds a value its setting does not take (an unknown
+    /// `CQRS_BUS`, a `CQRS_PARTITIONS` of 0, ...).
+    pub fn from_env() -> Result<Self> {
+        Self::from_args(std::iter::empty::<String>())
+    }
+
+    /// The configuration these flags give (`["--bus", "redis", ...]`, no program name), the
+    /// environment and the defaults filling in the rest.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when a flag is unknown or holds a value its setting does not take.
+    pub fn from_args<I, T>(args: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let command =
+            Connections::augment_args(clap::Command::new("cqrs-config").no_binary_name(true));
+        // clap's first line names the flag and the value; its usage block is not for a log.
+        let bad = |e: clap::Error| {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            Error::Config(first.trim_start_matches("error: ").to_owned())
+        };
+        let matches = command.try_get_matches_from(args).map_err(bad)?;
+        Connections::from_arg_matches(&matches).map_err(bad)
+    }
+
+    /// The bus these connections choose.
+    pub fn bus_kind(&self) -> BusKind {
+        self.bus.unwrap_or(if self.kafka_brokers.is_some() {
+            BusKind::Kafka
+        } else if self.amqp_url.is_some() {
+            BusKind::Rabbitmq
+        } else if self.redis_url.is_some() {
+            BusKind::Redis
+        } else {
+            BusKind::Embedded
+        })
+    }
+}
+
+impl Default for Connections {
+    /// No server: every part embedded, every other setting at its default.
+    fn default() -> Self {
+        Connections {
+            database_url: None,
+            bus: None,
+            kafka_brokers: None,
+            amqp_url: None,
+            redis_url: None,
+            mongodb_uri: None,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            topic_prefix: DEFAULT_PREFIX.to_owned(),
+            mongo_database: DEFAULT_MONGO_DATABASE.to_owned(),
+            partitions: 3,
+            bus_lease_ms: 6_000,
+            publish_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// A configuration naming a backend this build has no feature for.
+#[cfg(not(all(
+    feature = "postgres",
+    feature = "mongo",
+    feature = "kafka",
+    feature = "rabbitmq",
+    feature = "redis",
+    feature = "sqs"
+)))]
+fn not_built(what: &str, feature: &str) -> Error {
+    Error::Config(format!(
+        "{what} is configured, but this build has none: enable the `{feature}` feature of \
+         cqrs-config"
+    ))
+}
