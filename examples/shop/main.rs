@@ -24,7 +24,7 @@ use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use shop::comment::{CommentCommand, COMMENT};
 use shop::product::{ProductCommand, PRODUCT};
 use shop::services::{
-    catalog_service, comment_service, product_service, replay_catalog, Backends, Connections,
+    catalog_service, comment_service, product_service, replay_catalog, Settings, Shop,
 };
 
 /// The shop: product and comment write services, the catalog read service.
@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, env = "PRODUCT_LISTEN", default_value = "127.0.0.1:3001")]
         listen: SocketAddr,
         #[command(flatten)]
-        connections: Connections,
+        settings: Settings,
     },
     /// The comment service: post, edit, delete rated comments on known products.
     Comment {
@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, env = "COMMENT_LISTEN", default_value = "127.0.0.1:3002")]
         listen: SocketAddr,
         #[command(flatten)]
-        connections: Connections,
+        settings: Settings,
     },
     /// The catalog service: builds the catalog from the bus and answers queries.
     Catalog {
@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, env = "CATALOG_LISTEN", default_value = "127.0.0.1:3003")]
         listen: SocketAddr,
         #[command(flatten)]
-        connections: Connections,
+        settings: Settings,
     },
     /// The three services in one process (on the embedded backends unless addresses are given).
     All {
@@ -76,12 +76,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:3003")]
         catalog_listen: SocketAddr,
         #[command(flatten)]
-        connections: Connections,
+        settings: Settings,
     },
     /// Rebuilds the catalog from the PostgreSQL event store (stop the catalog service first).
     Replay {
         #[command(flatten)]
-        connections: Connections,
+        settings: Settings,
     },
 }
 
@@ -127,7 +127,27 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Variables the shop read before `cqrs-config` read its servers, refused rather than ignored:
+/// a deployment that still sets one would otherwise start on other topics or another schema.
+fn refuse_renamed_variables() -> Result<(), BoxError> {
+    let renamed = [
+        ("SHOP_BUS", "CQRS_BUS"),
+        ("SHOP_SCHEMA", "CQRS_SCHEMA"),
+        ("SHOP_TOPIC_PREFIX", "CQRS_TOPIC_PREFIX"),
+        ("SHOP_MONGO_DATABASE", "CQRS_MONGO_DATABASE"),
+        ("SHOP_PARTITIONS", "CQRS_PARTITIONS"),
+    ];
+    match renamed
+        .iter()
+        .find(|(old, _)| std::env::var_os(old).is_some())
+    {
+        Some((old, new)) => Err(format!("{old} is no longer read: set {new} instead").into()),
+        None => Ok(()),
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), BoxError> {
+    refuse_renamed_variables()?;
     // The metrics recorder first, so that it sees everything the services do. Should another
     // recorder be installed, each service's ops API says so in its log and on `/metrics`.
     let _recorder = cqrs_axum::prometheus();
@@ -136,38 +156,29 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             init_logging("warn");
             demo().await
         }
-        Command::Product {
-            listen,
-            connections,
-        } => {
+        Command::Product { listen, settings } => {
             init_logging("info");
-            serve(product_service(&Backends::new(connections)).await?, listen).await
+            serve(product_service(&Shop::new(settings)).await?, listen).await
         }
-        Command::Comment {
-            listen,
-            connections,
-        } => {
+        Command::Comment { listen, settings } => {
             init_logging("info");
-            serve(comment_service(&Backends::new(connections)).await?, listen).await
+            serve(comment_service(&Shop::new(settings)).await?, listen).await
         }
-        Command::Catalog {
-            listen,
-            connections,
-        } => {
+        Command::Catalog { listen, settings } => {
             init_logging("info");
-            serve(catalog_service(&Backends::new(connections)).await?, listen).await
+            serve(catalog_service(&Shop::new(settings)).await?, listen).await
         }
         Command::All {
             product_listen,
             comment_listen,
             catalog_listen,
-            connections,
+            settings,
         } => {
             init_logging("info");
-            let backends = Backends::new(connections);
-            let product = product_service(&backends).await?;
-            let comment = comment_service(&backends).await?;
-            let catalog = catalog_service(&backends).await?;
+            let shop = Shop::new(settings);
+            let product = product_service(&shop).await?;
+            let comment = comment_service(&shop).await?;
+            let catalog = catalog_service(&shop).await?;
             tokio::try_join!(
                 serve(product, product_listen),
                 serve(comment, comment_listen),
@@ -175,22 +186,22 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             )?;
             Ok(())
         }
-        Command::Replay { connections } => {
+        Command::Replay { settings } => {
             init_logging("warn");
-            replay(connections).await
+            replay(settings).await
         }
     }
 }
 
-async fn replay(connections: Connections) -> Result<(), BoxError> {
-    if connections.database_url.is_none() {
+async fn replay(settings: Settings) -> Result<(), BoxError> {
+    if settings.servers.database_url.is_none() {
         return Err(
             "the replay reads the PostgreSQL event store: give --database-url or \
                     DATABASE_URL (the embedded store lives only inside a running process)"
                 .into(),
         );
     }
-    let backends = Backends::new(connections);
+    let shop = Shop::new(settings);
     // Drawn only on a terminal; hidden when stderr is redirected.
     let bar = ProgressBar::new(1000);
     bar.set_style(
@@ -200,7 +211,7 @@ async fn replay(connections: Connections) -> Result<(), BoxError> {
         .progress_chars("=> "),
     );
     let started = Instant::now();
-    let (events, app) = replay_catalog(&backends, |p| {
+    let (events, app) = replay_catalog(&shop, |p| {
         bar.set_message(format!("{} events", p.events));
         bar.set_position((p.fraction() * 1000.0) as u64);
     })

@@ -245,3 +245,33 @@ fn a_service_that_cannot_connect_says_why_and_never_shows_the_password() {
          level, the password in none of the output"
     );
 }
+
+#[test]
+fn a_variable_the_shop_no_longer_reads_is_refused_naming_its_successor() {
+    for (old, new) in [("SHOP_SCHEMA", "CQRS_SCHEMA"), ("SHOP_BUS", "CQRS_BUS")] {
+        let mut child = std::process::Command::new(common::shop_binary())
+            .args(["product", "--listen", "127.0.0.1:0"])
+            .env(old, "legacy")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        // Were it ignored, the service would start on the embedded store and serve for good.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().expect("kill");
+                panic!("the product service started with {old} set");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read");
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(old) && stderr.contains(new), "{stderr}");
+    }
+}

@@ -4,14 +4,14 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::Router;
-use cqrs_axum::{check, ApiError, Json, Path, Query};
+use cqrs_axum::{ApiError, Id, Json, Query};
 use std::time::Duration;
 
 use cqrs_core::app::ProjectionOptions;
-use cqrs_core::BoxError;
+use cqrs_core::{App, BoxError};
 use serde::{Deserialize, Serialize};
 
-use super::{policy, Backends, CatalogFeed, Service, MAX_PAGE, MAX_PER_PAGE};
+use super::{policy, CatalogFeed, Service, Shop, MAX_PAGE, MAX_PER_PAGE};
 use crate::catalog::{Catalog, CatalogEntry, CatalogQueries};
 use crate::comment::COMMENT;
 use crate::product::PRODUCT;
@@ -69,9 +69,8 @@ async fn list(
 
 async fn entry(
     State(queries): State<CatalogQueries>,
-    Path(product_id): Path<String>,
+    Id(product_id): Id,
 ) -> Result<Json<CatalogEntry>, ApiError> {
-    check::id("product_id", &product_id)?;
     let missing = || ApiError::not_found(format!("product `{product_id}` is not in the catalog"));
     queries
         .entry(&product_id)
@@ -85,31 +84,26 @@ async fn entry(
 ///
 /// # Errors
 /// A backend cannot be reached.
-pub async fn catalog_service(backends: &Backends) -> Result<Service, BoxError> {
-    let c = backends.connections();
-    let app = match c.catalog_feed {
+pub async fn catalog_service(shop: &Shop) -> Result<Service, BoxError> {
+    let (b, s) = (&shop.backends, &shop.settings);
+    let app = match s.catalog_feed {
         CatalogFeed::Bus => {
-            let group = backends.group("catalog");
-            let feed = |p: ProjectionOptions| p.from_bus(group, [PRODUCT, COMMENT]);
-            backends
-                .read_side()
-                .await?
-                .projection(Catalog, |p| feed(p).error_policy(policy()))
+            let feed = |p: ProjectionOptions| p.from_bus(b.group("catalog"), [PRODUCT, COMMENT]);
+            let app = App::builder().with(b.views().await?).with(b.bus().await?);
+            app.projection(Catalog, |p| feed(p).error_policy(policy()))
         }
         // Every instance on one MongoDB shares the segments.
         CatalogFeed::Store => {
-            let lease = Duration::from_millis(c.segment_lease_ms);
-            let feed = |p: ProjectionOptions| p.segments(c.catalog_segments).segment_lease(lease);
-            backends
-                .store_side()
-                .await?
-                .projection(Catalog, |p| feed(p).error_policy(policy()))
+            let lease = Duration::from_millis(s.segment_lease_ms);
+            let feed = |p: ProjectionOptions| p.segments(s.catalog_segments).segment_lease(lease);
+            let app = App::builder().with(b.store().await?).with(b.views().await?);
+            app.projection(Catalog, |p| feed(p).error_policy(policy()))
         }
     }
     .build()?;
     let routes = Router::new()
         .route("/products", get(list))
-        .route("/products/{id}", get(entry))
+        .route("/products/{product_id}", get(entry))
         .with_state(CatalogQueries::new(app.read_model::<Catalog>()?));
-    Ok(backends.service("catalog", app, routes))
+    Ok(shop.service("catalog", app, routes))
 }

@@ -5,11 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::Router;
-use cqrs_axum::{check, send, Accepted, ApiError, Json, Path};
-use cqrs_core::{BoxError, CommandGateway, ReadModel};
+use cqrs_axum::{check, send, Accepted, ApiError, Id, Json};
+use cqrs_core::{App, BoxError, CommandGateway, ReadModel};
 use serde::Deserialize;
 
-use super::{policy, relay_backoff, Backends, Service, MAX_NAME, MAX_TEXT};
+use super::{policy, relay_backoff, Service, Shop, MAX_NAME, MAX_TEXT};
 use crate::comment::{CommentCommand, CommentError, KnownProducts, COMMENT};
 use crate::product::PRODUCT;
 
@@ -75,8 +75,7 @@ async fn create(
     State(state): State<Comments>,
     Json(body): Json<PostComment>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let comment_id = body.comment_id.unwrap_or_else(super::new_id);
-    check::id("comment_id", &comment_id)?;
+    let comment_id = check::id_or_new("comment_id", body.comment_id)?;
     check::id("product_id", &body.product_id)?;
     check::text("author", &body.author, MAX_NAME)?;
     check::text("text", &body.text, MAX_TEXT)?;
@@ -105,10 +104,9 @@ async fn create(
 
 async fn edit(
     State(state): State<Comments>,
-    Path(comment_id): Path<String>,
+    Id(comment_id): Id,
     Json(EditComment { text, rating }): Json<EditComment>,
 ) -> Result<Json<Accepted>, ApiError> {
-    check::id("comment_id", &comment_id)?;
     check::text("text", &text, MAX_TEXT)?;
     let rating = check_rating(rating)?;
     send(
@@ -124,9 +122,8 @@ async fn edit(
 
 async fn delete(
     State(state): State<Comments>,
-    Path(comment_id): Path<String>,
+    Id(comment_id): Id,
 ) -> Result<Json<Accepted>, ApiError> {
-    check::id("comment_id", &comment_id)?;
     send(&state.gateway, CommentCommand::Delete { comment_id }).await
 }
 
@@ -135,11 +132,12 @@ async fn delete(
 ///
 /// # Errors
 /// A backend cannot be reached, or the store holds events this build does not know.
-pub async fn comment_service(backends: &Backends) -> Result<Service, BoxError> {
-    let group = backends.group("comment-service");
-    let app = backends
-        .write_side()
-        .await?
+pub async fn comment_service(shop: &Shop) -> Result<Service, BoxError> {
+    let b = &shop.backends;
+    let group = b.group("comment-service");
+    let app = App::builder()
+        .with(b.store().await?)
+        .with(b.bus().await?)
         .check_store_for(&[COMMENT])
         .await?
         .relay("comment-relay", |r| {
@@ -155,7 +153,7 @@ pub async fn comment_service(backends: &Backends) -> Result<Service, BoxError> {
     };
     let routes = Router::new()
         .route("/comments", post(create))
-        .route("/comments/{id}", put(edit).delete(delete))
+        .route("/comments/{comment_id}", put(edit).delete(delete))
         .with_state(state);
-    Ok(backends.service("comment", app, routes))
+    Ok(shop.service("comment", app, routes))
 }

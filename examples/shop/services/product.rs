@@ -5,11 +5,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{post, put};
 use axum::Router;
-use cqrs_axum::{check, send, Accepted, ApiError, Json, Path};
-use cqrs_core::{BoxError, CommandGateway};
+use cqrs_axum::{check, send, Accepted, ApiError, Id, Json};
+use cqrs_core::{App, BoxError, CommandGateway};
 use serde::Deserialize;
 
-use super::{relay_backoff, Backends, Service, MAX_NAME};
+use super::{relay_backoff, Service, Shop, MAX_NAME};
 use crate::product::{ProductCommand, ProductError, PRODUCT};
 
 /// `POST /products`.
@@ -59,8 +59,7 @@ async fn create(
     State(gateway): State<CommandGateway>,
     Json(body): Json<CreateProduct>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let product_id = body.product_id.unwrap_or_else(super::new_id);
-    check::id("product_id", &product_id)?;
+    let product_id = check::id_or_new("product_id", body.product_id)?;
     check::text("name", &body.name, MAX_NAME)?;
     let (name, price_cents) = (body.name, body.price_cents);
     let command = ProductCommand::Create {
@@ -73,20 +72,18 @@ async fn create(
 
 async fn rename(
     State(gateway): State<CommandGateway>,
-    Path(product_id): Path<String>,
+    Id(product_id): Id,
     Json(RenameProduct { name }): Json<RenameProduct>,
 ) -> Answer {
-    check::id("product_id", &product_id)?;
     check::text("name", &name, MAX_NAME)?;
     send(&gateway, ProductCommand::Rename { product_id, name }).await
 }
 
 async fn change_price(
     State(gateway): State<CommandGateway>,
-    Path(product_id): Path<String>,
+    Id(product_id): Id,
     Json(ChangePrice { price_cents }): Json<ChangePrice>,
 ) -> Answer {
-    check::id("product_id", &product_id)?;
     send(
         &gateway,
         ProductCommand::ChangePrice {
@@ -101,10 +98,11 @@ async fn change_price(
 ///
 /// # Errors
 /// A backend cannot be reached, or the store holds events this build does not know.
-pub async fn product_service(backends: &Backends) -> Result<Service, BoxError> {
-    let app = backends
-        .write_side()
-        .await?
+pub async fn product_service(shop: &Shop) -> Result<Service, BoxError> {
+    let b = &shop.backends;
+    let app = App::builder()
+        .with(b.store().await?)
+        .with(b.bus().await?)
         // This service must decode its own aggregate's events; the others' are not its concern.
         .check_store_for(&[PRODUCT])
         .await?
@@ -114,8 +112,8 @@ pub async fn product_service(backends: &Backends) -> Result<Service, BoxError> {
         .build()?;
     let routes = Router::new()
         .route("/products", post(create))
-        .route("/products/{id}/name", put(rename))
-        .route("/products/{id}/price", put(change_price))
+        .route("/products/{product_id}/name", put(rename))
+        .route("/products/{product_id}/price", put(change_price))
         .with_state(app.gateway().clone());
-    Ok(backends.service("product", app, routes))
+    Ok(shop.service("product", app, routes))
 }

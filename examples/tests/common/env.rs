@@ -118,41 +118,30 @@ impl Env {
 
     fn connection_args(&self) -> Vec<String> {
         let bus = match (&self.amqp_url, &self.redis_url, &self.sqs_endpoint) {
-            (Some(url), _, _) => [
-                ("--bus", "rabbitmq".to_owned()),
-                ("--amqp-url", url.clone()),
-            ],
-            (None, Some(url), _) => [("--bus", "redis".to_owned()), ("--redis-url", url.clone())],
-            (None, None, Some(_)) => [
-                ("--bus", "sqs".to_owned()),
-                ("--partitions", "3".to_owned()),
-            ],
-            (None, None, None) => [
-                ("--bus", "kafka".to_owned()),
-                ("--kafka-brokers", self.kafka_brokers.clone()),
-            ],
+            (Some(url), _, _) => vec![("--bus", "rabbitmq"), ("--amqp-url", url)],
+            (None, Some(url), _) => vec![("--bus", "redis"), ("--redis-url", url)],
+            // SQS takes its endpoint from the AWS configuration (`aws_env`).
+            (None, None, Some(_)) => vec![("--bus", "sqs")],
+            (None, None, None) => {
+                vec![("--bus", "kafka"), ("--kafka-brokers", &self.kafka_brokers)]
+            }
         };
-        [
-            ("--database-url", &self.database_url),
-            (bus[0].0, &bus[0].1),
-            (bus[1].0, &bus[1].1),
+        let prefix = format!("{}.", self.name);
+        let mut args = vec![
+            ("--database-url", self.database_url.as_str()),
             ("--mongodb-uri", &self.mongodb_uri),
             ("--schema", &self.name),
-            ("--topic-prefix", &format!("{}.", self.name)),
+            ("--topic-prefix", &prefix),
             ("--mongo-database", &self.name),
-            ("--ops-token", &OPS_TOKEN.to_owned()),
-        ]
-        .into_iter()
-        .flat_map(|(flag, value)| [flag.to_owned(), value.clone()])
-        .chain(
-            self.store_feed
-                .then(|| {
-                    ["--catalog-feed", "store", "--segment-lease-ms", "2000"].map(String::from)
-                })
-                .into_iter()
-                .flatten(),
-        )
-        .collect()
+            ("--ops-token", OPS_TOKEN),
+        ];
+        args.extend(bus);
+        if self.store_feed {
+            args.extend([("--catalog-feed", "store"), ("--segment-lease-ms", "2000")]);
+        }
+        args.into_iter()
+            .flat_map(|(flag, value)| [flag.to_owned(), value.to_owned()])
+            .collect()
     }
 
     /// The event store, as the framework reads it. A missing server fails the test.
