@@ -17,6 +17,8 @@ use crate::config::{SqsConfig, JOIN};
 /// One group's queue on one aggregate type.
 #[derive(Debug, Clone)]
 pub(crate) struct Queue {
+    pub(crate) aggregate_type: String,
+    pub(crate) group: String,
     pub(crate) name: String,
     pub(crate) url: String,
     pub(crate) dead_letters: String,
@@ -70,6 +72,8 @@ impl Queues {
             }
         }
         Ok(Queue {
+            aggregate_type: aggregate_type.to_owned(),
+            group: group.to_owned(),
             name,
             url,
             dead_letters,

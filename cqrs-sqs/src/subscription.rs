@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_sqs::error::ProvideErrorMetadata as _;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName, QueueAttributeName,
@@ -23,7 +24,7 @@ use uuid::Uuid;
 use crate::codec::{self, Incoming};
 use crate::config::ISOLATED_ATTEMPTS;
 use crate::queues::Queue;
-use crate::{backend, Inner};
+use crate::{backend, missing_queue, Inner};
 
 /// What a member holds, by receipt handle: the queue URL of each message received and not
 /// yet deleted or given back. The heartbeat keeps them invisible.
@@ -287,10 +288,15 @@ async fn delete(bus: &Inner, url: &str, receipts: &[String]) -> Result<()> {
                 .map_err(|e| Error::backend("sqs", "building a delete", e))?;
             request = request.entries(entry);
         }
-        let done = request
-            .send()
-            .await
-            .map_err(|e| backend("deleting messages", e))?;
+        let done = match request.send().await {
+            Ok(done) => done,
+            Err(e) if missing_queue(e.code()) => {
+                // The queue was deleted, and its messages with it: nothing is left to delete.
+                tracing::warn!(%url, "not deleted: the queue was deleted with its messages");
+                return Ok(());
+            }
+            Err(e) => return Err(backend("deleting messages", e)),
+        };
         for failed in done.failed() {
             if failed.sender_fault() {
                 // The receipt is no longer good (its visibility ran out and another member
@@ -388,6 +394,29 @@ async fn heartbeat(bus: Arc<Inner>, held: Held, stop: CancellationToken) {
     }
 }
 
+/// Makes a queue deleted under its member again (with its dead-letter queue), so the group
+/// receives what is published from then on; what was published while no queue of the group
+/// existed reached none (a publisher whose configuration names the group makes the queue
+/// itself). Returns its URL, or `None` when SQS refuses for now (it refuses a name for 60 s
+/// after its queue was deleted): the next failed receive tries again.
+async fn remake(bus: &Inner, queue: &Queue) -> Option<Arc<str>> {
+    bus.queues.forget();
+    match bus
+        .queues
+        .group_queue(&queue.aggregate_type, &queue.group)
+        .await
+    {
+        Ok(made) => {
+            tracing::warn!(queue = %made.name, "the group's queue was deleted; made again");
+            Some(Arc::from(made.url))
+        }
+        Err(e) => {
+            tracing::warn!(queue = %queue.name, error = %e, "the group's queue was deleted and cannot be made again yet");
+            None
+        }
+    }
+}
+
 /// Long-polls one queue until the member leaves, handing each receive to the member (which
 /// holds at most a few receives a queue before the receivers wait).
 async fn receive(
@@ -398,7 +427,7 @@ async fn receive(
     held: Held,
     stop: CancellationToken,
 ) {
-    let url: Arc<str> = Arc::from(queues[q].url.as_str());
+    let mut url: Arc<str> = Arc::from(queues[q].url.as_str());
     let seconds = i32::try_from(bus.config.visibility.as_secs()).unwrap_or(i32::MAX);
     let wait = i32::try_from(bus.config.long_poll.as_secs()).unwrap_or(20);
     let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -438,7 +467,12 @@ async fn receive(
                 }
                 Ok(messages)
             }
-            Err(e) => Err(backend("receiving messages", e)),
+            Err(e) => {
+                if missing_queue(e.code()) {
+                    url = remake(&bus, &queues[q]).await.unwrap_or(url);
+                }
+                Err(backend("receiving messages", e))
+            }
         };
         let failed = received.is_err();
         if tx.send(received).await.is_err() {
