@@ -8,14 +8,13 @@ mod catalog;
 mod comment;
 mod product;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use cqrs_axum::Service;
 use cqrs_config::{Backends, Connections};
 use cqrs_core::TrackingProcessor;
-use cqrs_core::{App, Backoff, BoxError, CatchUpProgress, ErrorPolicy, EventReader};
+use cqrs_core::{App, Backoff, BoxError, CatchUpProgress, ErrorPolicy};
 
 pub use self::catalog::{catalog_service, CatalogPage, Paging};
 pub use self::comment::{comment_service, EditComment, PostComment};
@@ -122,6 +121,6 @@ pub async fn replay_catalog(
         .track_stream_versions()
         .error_policy(policy());
     replay.reset().await?;
-    let store: Arc<dyn EventReader> = app.event_store().clone();
+    let store = app.event_store().clone();
     Ok((replay.catch_up_with_progress(store, progress).await?, app))
 }
