@@ -18,7 +18,8 @@ use crate::ApiError;
 /// The longest id [`id`] accepts.
 pub const MAX_ID_LEN: usize = 64;
 
-/// Checks an id: 1 to 64 characters out of letters, digits, `-`, `_` and `.`.
+/// Checks an id: 1 to 64 characters out of letters, digits, `-`, `_` and `.`, not only dots
+/// (`.` and `..` mean something else in a path).
 ///
 /// # Errors
 /// `422 invalid_id` naming the field.
@@ -27,13 +28,16 @@ pub fn id(field: &str, id: &str) -> Result<(), ApiError> {
         && id.len() <= MAX_ID_LEN
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.bytes().all(|b| b == b'.');
     if ok {
         Ok(())
     } else {
         Err(ApiError::invalid(
             "invalid_id",
-            format!("`{field}` must be 1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`"),
+            format!(
+                "`{field}` must be 1 to {MAX_ID_LEN} letters, digits, `-`, `_` or `.`, not only dots"
+            ),
         ))
     }
 }
@@ -83,7 +87,15 @@ mod tests {
     #[test]
     fn ids_are_short_and_plain() {
         assert!(id("id", "p-1_a.b").is_ok());
-        for bad in ["", "a b", "x'; DROP TABLE events; --", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "a b",
+            "x'; DROP TABLE events; --",
+            "é",
+            &"a".repeat(65),
+            ".",
+            "..",
+        ] {
             let e = id("product_id", bad).expect_err(bad);
             assert_eq!(
                 (e.status, e.code),

@@ -61,7 +61,8 @@ pub struct Path<T>(pub T);
 
 /// The one parameter of a route's path, an id checked with [`check::id`](crate::check::id):
 /// `422 invalid_id` naming the parameter (`/products/{product_id}` names `product_id`), `400
-/// bad_path` when the route has not exactly one parameter or it is not UTF-8.
+/// bad_path` when it is not UTF-8 once percent-decoded. On a route that has not exactly one
+/// parameter (a wiring mistake) it answers `500 internal` and logs the route.
 ///
 /// ```
 /// use cqrs_axum::Id;
@@ -80,17 +81,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
-            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
+            .map_err(|e| ApiError::new(e.status(), "bad_path", e.body_text()))?;
         let mut params = params.iter();
         match (params.next(), params.next()) {
             (Some((name, value)), None) => {
                 crate::check::id(name, value)?;
                 Ok(Id(value.to_owned()))
             }
-            _ => Err(ApiError::bad_request(
-                "bad_path",
-                "an `Id` takes a route with exactly one path parameter",
-            )),
+            // The route's mistake, not the request's.
+            _ => {
+                tracing::error!(path = %parts.uri.path(), "an `Id` on a route without exactly one path parameter");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the service could not answer this request",
+                ))
+            }
         }
     }
 }
