@@ -59,7 +59,7 @@ impl Backends {
 
     /// A consumer group's full name: the configured prefix, then `name`.
     pub fn group(&self, name: &str) -> String {
-        format!("{}{name}", self.connections.topic_prefix)
+        format!("{}{name}", self.connections.topic_prefix())
     }
 
     /// The event store with its snapshots, checkpoints and views: PostgreSQL at
@@ -74,7 +74,7 @@ impl Backends {
             let Some(url) = &self.connections.database_url else {
                 return Ok(Store(StoreKind::Embedded(self.embedded.clone())));
             };
-            postgres(url, &self.connections.schema).await
+            postgres(url, self.connections.schema()).await
         };
         Ok(self.store.get_or_try_init(connect).await?.clone())
     }
@@ -90,7 +90,7 @@ impl Backends {
             let Some(uri) = &self.connections.mongodb_uri else {
                 return Ok(Views(ViewsKind::Embedded(self.embedded.views.clone())));
             };
-            mongo(uri, &self.connections.mongo_database).await
+            mongo(uri, self.connections.mongo_database()).await
         };
         Ok(self.views.get_or_try_init(connect).await?.clone())
     }

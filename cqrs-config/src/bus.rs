@@ -77,7 +77,7 @@ pub(crate) async fn connect(
 ) -> Result<Bus> {
     let c = connections;
     let settings = Settings {
-        prefix: &c.topic_prefix,
+        prefix: c.topic_prefix(),
         partitions: c.partitions,
         groups,
         lease: Duration::from_millis(c.bus_lease_ms),

@@ -9,11 +9,12 @@ use cqrs_core::{Error, Result};
 pub use self::backends::{Backends, Store, Views};
 pub use self::bus::Bus;
 
-/// The PostgreSQL schema of the event store unless one is given.
+/// The PostgreSQL schema of the event store unless one is given or the system is named.
 pub const DEFAULT_SCHEMA: &str = "cqrs";
-/// The prefix of topics, queues, streams and consumer groups unless one is given.
+/// The prefix of topics, queues, streams and consumer groups unless one is given or the
+/// system is named.
 pub const DEFAULT_PREFIX: &str = "cqrs.";
-/// The MongoDB database of the views unless one is given.
+/// The MongoDB database of the views unless one is given or the system is named.
 pub const DEFAULT_MONGO_DATABASE: &str = "cqrs";
 
 /// Where a service finds its servers. Every address comes from a flag or the environment;
@@ -44,16 +45,17 @@ pub struct Connections {
     /// MongoDB for the views.
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
     pub mongodb_uri: Option<String>,
-    /// The PostgreSQL schema of the event store.
-    #[arg(long, env = "CQRS_SCHEMA", default_value = DEFAULT_SCHEMA)]
-    pub schema: String,
+    /// The PostgreSQL schema of the event store (default: the system's name, else `cqrs`).
+    #[arg(long, env = "CQRS_SCHEMA")]
+    pub schema: Option<String>,
     /// The prefix of the bus's topics, queues or streams (`<prefix><aggregate type>`) and of
-    /// consumer groups ([`Backends::group`]).
-    #[arg(long, env = "CQRS_TOPIC_PREFIX", default_value = DEFAULT_PREFIX)]
-    pub topic_prefix: String,
-    /// The MongoDB database of the views.
-    #[arg(long, env = "CQRS_MONGO_DATABASE", default_value = DEFAULT_MONGO_DATABASE)]
-    pub mongo_database: String,
+    /// consumer groups ([`Backends::group`]) (default: the system's name and a dot, else
+    /// `cqrs.`).
+    #[arg(long, env = "CQRS_TOPIC_PREFIX")]
+    pub topic_prefix: Option<String>,
+    /// The MongoDB database of the views (default: the system's name, else `cqrs`).
+    #[arg(long, env = "CQRS_MONGO_DATABASE")]
+    pub mongo_database: Option<String>,
     /// Partitions of each aggregate type on the bus (Kafka topics the bus creates, RabbitMQ
     /// and Redis partitions, the embedded bus); SQS FIFO queues keep order per key and have
     /// none.
@@ -122,6 +124,35 @@ impl Connections {
         Connections::from_arg_matches(&matches).map_err(bad)
     }
 
+    /// Names the system these connections serve: the schema, the prefix and the MongoDB
+    /// database not given default to `name`, `name.` and `name` instead of the framework's
+    /// `cqrs`. A service names its system so that its own data keeps its own names whether
+    /// or not the deployment sets them.
+    pub fn named(mut self, name: &str) -> Self {
+        self.schema.get_or_insert_with(|| name.to_owned());
+        self.topic_prefix.get_or_insert_with(|| format!("{name}."));
+        self.mongo_database.get_or_insert_with(|| name.to_owned());
+        self
+    }
+
+    /// The PostgreSQL schema: the one given, else [`DEFAULT_SCHEMA`].
+    pub fn schema(&self) -> &str {
+        self.schema.as_deref().unwrap_or(DEFAULT_SCHEMA)
+    }
+
+    /// The prefix of topics, queues, streams and groups: the one given, else
+    /// [`DEFAULT_PREFIX`].
+    pub fn topic_prefix(&self) -> &str {
+        self.topic_prefix.as_deref().unwrap_or(DEFAULT_PREFIX)
+    }
+
+    /// The MongoDB database: the one given, else [`DEFAULT_MONGO_DATABASE`].
+    pub fn mongo_database(&self) -> &str {
+        self.mongo_database
+            .as_deref()
+            .unwrap_or(DEFAULT_MONGO_DATABASE)
+    }
+
     /// The bus these connections choose.
     pub fn bus_kind(&self) -> BusKind {
         self.bus.unwrap_or(if self.kafka_brokers.is_some() {
@@ -146,9 +177,9 @@ impl Default for Connections {
             amqp_url: None,
             redis_url: None,
             mongodb_uri: None,
-            schema: DEFAULT_SCHEMA.to_owned(),
-            topic_prefix: DEFAULT_PREFIX.to_owned(),
-            mongo_database: DEFAULT_MONGO_DATABASE.to_owned(),
+            schema: None,
+            topic_prefix: None,
+            mongo_database: None,
             partitions: 3,
             bus_lease_ms: 6_000,
             publish_timeout_ms: 3_000,

@@ -59,11 +59,11 @@ fn an_address_implies_its_bus_and_a_named_bus_wins() {
 }
 
 #[test]
-fn flags_override_the_environment_and_bad_values_are_refused() {
+fn flags_are_read_and_bad_values_are_refused() {
     let c = Connections::from_args(["--bus", "sqs", "--partitions", "7", "--schema", "s1"])
         .expect("flags");
     assert_eq!((c.bus_kind(), c.partitions), (BusKind::Sqs, 7));
-    assert_eq!(c.schema, "s1");
+    assert_eq!(c.schema(), "s1");
     is_config(
         Connections::from_args(["--partitions", "0"]),
         "--partitions",
@@ -190,7 +190,7 @@ mod postgres {
     fn on_postgres(schema: &str) -> Connections {
         Connections {
             database_url: Some(database_url()),
-            schema: schema.to_owned(),
+            schema: Some(schema.to_owned()),
             ..Connections::default()
         }
     }

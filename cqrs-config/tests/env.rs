@@ -27,7 +27,12 @@ fn the_environment_configures_and_a_flag_beats_it() {
     }
     let none = Connections::from_env().expect("defaults");
     assert_eq!(none.bus_kind(), BusKind::Embedded);
-    assert_eq!((none.schema.as_str(), none.partitions), ("cqrs", 3));
+    assert_eq!((none.schema(), none.partitions), ("cqrs", 3));
+    let shop = none.clone().named("shop");
+    assert_eq!(
+        (shop.schema(), shop.topic_prefix(), shop.mongo_database()),
+        ("shop", "shop.", "shop")
+    );
     assert!(none.database_url.is_none() && none.mongodb_uri.is_none());
 
     std::env::set_var("REDIS_URL", "redis://cache:6379");
@@ -38,7 +43,10 @@ fn the_environment_configures_and_a_flag_beats_it() {
     assert_eq!(c.bus_kind(), BusKind::Redis);
     assert_eq!(c.redis_url.as_deref(), Some("redis://cache:6379"));
     assert_eq!(c.database_url.as_deref(), Some("postgres://db/app"));
-    assert_eq!((c.partitions, c.topic_prefix.as_str()), (5, "billing."));
+    assert_eq!((c.partitions, c.topic_prefix()), (5, "billing."));
+    // A name fills only what the deployment did not give.
+    let named = c.clone().named("shop");
+    assert_eq!((named.topic_prefix(), named.schema()), ("billing.", "shop"));
 
     let flags = Connections::from_args(["--partitions", "7", "--bus", "embedded"]);
     let flags = flags.expect("flags");

@@ -76,7 +76,8 @@ impl Shop {
         // The groups exist before their services first start, so nothing published earlier
         // misses them.
         let groups = ["catalog", "comment-service"];
-        let backends = Backends::new(settings.servers.clone()).groups(groups);
+        let servers = settings.servers.clone().named("shop");
+        let backends = Backends::new(servers).groups(groups);
         Shop { settings, backends }
     }
 
