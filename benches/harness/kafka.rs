@@ -14,13 +14,20 @@ fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-fn bus(partitions: i32) -> KafkaBus {
+/// A bus on topics of its own; `named`: the envelope in the eleven named headers instead of
+/// the one `cqrs.envelope` header (the `_named` scenarios, the form before it).
+fn bus_with(partitions: i32, named: bool) -> KafkaBus {
     let prefix = format!("bench{}.", uuid_like());
     let config = KafkaConfig::new(brokers(), prefix)
         .unwrap_or_else(|e| panic!("{e}"))
         .partitions(partitions)
-        .session_timeout(Duration::from_secs(6));
+        .session_timeout(Duration::from_secs(6))
+        .named_headers(named);
     KafkaBus::new(config).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn bus(partitions: i32) -> KafkaBus {
+    bus_with(partitions, false)
 }
 
 fn uuid_like() -> String {
@@ -129,15 +136,15 @@ async fn raw_produce(envelopes: &[cqrs_core::Envelope]) -> f64 {
 
 pub async fn run(events: u64, runs: u64, products: u64) {
     let envelopes = catalog_envelopes(events, products);
-    for partitions in [1, 3] {
-        let scenario = format!("kafka_to_projection_{partitions}p");
-        let raw = format!("kafka_raw_consume_{partitions}p");
-        if !wanted(&scenario) && !wanted(&raw) && !wanted(&format!("kafka_bus_only_{partitions}p"))
-        {
+    for (partitions, suffix) in [(1, ""), (3, ""), (1, "_named"), (3, "_named")] {
+        let scenario = format!("kafka_to_projection_{partitions}p{suffix}");
+        let raw = format!("kafka_raw_consume_{partitions}p{suffix}");
+        let bus_only = format!("kafka_bus_only_{partitions}p{suffix}");
+        if !wanted(&scenario) && !wanted(&raw) && !wanted(&bus_only) {
             continue;
         }
         for _ in 0..runs {
-            let bus = bus(partitions);
+            let bus = bus_with(partitions, !suffix.is_empty());
             for chunk in envelopes.chunks(50_000) {
                 bus.publish(chunk).await.unwrap_or_else(|e| panic!("{e}"));
             }
@@ -151,7 +158,6 @@ pub async fn run(events: u64, runs: u64, products: u64) {
                 report(&raw, events, seconds);
             }
             // Where the time goes: the bus alone (decode, offsets committed), no processor.
-            let bus_only = format!("kafka_bus_only_{partitions}p");
             if wanted(&bus_only) {
                 let mut source = bus
                     .subscribe(
@@ -193,13 +199,16 @@ pub async fn run(events: u64, runs: u64, products: u64) {
             report("kafka_raw_produce", envelopes.len() as u64, seconds);
         }
     }
-    if wanted("relay_to_kafka") {
+    for scenario in ["relay_to_kafka", "relay_to_kafka_named"] {
+        if !wanted(scenario) {
+            continue;
+        }
         for _ in 0..runs {
             let store = Arc::new(MemoryEventStore::new());
             store.insert_raw(envelopes.clone());
             // The topics made before the clock starts, as for the raw producer: a relay
             // makes them once in its life, on its first publish.
-            let bus = bus(3);
+            let bus = bus_with(3, scenario.ends_with("_named"));
             made_topics(&bus).await;
             let relay = Relay::new(
                 "bench-relay",
@@ -213,7 +222,7 @@ pub async fn run(events: u64, runs: u64, products: u64) {
                 .publish_pending()
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            report("relay_to_kafka", published, start.elapsed().as_secs_f64());
+            report(scenario, published, start.elapsed().as_secs_f64());
         }
     }
 }

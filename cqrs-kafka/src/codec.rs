@@ -1,10 +1,12 @@
 //! Envelopes as Kafka records: the key is the routing key (the stream id, unless the event
 //! names another; then the stream id travels in its header), the value the payload, the rest
-//! travels in headers (the wire contract of [`cqrs_core::wire`]).
+//! travels in one binary header ([`compact`]), or in the named headers of the wire contract
+//! ([`cqrs_core::wire`]) where the configuration asks for them. Records of either kind are
+//! read.
 
 use bytes::Bytes;
 use cqrs_core::processor::Rejected;
-use cqrs_core::wire::{self, Received};
+use cqrs_core::wire::{self, compact, Received};
 use cqrs_core::Envelope;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::Message;
@@ -19,13 +21,21 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub(crate) fn of(topic: String, e: &Envelope) -> Record {
+    /// The record of an envelope on `topic`: its metadata in one header, or in the named
+    /// headers when `named`.
+    pub(crate) fn of(topic: String, e: &Envelope, named: bool) -> Record {
+        // The stream id travels as the key, unless a routing key took its place.
+        let with_stream_id = e.routing_key() != e.stream_id;
+        let headers = if named {
+            wire::headers(e, with_stream_id)
+        } else {
+            vec![(compact::ENVELOPE, compact::encode(e, with_stream_id))]
+        };
         Record {
             topic,
             key: e.routing_key().as_bytes().to_vec(),
             payload: e.payload.clone(),
-            // The stream id travels as the key, unless a routing key took its place.
-            headers: wire::headers(e, e.routing_key() != e.stream_id),
+            headers,
         }
     }
 
@@ -55,6 +65,15 @@ fn received<M: Message>(message: &M) -> Received<'_> {
 /// Decodes a record into an envelope, or says why it cannot. The headers are read in one
 /// pass.
 pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
+    let payload = message.payload().unwrap_or_default();
+    // One header first: the envelope of this bus's own records.
+    if let Some(first) = message.headers().and_then(|h| h.try_get(0)) {
+        if first.key == compact::ENVELOPE {
+            let header = first.value.ok_or("header `cqrs.envelope` is empty")?;
+            let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+            return compact::decode(header, key, payload);
+        }
+    }
     let received = received(message);
     let stream_id = match received.get(wire::STREAM_ID) {
         // Routed by another key: the stream id is in its header.
@@ -64,7 +83,7 @@ pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
             Some(std::str::from_utf8(key).map_err(|_| "the key is not UTF-8")?)
         }
     };
-    received.envelope(stream_id, message.payload().unwrap_or_default())
+    received.envelope(stream_id, payload)
 }
 
 /// What can be read of a record that is not an envelope, for the projection's dead letters:
@@ -138,31 +157,51 @@ mod tests {
 
     #[test]
     fn a_record_keyed_by_its_stream_reads_back_whole() {
-        let sent = envelope(None);
-        let record = Record::of("comment".into(), &sent);
-        assert_eq!(record.key, b"comment-7");
-        assert!(record.headers.iter().all(|(k, _)| *k != wire::STREAM_ID));
-        let back = decode(&delivered(&record, Some(record.headers()))).unwrap();
-        assert_eq!(back.stream_id, sent.stream_id);
-        assert_eq!(back.metadata.routing_key, None);
-        assert_eq!(back.routing_key(), "comment-7");
-        assert_eq!(back.position, 41);
+        for named in [false, true] {
+            let sent = envelope(None);
+            let record = Record::of("comment".into(), &sent, named);
+            assert_eq!(record.key, b"comment-7");
+            assert_eq!(record.headers.len(), if named { 8 } else { 1 });
+            assert!(record.headers.iter().all(|(k, _)| *k != wire::STREAM_ID));
+            let back = decode(&delivered(&record, Some(record.headers()))).unwrap();
+            assert_eq!(back, sent, "named: {named}");
+            assert_eq!(back.routing_key(), "comment-7");
+        }
     }
 
     #[test]
     fn a_routed_record_is_keyed_by_its_route_and_names_its_stream() {
-        let sent = envelope(Some("product-1"));
-        let record = Record::of("comment".into(), &sent);
-        assert_eq!(record.key, b"product-1");
-        let back = decode(&delivered(&record, Some(record.headers()))).unwrap();
-        assert_eq!(back.stream_id, "comment-7", "the header wins over the key");
-        assert_eq!(back.routing_key(), "product-1");
-        assert_eq!(back.metadata.event_id, sent.metadata.event_id);
+        for named in [false, true] {
+            let sent = envelope(Some("product-1"));
+            let record = Record::of("comment".into(), &sent, named);
+            assert_eq!(record.key, b"product-1");
+            let back = decode(&delivered(&record, Some(record.headers()))).unwrap();
+            assert_eq!(back.stream_id, "comment-7", "the header wins over the key");
+            assert_eq!(back.routing_key(), "product-1");
+            assert_eq!(back, sent, "named: {named}");
+        }
+    }
+
+    #[test]
+    fn a_record_with_a_damaged_envelope_header_is_rejected_keeping_its_key() {
+        let record = Record::of("comment".into(), &envelope(None), false);
+        let mut header = record.headers[0].1.clone();
+        header.truncate(10);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: compact::ENVELOPE,
+            value: Some(header.as_slice()),
+        });
+        let message = delivered(&record, Some(headers));
+        let reason = decode(&message).unwrap_err();
+        assert!(reason.starts_with("header `cqrs.envelope`"), "{reason}");
+        let dead = rejected(&message, reason).envelope;
+        assert_eq!(dead.stream_id, "comment-7");
+        assert_eq!(dead.payload, record.payload);
     }
 
     #[test]
     fn a_record_without_headers_is_rejected_with_a_stable_id_and_its_key() {
-        let record = Record::of("comment".into(), &envelope(Some("product-1")));
+        let record = Record::of("comment".into(), &envelope(Some("product-1")), false);
         let message = delivered(&record, None);
         let reason = decode(&message).unwrap_err();
         let first = rejected(&message, reason.clone());
@@ -181,7 +220,7 @@ mod tests {
     #[test]
     fn a_routed_record_with_a_bad_header_keeps_its_stream_and_route() {
         let sent = envelope(Some("product-1"));
-        let record = Record::of("comment".into(), &sent);
+        let record = Record::of("comment".into(), &sent, true);
         let headers = record
             .headers
             .iter()

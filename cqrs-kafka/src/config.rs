@@ -39,6 +39,7 @@ pub struct KafkaConfig {
     pub(crate) replication: i32,
     pub(crate) session_timeout: Duration,
     pub(crate) message_timeout: Duration,
+    pub(crate) named_headers: bool,
     pub(crate) properties: Vec<(String, String)>,
 }
 
@@ -74,6 +75,7 @@ impl KafkaConfig {
             replication: 1,
             session_timeout: Duration::from_secs(10),
             message_timeout: Duration::from_secs(10),
+            named_headers: false,
             properties: Vec::new(),
         })
     }
@@ -107,6 +109,16 @@ impl KafkaConfig {
     /// How long a publish may wait for the broker before it fails (default 10 s).
     pub fn message_timeout(mut self, timeout: Duration) -> Self {
         self.message_timeout = timeout;
+        self
+    }
+
+    /// Publish the envelope's metadata as the eleven named headers of the wire contract
+    /// (`cqrs.event`, `cqrs.version`, ...) instead of one binary `cqrs.envelope` header
+    /// (default: one). Consumers read both; the named ones are for tools that read the
+    /// headers themselves, and for consumers of a release before the one header. They cost:
+    /// each is parsed by librdkafka and travels with its name.
+    pub fn named_headers(mut self, named: bool) -> Self {
+        self.named_headers = named;
         self
     }
 

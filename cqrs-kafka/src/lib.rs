@@ -110,6 +110,11 @@ impl KafkaBus {
         &self.inner.config
     }
 
+    /// An envelope as a record on `topic`, its headers as the configuration says.
+    pub(crate) fn record(&self, topic: String, e: &Envelope) -> codec::Record {
+        codec::Record::of(topic, e, self.inner.config.named_headers)
+    }
+
     /// The topic of an aggregate type.
     ///
     /// # Errors
@@ -223,7 +228,7 @@ impl EventBus for KafkaBus {
         }
         let records = events
             .iter()
-            .map(|e| Ok(codec::Record::of(self.topic(&e.aggregate_type)?, e)))
+            .map(|e| Ok(self.record(self.topic(&e.aggregate_type)?, e)))
             .collect::<Result<Vec<_>>>()?;
         self.send_all(records).await
     }

@@ -13,7 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::codec::{self, Record};
+use crate::codec;
 use crate::{backend, KafkaBus};
 
 /// One member of a consumer group. Offsets are committed on [`EventSource::ack`] only, after
@@ -303,7 +303,7 @@ impl EventSource for KafkaSubscription {
                     Some(topic) => topic.to_owned(),
                     None => self.bus.topic(&letter.envelope.aggregate_type)?,
                 };
-                let mut record = Record::of(dlq_topic(&topic), &letter.envelope);
+                let mut record = self.bus.record(dlq_topic(&topic), &letter.envelope);
                 record.headers.push((
                     cqrs_core::wire::DLQ_REASON,
                     letter.reason.as_bytes().to_vec(),

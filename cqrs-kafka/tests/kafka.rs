@@ -86,7 +86,7 @@ async fn a_round_trip_keeps_keys_headers_and_per_key_order_over_partitions() {
             .headers()
             .expect("headers")
             .iter()
-            .any(|h| h.key == "cqrs.event"));
+            .any(|h| h.key == cqrs_core::wire::compact::ENVELOPE));
         partitions
             .entry(m.partition())
             .or_insert_with(Vec::new)

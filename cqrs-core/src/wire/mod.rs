@@ -1,6 +1,10 @@
 //! The wire contract every bus shares: an envelope travels as its payload plus named headers,
 //! whatever the broker (Kafka record headers, AMQP message headers, Redis stream fields).
-//! One definition here keeps every bus readable by every other tool that speaks it.
+//! One definition here keeps every bus readable by every other tool that speaks it. Where
+//! each header costs, a bus may carry the same fields in one binary header instead
+//! ([`compact`]); its readers take both.
+
+pub mod compact;
 
 use std::collections::BTreeMap;
 
