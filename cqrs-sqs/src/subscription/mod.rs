@@ -2,6 +2,8 @@
 //! heartbeat that keeps what the member holds invisible to the others, and batches that are
 //! deleted only once the projection's unit of work committed.
 
+mod receive;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +12,8 @@ use async_trait::async_trait;
 use aws_sdk_sqs::error::ProvideErrorMetadata as _;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, QueueAttributeName,
 };
-use cqrs_core::processor::{Backoff, Batch, EventSource};
+use cqrs_core::processor::{Batch, EventSource};
 use cqrs_core::view::DeadLetter;
 use cqrs_core::{Error, Result};
 use parking_lot::Mutex;
@@ -26,12 +27,14 @@ use crate::config::ISOLATED_ATTEMPTS;
 use crate::queues::Queue;
 use crate::{backend, missing_queue, Inner};
 
+use self::receive::receive;
+
 /// What a member holds, by receipt handle: the queue URL of each message received and not
 /// yet deleted or given back. The heartbeat keeps them invisible.
-type Held = Arc<Mutex<HashMap<String, Arc<str>>>>;
+pub(crate) type Held = Arc<Mutex<HashMap<String, Arc<str>>>>;
 
 /// One receive: the queue's index and its messages, or why it failed.
-type Received = Result<Vec<(usize, Incoming)>>;
+pub(crate) type Received = Result<Vec<(usize, Incoming)>>;
 
 pub(crate) struct SqsSubscription {
     bus: Arc<Inner>,
@@ -390,109 +393,6 @@ async fn heartbeat(bus: Arc<Inner>, held: Held, stop: CancellationToken) {
                     tracing::warn!(held = receipts.len(), "extending visibility took longer than a third of it");
                 }
             }
-        }
-    }
-}
-
-/// Makes a queue deleted under its member again (with its dead-letter queue), so the group
-/// receives what is published from then on; what was published while no queue of the group
-/// existed reached none (a publisher whose configuration names the group makes the queue
-/// itself). A refusal SQS means for good (no permission to make queues) is returned, for the
-/// member to stop on; one it means for now (it refuses a name for 60 s after its queue was
-/// deleted) is logged, and the next failed receive tries again.
-async fn remake(bus: &Inner, queue: &Queue) -> Result<Option<Arc<str>>> {
-    bus.queues.forget_group(&queue.aggregate_type, &queue.group);
-    match bus
-        .queues
-        .group_queue(&queue.aggregate_type, &queue.group)
-        .await
-    {
-        Ok(made) => {
-            tracing::warn!(queue = %made.name, "the group's queue was deleted; made again");
-            Ok(Some(Arc::from(made.url)))
-        }
-        Err(e) if e.is_transient() => {
-            tracing::warn!(queue = %queue.name, error = %e, "the group's queue was deleted and cannot be made again yet");
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Long-polls one queue until the member leaves, handing each receive to the member (which
-/// holds at most a few receives a queue before the receivers wait).
-async fn receive(
-    bus: Arc<Inner>,
-    queues: Arc<Vec<Queue>>,
-    q: usize,
-    tx: mpsc::Sender<Received>,
-    held: Held,
-    stop: CancellationToken,
-) {
-    let mut url: Arc<str> = Arc::from(queues[q].url.as_str());
-    let seconds = i32::try_from(bus.config.visibility.as_secs()).unwrap_or(i32::MAX);
-    let wait = i32::try_from(bus.config.long_poll.as_secs()).unwrap_or(20);
-    let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut failures = 0u32;
-    while !stop.is_cancelled() {
-        #[allow(deprecated)] // `attribute_names` for servers that do not read the newer field
-        let got = bus
-            .client
-            .receive_message()
-            .queue_url(&*url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(wait)
-            .visibility_timeout(seconds)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .attribute_names(QueueAttributeName::All)
-            .message_attribute_names("All")
-            .send()
-            .await;
-        let received = match got {
-            Ok(out) => {
-                failures = 0;
-                let mut messages: Vec<(usize, Incoming)> = out
-                    .messages()
-                    .iter()
-                    .filter_map(Incoming::of)
-                    .map(|m| (q, m))
-                    .collect();
-                if let Some((_, m)) = messages.first_mut() {
-                    m.first = true;
-                }
-                if messages.is_empty() {
-                    continue;
-                }
-                let mut h = held.lock();
-                for (_, m) in &messages {
-                    h.insert(m.receipt.clone(), url.clone());
-                }
-                Ok(messages)
-            }
-            // A member that is leaving does not bring back a queue deleted behind it.
-            Err(e) if missing_queue(e.code()) && !stop.is_cancelled() => {
-                match remake(&bus, &queues[q]).await {
-                    Ok(made) => {
-                        url = made.unwrap_or(url);
-                        Err(backend("receiving messages", e))
-                    }
-                    Err(refused) => Err(refused),
-                }
-            }
-            Err(e) => Err(backend("receiving messages", e)),
-        };
-        let failed = received.is_err();
-        if tx.send(received).await.is_err() {
-            // The member left while this receive was under way: what it brought is held, and
-            // given back with the rest once every receiver has ended.
-            return;
-        }
-        if failed {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.delay(failures)) => {}
-            }
-            failures = failures.saturating_add(1);
         }
     }
 }
