@@ -81,6 +81,29 @@ pub struct StoredParts {
     pub routing_key: Option<String>,
 }
 
+impl StoredParts {
+    /// The metadata these parts complete with what every envelope carries besides them: its
+    /// event id, correlation id, causation id and timestamp (as a backend reads them back).
+    pub fn into_metadata(
+        self,
+        event_id: Uuid,
+        correlation_id: Uuid,
+        causation_id: Option<Uuid>,
+        timestamp: DateTime<Utc>,
+    ) -> Metadata {
+        Metadata {
+            event_id,
+            correlation_id,
+            causation_id,
+            command_id: self.command_id,
+            idempotency_key: self.idempotency_key,
+            routing_key: self.routing_key,
+            timestamp,
+            user: self.user,
+        }
+    }
+}
+
 impl Metadata {
     /// The user key/values with the command id, idempotency key and routing key added under
     /// their reserved keys: what a backend stores as one map of strings. Borrowed when there

@@ -333,16 +333,7 @@ fn decode_tuple(mut tuple: &[u8]) -> Result<Option<Envelope>> {
         event_version: u32::try_from(event_version)
             .map_err(|_| row.error(format!("negative event version {event_version}")))?,
         payload,
-        metadata: Metadata {
-            event_id,
-            correlation_id,
-            causation_id,
-            command_id: parts.command_id,
-            idempotency_key: parts.idempotency_key,
-            routing_key: parts.routing_key,
-            timestamp,
-            user: parts.user,
-        },
+        metadata: parts.into_metadata(event_id, correlation_id, causation_id, timestamp),
     }))
 }
 

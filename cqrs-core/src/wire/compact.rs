@@ -124,16 +124,7 @@ pub fn decode(header: &[u8], key: Option<&str>, payload: &[u8]) -> Result<Envelo
         event_name: event_name.to_owned(),
         event_version,
         payload: Bytes::copy_from_slice(payload),
-        metadata: Metadata {
-            event_id,
-            correlation_id,
-            causation_id,
-            command_id: parts.command_id,
-            idempotency_key: parts.idempotency_key,
-            routing_key: parts.routing_key,
-            timestamp,
-            user: parts.user,
-        },
+        metadata: parts.into_metadata(event_id, correlation_id, causation_id, timestamp),
     })
 }
 

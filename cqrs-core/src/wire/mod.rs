@@ -167,16 +167,12 @@ impl<'a> Received<'a> {
             event_name: self.text(EVENT)?.to_owned(),
             event_version: self.number(EVENT_VERSION)?,
             payload: Bytes::copy_from_slice(payload),
-            metadata: Metadata {
-                event_id: self.uuid(EVENT_ID)?,
-                correlation_id: self.uuid(CORRELATION)?,
+            metadata: parts.into_metadata(
+                self.uuid(EVENT_ID)?,
+                self.uuid(CORRELATION)?,
                 causation_id,
-                command_id: parts.command_id,
-                idempotency_key: parts.idempotency_key,
-                routing_key: parts.routing_key,
                 timestamp,
-                user: parts.user,
-            },
+            ),
         })
     }
 
