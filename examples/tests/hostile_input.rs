@@ -300,6 +300,28 @@ async fn bad_requests_get_a_4xx_with_a_json_error_and_store_nothing() {
             "not_found",
         ),
         (
+            "a path id with a space",
+            put(
+                &http,
+                &products.url("/products/p%201/name"),
+                json!({"name": "x"}),
+            )
+            .await,
+            422,
+            "invalid_id",
+        ),
+        (
+            "a path id of dots",
+            put(
+                &http,
+                &comments.url("/comments/..."),
+                json!({"text": "x", "rating": 3}),
+            )
+            .await,
+            422,
+            "invalid_id",
+        ),
+        (
             "edit an unknown comment",
             put(
                 &http,
