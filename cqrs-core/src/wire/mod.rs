@@ -66,9 +66,15 @@ pub fn headers(e: &Envelope, with_stream_id: bool) -> Vec<(&'static str, Vec<u8>
     }
     let stored = m.stored_map();
     if !stored.is_empty() {
-        if let Ok(meta) = serde_json::to_vec(&*stored) {
-            headers.push((META, meta));
-        }
+        // A JSON object of strings, written through `Display`, which cannot fail.
+        let object: serde_json::Map<String, serde_json::Value> = stored
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        headers.push((
+            META,
+            serde_json::Value::Object(object).to_string().into_bytes(),
+        ));
     }
     headers
 }
