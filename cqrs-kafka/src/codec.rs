@@ -62,17 +62,28 @@ fn received<M: Message>(message: &M) -> Received<'_> {
     )
 }
 
-/// Decodes a record into an envelope, or says why it cannot. The headers are read in one
-/// pass.
+/// The record's `cqrs.envelope` header (`Some(None)`: there, without a value): the first
+/// header of this bus's own records, else wherever another tool moved it.
+fn envelope_header<M: Message>(message: &M) -> Option<Option<&[u8]>> {
+    let headers = message.headers()?;
+    match headers.try_get(0) {
+        Some(first) if first.key == compact::ENVELOPE => Some(first.value),
+        _ => headers
+            .iter()
+            .find(|h| h.key == compact::ENVELOPE)
+            .map(|h| h.value),
+    }
+}
+
+/// Decodes a record into an envelope, or says why it cannot: from its `cqrs.envelope`
+/// header where it has one, else from the named headers, read in one pass.
 pub(crate) fn decode<M: Message>(message: &M) -> Result<Envelope, String> {
     let payload = message.payload().unwrap_or_default();
-    // One header first: the envelope of this bus's own records.
-    if let Some(first) = message.headers().and_then(|h| h.try_get(0)) {
-        if first.key == compact::ENVELOPE {
-            let header = first.value.ok_or("header `cqrs.envelope` is empty")?;
-            let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
-            return compact::decode(header, key, payload);
-        }
+    if let Some(header) = envelope_header(message) {
+        let header = header.ok_or("header `cqrs.envelope` is empty")?;
+        let key = message.key().map(std::str::from_utf8).transpose();
+        let key = key.map_err(|_| "the key is not UTF-8")?;
+        return compact::decode(header, key, payload);
     }
     let received = received(message);
     let stream_id = match received.get(wire::STREAM_ID) {
@@ -104,18 +115,19 @@ pub(crate) fn rejected<M: Message>(message: &M, reason: String) -> Rejected {
             .chain(message.partition().to_be_bytes()),
         message.offset() as u64,
     );
+    let payload = message.payload().unwrap_or_default();
+    if let Some(Some(header)) = envelope_header(message) {
+        let key = message.key().map(String::from_utf8_lossy);
+        let envelope = compact::salvage(header, key.as_deref(), payload, source, fallback);
+        return Rejected { envelope, reason };
+    }
     let received = received(message);
     let key = match received.get(wire::STREAM_ID) {
         Some(_) => None,
         None => message.key().map(String::from_utf8_lossy),
     };
     Rejected {
-        envelope: received.salvage(
-            key.as_deref(),
-            message.payload().unwrap_or_default(),
-            source,
-            fallback,
-        ),
+        envelope: received.salvage(key.as_deref(), payload, source, fallback),
         reason,
     }
 }
@@ -180,6 +192,44 @@ mod tests {
             assert_eq!(back.routing_key(), "product-1");
             assert_eq!(back, sent, "named: {named}");
         }
+    }
+
+    #[test]
+    fn the_envelope_header_is_found_behind_a_header_another_tool_put_first() {
+        let sent = envelope(Some("product-1"));
+        let record = Record::of("comment".into(), &sent, false);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "traceparent",
+                value: Some("00-abc-def-01".as_bytes()),
+            })
+            .insert(Header {
+                key: compact::ENVELOPE,
+                value: Some(record.headers[0].1.as_slice()),
+            });
+        assert_eq!(decode(&delivered(&record, Some(headers))).unwrap(), sent);
+    }
+
+    #[test]
+    fn a_routed_record_with_a_damaged_envelope_header_keeps_what_came_before_the_damage() {
+        let sent = envelope(Some("product-1"));
+        let record = Record::of("comment".into(), &sent, false);
+        let mut header = record.headers[0].1.clone();
+        header.truncate(header.len() - 3); // into the metadata, after the stream id
+        let headers = OwnedHeaders::new().insert(Header {
+            key: compact::ENVELOPE,
+            value: Some(header.as_slice()),
+        });
+        let message = delivered(&record, Some(headers));
+        let reason = decode(&message).unwrap_err();
+        let dead = rejected(&message, reason).envelope;
+        assert_eq!(dead.stream_id, "comment-7", "not the routing key");
+        assert_eq!(dead.metadata.event_id, sent.metadata.event_id);
+        assert_eq!(
+            (dead.event_name.as_str(), dead.version),
+            ("shop.CommentPosted", 3)
+        );
+        assert!(dead.metadata.user.contains_key(wire::DLQ_SOURCE));
     }
 
     #[test]
