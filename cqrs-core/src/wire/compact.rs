@@ -73,58 +73,33 @@ pub fn encode(e: &Envelope, with_stream_id: bool) -> Vec<u8> {
 /// Why the header does not describe an envelope: another format, cut short, a string that is
 /// not UTF-8, a number or timestamp out of range, or no stream id.
 pub fn decode(header: &[u8], key: Option<&str>, payload: &[u8]) -> Result<Envelope, String> {
+    let bad = |what: String| format!("header `{ENVELOPE}`: {what}");
     let mut r = Reader(header);
-    let bad = |what: &str| format!("header `{ENVELOPE}`: {what}");
-    let format = r.byte().map_err(bad)?;
-    if format != FORMAT {
-        return Err(bad(&format!("format {format} is not one this build reads")));
-    }
-    let flags = r.byte().map_err(bad)?;
-    if flags & !(HAS_STREAM_ID | HAS_CAUSATION | HAS_META) != 0 {
-        return Err(bad(&format!(
-            "flags {flags:#04x} are not ones this build reads"
-        )));
-    }
-    let event_version = u32::try_from(r.varint().map_err(bad)?)
-        .map_err(|_| bad("the event version is out of range"))?;
-    let version = r.varint().map_err(bad)?;
-    let position = r.varint().map_err(bad)?;
-    let micros = i64::from_be_bytes(r.array().map_err(bad)?);
-    let timestamp = chrono::DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| bad("the timestamp is out of range"))?;
-    let event_id = Uuid::from_bytes(r.array().map_err(bad)?);
-    let correlation_id = Uuid::from_bytes(r.array().map_err(bad)?);
-    let causation_id = match flags & HAS_CAUSATION {
-        0 => None,
-        _ => Some(Uuid::from_bytes(r.array().map_err(bad)?)),
-    };
-    let event_name = r.text().map_err(bad)?;
-    let aggregate_type = r.text().map_err(bad)?;
-    let stream_id = match (flags & HAS_STREAM_ID, key) {
-        (0, Some(key)) => key,
-        (0, None) => return Err(bad("it names no stream id and the message has no key")),
-        _ => r.text().map_err(bad)?,
-    };
-    let mut stored = BTreeMap::new();
-    if flags & HAS_META != 0 {
-        for _ in 0..r.varint().map_err(bad)? {
-            let key = r.text().map_err(bad)?;
-            stored.insert(key.to_owned(), r.text().map_err(bad)?.to_owned());
-        }
-    }
+    let mut f = Fields::default();
+    read(&mut r, &mut f).map_err(bad)?;
     if !r.0.is_empty() {
-        return Err(bad(&format!("{} bytes after its end", r.0.len())));
+        return Err(bad(format!("{} bytes after its end", r.0.len())));
     }
-    let parts = Metadata::split_stored_map(stored).map_err(|e| bad(&e))?;
+    let stream_id = f
+        .stream_id
+        .or(key)
+        .ok_or_else(|| bad("it names no stream id and the message has no key".to_owned()))?;
+    let parts = Metadata::split_stored_map(f.stored).map_err(bad)?;
+    // Every field was read: the defaults below are never taken.
+    let (event_id, correlation_id) = (
+        f.event_id.unwrap_or_default(),
+        f.correlation_id.unwrap_or_default(),
+    );
+    let timestamp = f.timestamp.unwrap_or_default();
     Ok(Envelope {
         stream_id: stream_id.to_owned(),
-        aggregate_type: aggregate_type.to_owned(),
-        version,
-        position,
-        event_name: event_name.to_owned(),
-        event_version,
+        aggregate_type: f.aggregate_type.to_owned(),
+        version: f.version,
+        position: f.position,
+        event_name: f.event_name.to_owned(),
+        event_version: f.event_version,
         payload: Bytes::copy_from_slice(payload),
-        metadata: parts.into_metadata(event_id, correlation_id, causation_id, timestamp),
+        metadata: parts.into_metadata(event_id, correlation_id, f.causation_id, timestamp),
     })
 }
 
@@ -140,56 +115,80 @@ pub fn salvage(
     source: String,
     fallback_id: Uuid,
 ) -> Envelope {
+    let mut f = Fields::default();
+    // The reason the message was rejected is the decode's; this only says where reading stopped.
+    if let Err(stopped) = read(&mut Reader(header), &mut f) {
+        tracing::debug!(%stopped, "salvaged a damaged envelope header");
+    }
     let mut metadata = Metadata::new();
-    metadata.event_id = fallback_id;
-    metadata.correlation_id = fallback_id;
+    metadata.event_id = f.event_id.unwrap_or(fallback_id);
+    metadata.correlation_id = f.correlation_id.unwrap_or(metadata.event_id);
+    metadata.causation_id = f.causation_id;
+    metadata.timestamp = f.timestamp.unwrap_or(metadata.timestamp);
+    // The routing key: a retry then stores the dead letter's view under it.
+    metadata.routing_key = f.stored.remove(crate::envelope::ROUTING_KEY);
     metadata.user.insert(super::DLQ_SOURCE.to_owned(), source);
-    let mut e = Envelope {
-        stream_id: key.unwrap_or_default().to_owned(),
-        aggregate_type: String::new(),
-        version: 0,
-        position: 0,
-        event_name: String::new(),
-        event_version: 0,
+    Envelope {
+        stream_id: f.stream_id.or(key).unwrap_or_default().to_owned(),
+        aggregate_type: f.aggregate_type.to_owned(),
+        version: f.version,
+        position: f.position,
+        event_name: f.event_name.to_owned(),
+        event_version: f.event_version,
         payload: Bytes::copy_from_slice(payload),
         metadata,
-    };
-    // The reason the message was rejected is the decode's; this only says where reading stopped.
-    if let Err(stopped) = read_into(&mut Reader(header), &mut e) {
-        tracing::debug!(%stopped, event_id = %e.metadata.event_id, "salvaged a damaged envelope header");
     }
-    e
 }
 
-/// Reads a header's fields into `e` in order, up to the first that does not read.
-fn read_into(r: &mut Reader<'_>, e: &mut Envelope) -> Result<(), &'static str> {
-    if r.byte()? != FORMAT {
-        return Err("another format");
+/// A header's fields, as far as they were read.
+#[derive(Default)]
+struct Fields<'a> {
+    event_version: u32,
+    version: u64,
+    position: u64,
+    timestamp: Option<chrono::DateTime<chrono::Utc>>,
+    event_id: Option<Uuid>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    event_name: &'a str,
+    aggregate_type: &'a str,
+    stream_id: Option<&'a str>,
+    stored: BTreeMap<String, String>,
+}
+
+/// Reads a header's fields into `f` in order, up to the first that does not read (named in
+/// the error).
+fn read<'a>(r: &mut Reader<'a>, f: &mut Fields<'a>) -> Result<(), String> {
+    let format = r.byte()?;
+    if format != FORMAT {
+        return Err(format!("format {format} is not one this build reads"));
     }
     let flags = r.byte()?;
-    e.event_version = u32::try_from(r.varint()?).map_err(|_| "a number is out of range")?;
-    e.version = r.varint()?;
-    e.position = r.varint()?;
-    let micros = i64::from_be_bytes(r.array()?);
-    let m = &mut e.metadata;
-    m.timestamp = chrono::DateTime::from_timestamp_micros(micros).ok_or("a bad timestamp")?;
-    m.event_id = Uuid::from_bytes(r.array()?);
-    m.correlation_id = Uuid::from_bytes(r.array()?);
-    if flags & HAS_CAUSATION != 0 {
-        m.causation_id = Some(Uuid::from_bytes(r.array()?));
+    if flags & !(HAS_STREAM_ID | HAS_CAUSATION | HAS_META) != 0 {
+        return Err(format!("flags {flags:#04x} are not ones this build reads"));
     }
-    e.event_name = r.text()?.to_owned();
-    e.aggregate_type = r.text()?.to_owned();
+    f.event_version =
+        u32::try_from(r.varint()?).map_err(|_| "the event version is out of range")?;
+    f.version = r.varint()?;
+    f.position = r.varint()?;
+    let micros = i64::from_be_bytes(r.array()?);
+    f.timestamp = Some(
+        chrono::DateTime::from_timestamp_micros(micros).ok_or("the timestamp is out of range")?,
+    );
+    f.event_id = Some(Uuid::from_bytes(r.array()?));
+    f.correlation_id = Some(Uuid::from_bytes(r.array()?));
+    if flags & HAS_CAUSATION != 0 {
+        f.causation_id = Some(Uuid::from_bytes(r.array()?));
+    }
+    f.event_name = r.text()?;
+    f.aggregate_type = r.text()?;
     if flags & HAS_STREAM_ID != 0 {
-        e.stream_id = r.text()?.to_owned();
+        f.stream_id = Some(r.text()?);
     }
     if flags & HAS_META != 0 {
         for _ in 0..r.varint()? {
-            let (key, value) = (r.text()?, r.text()?);
-            // The routing key: a retry then stores the dead letter's view under it.
-            if key == crate::envelope::ROUTING_KEY {
-                e.metadata.routing_key = Some(value.to_owned());
-            }
+            let key = r.text()?;
+            f.stored.insert(key.to_owned(), r.text()?.to_owned());
         }
     }
     Ok(())
