@@ -16,6 +16,12 @@ pub const DEFAULT_SCHEMA: &str = "cqrs";
 pub const DEFAULT_PREFIX: &str = "cqrs.";
 /// The MongoDB database of the views unless one is given or the system is named.
 pub const DEFAULT_MONGO_DATABASE: &str = "cqrs";
+/// Partitions of each aggregate type on the bus unless a number is given.
+pub const DEFAULT_PARTITIONS: u32 = 3;
+/// How long a dead consumer keeps its work, in ms, unless a time is given.
+pub const DEFAULT_BUS_LEASE_MS: u64 = 6_000;
+/// How long a publish waits for a bus that does not answer, in ms, unless a time is given.
+pub const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 3_000;
 
 /// Where a service finds its servers. Every address comes from a flag or the environment;
 /// without one, that part runs on the embedded in-memory backend.
@@ -59,20 +65,20 @@ pub struct Connections {
     /// Partitions of each aggregate type on the bus (Kafka topics the bus creates, RabbitMQ
     /// and Redis partitions, the embedded bus); SQS FIFO queues keep order per key and have
     /// none.
-    #[arg(long, env = "CQRS_PARTITIONS", default_value_t = 3,
+    #[arg(long, env = "CQRS_PARTITIONS", default_value_t = DEFAULT_PARTITIONS,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub partitions: u32,
     /// How long a consumer that died keeps its partitions or messages before another member
     /// of its group gets them, in ms: Kafka's session timeout (the broker allows 6 s to 30 min
     /// by default), Redis Streams' lease, SQS's visibility timeout. RabbitMQ moves them when
     /// the connection drops.
-    #[arg(long, env = "CQRS_BUS_LEASE_MS", default_value_t = 6_000,
+    #[arg(long, env = "CQRS_BUS_LEASE_MS", default_value_t = DEFAULT_BUS_LEASE_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub bus_lease_ms: u64,
     /// How long a publish to a bus that does not answer waits before it fails (and the relay
     /// retries), in ms: Kafka's message timeout, RabbitMQ's publisher confirm, a Redis
     /// command.
-    #[arg(long, env = "CQRS_PUBLISH_TIMEOUT_MS", default_value_t = 3_000,
+    #[arg(long, env = "CQRS_PUBLISH_TIMEOUT_MS", default_value_t = DEFAULT_PUBLISH_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub publish_timeout_ms: u64,
 }
@@ -180,9 +186,9 @@ impl Default for Connections {
             schema: None,
             topic_prefix: None,
             mongo_database: None,
-            partitions: 3,
-            bus_lease_ms: 6_000,
-            publish_timeout_ms: 3_000,
+            partitions: DEFAULT_PARTITIONS,
+            bus_lease_ms: DEFAULT_BUS_LEASE_MS,
+            publish_timeout_ms: DEFAULT_PUBLISH_TIMEOUT_MS,
         }
     }
 }
