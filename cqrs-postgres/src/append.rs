@@ -228,6 +228,21 @@ pub(crate) async fn append_on(
                 actual: owner.to_owned(),
             });
         }
+        // The transaction's id is older than the stream's last writer's: appending here would
+        // put this version's position before the previous version's. Retried as a conflict,
+        // in a new transaction.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(crate::error::LATER_WRITER) => {
+            let actual = e
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|e| e.detail())
+                .and_then(|d| d.parse::<u64>().ok())
+                .unwrap_or(0);
+            return Err(Error::Conflict {
+                stream_id: stream_id.to_owned(),
+                expected: expected_version as u64,
+                actual,
+            });
+        }
         Err(sqlx::Error::Database(e))
             if e.code().as_deref() == Some(crate::error::REROUTED_STREAM) =>
         {
@@ -359,10 +374,16 @@ impl PgAppendTx {
     ///
     /// The routing key is settled and checked as [`EventAppender::append`] says.
     ///
+    /// Positions come from the transaction's id (docs/adr/0003), so a stream's next version
+    /// must come from a transaction whose id is larger than its previous version's. Once this
+    /// transaction has written anything, its id is fixed: if a transaction that began after it
+    /// has appended to the stream since, this append is refused as a conflict, even when the
+    /// version matches (docs/adr/0017). Roll back and retry in a new transaction.
+    ///
     /// # Errors
     /// [`Error::RoutingKeyChanged`](cqrs_core::Error::RoutingKeyChanged) when the append names
-    /// a key the stream does not have, [`Error::Conflict`] on a version mismatch, a backend
-    /// error.
+    /// a key the stream does not have, [`Error::Conflict`] on a version mismatch or a stream
+    /// written by a later transaction, a backend error.
     pub async fn append(
         &mut self,
         aggregate_type: &str,

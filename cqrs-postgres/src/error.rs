@@ -7,6 +7,9 @@ use cqrs_core::Error;
 pub(crate) const FOREIGN_STREAM: &str = "CQ001";
 /// SQLSTATE of an append whose routing key its stream does not have (migration 0007).
 pub(crate) const REROUTED_STREAM: &str = "CQ002";
+/// SQLSTATE of an append in a transaction that took its id before another transaction, with a
+/// larger id, wrote the stream: its positions would come before that one's (migration 0009).
+pub(crate) const LATER_WRITER: &str = "CQ003";
 
 /// Maps a database error: a missing table or function means the schema was not migrated (a
 /// configuration problem, not retried); a data exception is a malformed value; everything else

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0007_routing_key.sql"),
     ),
     (8, "segments", include_str!("migrations/0008_segments.sql")),
+    (
+        9,
+        "position order",
+        include_str!("migrations/0009_position_order.sql"),
+    ),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or
