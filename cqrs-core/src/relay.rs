@@ -197,7 +197,9 @@ impl Relay {
                 _ = stop.cancelled() => return Ok(()),
                 outcome = self.publish_pending() => outcome,
             };
-            match outcome {
+            // Caught up: wait for new events. The wait reads the store too, and its failures
+            // are the publishing's: a transient one is retried with the same backoff.
+            let outcome = match outcome {
                 Ok(_) => {
                     if failures > 0 {
                         tracing::info!(relay = %self.name, failures, "relay recovered; circuit closed");
@@ -212,9 +214,13 @@ impl Relay {
                     let after = *self.position.borrow();
                     tokio::select! {
                         _ = stop.cancelled() => return Ok(()),
-                        waited = self.reader.wait_for_events(after, self.idle) => waited?,
+                        waited = self.reader.wait_for_events(after, self.idle) => waited.map(|_| ()),
                     }
                 }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {}
                 Err(e) if e.is_transient() => {
                     failures = failures.saturating_add(1);
                     crate::metrics::relay_failure(&self.name);

@@ -15,10 +15,24 @@ use cqrs_core::{
     CheckpointStore, CommandGateway, Envelope, EventReader, EventStore, Relay, Result,
 };
 
-/// A reader that counts the log reads it serves.
+/// A reader that counts the log reads it serves, and fails its waits for new events while
+/// `down` is set (a store that went away while the relay was idle).
 struct Counting {
     inner: Arc<MemoryEventStore>,
     reads: AtomicU64,
+    down: std::sync::atomic::AtomicBool,
+    failed_waits: AtomicU64,
+}
+
+impl Counting {
+    fn new(inner: Arc<MemoryEventStore>) -> Self {
+        Counting {
+            inner,
+            reads: AtomicU64::new(0),
+            down: std::sync::atomic::AtomicBool::new(false),
+            failed_waits: AtomicU64::new(0),
+        }
+    }
 }
 
 #[async_trait]
@@ -34,6 +48,15 @@ impl EventReader for Counting {
         self.inner.head().await
     }
     async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            self.failed_waits.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            return Err(cqrs_core::Error::Backend {
+                backend: "memory",
+                message: "checking for new events: the pool timed out".into(),
+                source: None,
+            });
+        }
         self.inner.wait_for_events(after, timeout).await
     }
     async fn stored_types(&self) -> Result<Vec<StoredType>> {
@@ -53,10 +76,7 @@ async fn a_relay_restarted_with_nothing_to_publish_stays_idle() {
     let bus = Arc::new(MemoryEventBus::new(2));
     let checkpoints = Arc::new(MemoryCheckpointStore::new());
     // The first life publishes everything.
-    let reader = Arc::new(Counting {
-        inner: store.clone(),
-        reads: AtomicU64::new(0),
-    });
+    let reader = Arc::new(Counting::new(store.clone()));
     let relay = Relay::new("r", reader.clone(), bus.clone(), checkpoints.clone());
     assert_eq!(relay.publish_pending().await.expect("publish"), 5);
     let head = store.head().await.expect("head");
@@ -91,6 +111,54 @@ async fn a_relay_restarted_with_nothing_to_publish_stays_idle() {
         .wait_for(position, Duration::from_secs(2))
         .await
         .expect("the new event published");
+    handle.stop().await.expect("stop");
+}
+
+/// A transient failure of the store while the relay waits for new events is retried like any
+/// other: the relay does not end, and publishes what is appended once the store is back.
+/// (Before the fix it ended with the wait's error and never published again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_outlives_a_store_outage_while_it_waits() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone() as Arc<dyn EventStore>).build();
+    gateway.send(add("c-1", 1)).await.expect("send");
+    let reader = Arc::new(Counting::new(store.clone()));
+    let bus = Arc::new(MemoryEventBus::new(1));
+    let checkpoints = Arc::new(MemoryCheckpointStore::new());
+    let mut handle = Relay::new("r", reader.clone(), bus.clone(), checkpoints.clone())
+        .backoff(cqrs_core::Backoff::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+        .spawn();
+    let first = store.head().await.expect("head");
+    handle
+        .wait_for(first, Duration::from_secs(2))
+        .await
+        .expect("the first event published");
+
+    reader.down.store(true, Ordering::SeqCst);
+    gateway.send(add("c-1", 2)).await.expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reader.failed_waits.load(Ordering::Relaxed) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay stopped waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !handle.is_finished(),
+        "a transient failure of the wait ended the relay"
+    );
+    reader.down.store(false, Ordering::SeqCst);
+    gateway.send(add("c-1", 3)).await.expect("send");
+    let head = store.head().await.expect("head");
+    handle
+        .wait_for(head, Duration::from_secs(5))
+        .await
+        .expect("published after the outage");
+    assert_eq!(bus.topic_len("counter"), 3, "every event published once");
     handle.stop().await.expect("stop");
 }
 
