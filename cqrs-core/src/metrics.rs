@@ -15,6 +15,7 @@
 //! | `cqrs_processor_commit_retries_total` | counter | projection | units of work that failed on a transient backend error (a write conflict in the view store, a lost connection) and were tried again |
 //! | `cqrs_processor_segments_held` | gauge | projection | segments this instance holds, for a projection run in segments |
 //! | `cqrs_processor_claims_lost_total` | counter | projection | segments another instance took while this one held them (its commit was refused) |
+//! | `cqrs_processor_releases_failed_total` | counter | projection | segments this instance could not give back (a transient error or no answer in half a lease): free again once their lease ends |
 //! | `cqrs_processor_lag_seconds` | gauge | projection | now minus the timestamp of the last applied event (of the oldest in the batch under way, so a stall grows it); 0 once the feed had nothing more (set as it changes and on each health report) |
 //! | `cqrs_processor_lag_events` | gauge | projection | store feeds: the log's head minus the position (set on each health report) |
 //! | `cqrs_processor_position` | gauge | projection | the largest position committed (set on each health report) |
@@ -44,6 +45,8 @@ pub const PROCESSOR_COMMIT_RETRIES: &str = "cqrs_processor_commit_retries_total"
 pub const PROCESSOR_SEGMENTS_HELD: &str = "cqrs_processor_segments_held";
 /// Segments lost to another instance, per projection.
 pub const PROCESSOR_CLAIMS_LOST: &str = "cqrs_processor_claims_lost_total";
+/// Segments whose release failed (free again after their lease), per projection.
+pub const PROCESSOR_RELEASES_FAILED: &str = "cqrs_processor_releases_failed_total";
 /// Seconds behind, per projection.
 pub const PROCESSOR_LAG_SECONDS: &str = "cqrs_processor_lag_seconds";
 /// Events behind the store's head, per store-fed projection.
@@ -96,6 +99,12 @@ pub(crate) fn segments_held(projection: &str, held: usize) {
 /// A segment lost to another instance.
 pub(crate) fn claim_lost(projection: &str) {
     metrics::counter!(PROCESSOR_CLAIMS_LOST, "projection" => projection.to_owned()).increment(1);
+}
+
+/// A segment this instance could not give back (it is free after its lease).
+pub(crate) fn release_failed(projection: &str) {
+    metrics::counter!(PROCESSOR_RELEASES_FAILED, "projection" => projection.to_owned())
+        .increment(1);
 }
 
 /// How far behind a projection is, in seconds.

@@ -386,6 +386,9 @@ macro_rules! forward_view {
             fn atomicity(&self) -> Atomicity {
                 (**self).atomicity()
             }
+            fn claims(&self) -> Option<&dyn crate::segment::SegmentClaims> {
+                (**self).claims()
+            }
         }
 
         #[async_trait]

@@ -31,6 +31,8 @@ struct Instance {
     conflicts: AtomicU64,
     lost: AtomicU64,
     paused: watch::Sender<bool>,
+    /// Releases still to fail, as a transient backend error would.
+    failing_releases: AtomicU64,
 }
 
 impl Instance {
@@ -40,6 +42,7 @@ impl Instance {
             conflicts: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             paused: watch::Sender::new(false),
+            failing_releases: AtomicU64::new(0),
         })
     }
 
@@ -98,6 +101,16 @@ impl SegmentClaims for Instance {
     }
     async fn release(&self, projection: &str, claim: &Claim) -> Result<()> {
         self.wait_while_paused().await;
+        let failing = self
+            .failing_releases
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(Error::Backend {
+                backend: "memory",
+                message: "releasing a segment: connection reset".into(),
+                source: None,
+            });
+        }
         self.inner.release(projection, claim).await
     }
 }
@@ -230,6 +243,44 @@ async fn an_instance_paused_past_its_lease_cannot_commit_and_rejoins() {
     second.stop().await.expect("a clean stop");
 }
 
+/// Giving a segment back fails once (a transient error): the instance keeps its other
+/// segments and keeps running; the one it could not release is free after its lease, and the
+/// newcomer takes it. (Before the fix the failed release ended the first instance for good and
+/// the second took all four.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_release_lets_the_segment_go_after_its_lease_and_ends_nothing() {
+    let store = Arc::new(MemoryEventStore::new());
+    let gateway = CommandGateway::builder(store.clone()).build();
+    let shared = Arc::new(MemoryViewStore::new());
+    seed(&gateway, 40, 2).await;
+    let (a, b) = (Instance::new(&shared), Instance::new(&shared));
+    let first = start(&store, &a);
+    until("the first instance holds every segment", || {
+        first.held_segments().len() == 4
+    })
+    .await;
+    a.failing_releases.store(1, Ordering::SeqCst);
+    let second = start(&store, &b);
+    until("the two share the segments two and two", || {
+        first.held_segments().len() == 2 && second.held_segments().len() == 2
+    })
+    .await;
+    assert_eq!(
+        a.failing_releases.load(Ordering::SeqCst),
+        0,
+        "a release failed"
+    );
+    assert!(!first.is_finished(), "a failed release ended the processor");
+    seed(&gateway, 40, 2).await;
+    caught_up(&store, &shared).await;
+    assert_each_event_once(&views(&shared).await, &|_| 4);
+    // Still two and two: the first neither ended nor took everything back.
+    assert_eq!(first.held_segments().len(), 2);
+    assert_eq!(second.held_segments().len(), 2);
+    first.stop().await.expect("a clean stop");
+    second.stop().await.expect("a clean stop");
+}
+
 fn start_with(
     store: &Arc<MemoryEventStore>,
     instance: &Arc<Instance>,
@@ -307,4 +358,20 @@ async fn segments_refuse_a_bus_feed_and_a_lease_out_of_range() {
         Err(Error::Config(why)) => assert!(why.contains("lease"), "{why}"),
         other => panic!("a zero lease must be refused: {other:?}"),
     }
+}
+
+/// A view store behind a pointer keeps its claims: a segmented processor on an
+/// `Arc<MemoryViewStore>` or a `Box<dyn ViewStore>`, seen as a `dyn ViewStore`, finds them.
+/// (The pointers' impls answered `None` before, whatever the store behind them kept.)
+#[test]
+fn a_view_store_behind_a_pointer_keeps_its_claims() {
+    fn has_claims(store: &dyn ViewStore) -> bool {
+        store.claims().is_some()
+    }
+    let arc = Arc::new(MemoryViewStore::new());
+    assert!(has_claims(&arc), "Arc<MemoryViewStore>");
+    let boxed: Box<dyn ViewStore> = Box::new(MemoryViewStore::new());
+    assert!(has_claims(&boxed), "Box<dyn ViewStore>");
+    let nested = Arc::new(boxed);
+    assert!(has_claims(&nested), "Arc<Box<dyn ViewStore>>");
 }

@@ -187,11 +187,35 @@ impl<P: Projection> Coordinator<'_, P> {
             Err(e) => Err(e),
             Ok(()) => {
                 let name = self.template.name.clone();
-                self.claims()?.release(&name, &worker.claim).await?;
-                if worker.releasing {
-                    tracing::info!(projection = %name, segment = %worker.claim.segment, "segment given back for a fair share");
+                // Bounded: the coordinator renews the other segments only once this returns.
+                let limit = self.segmenting.lease / 2;
+                let released =
+                    tokio::time::timeout(limit, self.claims()?.release(&name, &worker.claim))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Error::Backend {
+                                backend: "processor",
+                                message: format!("giving a segment back: no answer in {limit:?}"),
+                                source: None,
+                            })
+                        });
+                match released {
+                    Ok(()) => {
+                        if worker.releasing {
+                            tracing::info!(projection = %name, segment = %worker.claim.segment, "segment given back for a fair share");
+                        }
+                        Ok(())
+                    }
+                    // Its worker has stopped and it is no longer renewed: the segment is free
+                    // when its lease ends, as if this instance had died. The claim rounds
+                    // retry the same errors; giving one segment back must not end the rest.
+                    Err(e) if e.is_transient() => {
+                        crate::metrics::release_failed(&name);
+                        tracing::warn!(projection = %name, segment = %worker.claim.segment, error = %e, "giving a segment back failed; it is free after its lease");
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
                 }
-                Ok(())
             }
         }
     }

@@ -70,6 +70,10 @@ impl<S: ViewStore> ViewStore for CrashBeforeCheckpoint<S> {
     fn atomicity(&self) -> Atomicity {
         self.inner.atomicity()
     }
+
+    fn claims(&self) -> Option<&dyn crate::segment::SegmentClaims> {
+        self.inner.claims()
+    }
 }
 
 /// A store without transactions that dies right after one step of its units of work: the
@@ -140,5 +144,9 @@ impl<S: StepwiseCommit + ViewStore> ViewStore for CrashAfterStep<S> {
 
     fn atomicity(&self) -> Atomicity {
         Atomicity::Stepwise
+    }
+
+    fn claims(&self) -> Option<&dyn crate::segment::SegmentClaims> {
+        self.inner.claims()
     }
 }
