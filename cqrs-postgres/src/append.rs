@@ -231,7 +231,9 @@ pub(crate) async fn append_on(
         // The transaction's id is older than the stream's last writer's: appending here would
         // put this version's position before the previous version's. Retried as a conflict,
         // in a new transaction.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(crate::error::LATER_WRITER) => {
+        Err(sqlx::Error::Database(e))
+            if e.code().as_deref() == Some(crate::error::LATER_WRITER) =>
+        {
             let actual = e
                 .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
                 .and_then(|e| e.detail())

@@ -8,6 +8,7 @@ mod listen;
 mod page;
 mod schema;
 mod segments;
+mod session;
 mod snapshot;
 mod store;
 mod view;
@@ -22,6 +23,7 @@ pub use crate::append::PgAppendTx;
 pub use crate::group::{GroupCommit, GroupCommitStats};
 pub use crate::schema::validate_schema_name;
 use crate::schema::Schema;
+pub use crate::session::SessionLimits;
 pub use crate::snapshot::{PgCheckpointStore, PgSnapshotStore};
 pub use crate::store::PgEventStore;
 pub use crate::view::PgViewStore;
@@ -48,14 +50,31 @@ impl Postgres {
     /// Connects to `url` (e.g. `postgres://user:password@host:5432/db`) and uses the tables in
     /// `schema`. Call [`migrate`](Self::migrate) once before first use.
     ///
+    /// The pool's sessions get the [default limits](SessionLimits::default): a session left
+    /// idle in a transaction for 5 s is ended by the server, so a paused or cut-off process
+    /// holds the log's readers back for 5 s at most (docs/adr/0018).
+    ///
     /// # Errors
     /// [`Error::Config`](cqrs_core::Error::Config) for a bad URL or schema name; a backend
     /// error when the server does not answer.
     pub async fn connect(url: &str, schema: &str) -> Result<Self> {
+        Self::connect_with_limits(url, schema, SessionLimits::default()).await
+    }
+
+    /// As [`connect`](Self::connect), with these limits on the pool's sessions.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with_limits(
+        url: &str,
+        schema: &str,
+        limits: SessionLimits,
+    ) -> Result<Self> {
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
             // The URL itself is not repeated: it may carry a password.
             cqrs_core::Error::Config(format!("invalid PostgreSQL connection string: {e}"))
         })?;
+        let options = limits.apply(options);
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .acquire_timeout(Duration::from_secs(10))
@@ -65,7 +84,8 @@ impl Postgres {
         Self::with_pool(pool, schema)
     }
 
-    /// Uses an existing pool, with the tables in `schema`.
+    /// Uses an existing pool, with the tables in `schema`. The pool is the caller's: the
+    /// framework sets no [`SessionLimits`] on it; set them on its connect options.
     ///
     /// # Errors
     /// [`Error::Config`](cqrs_core::Error::Config) for an invalid schema name.

@@ -107,6 +107,10 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &Schema) -> Result<()> {
         .begin()
         .await
         .map_err(|e| db("starting the migration", e))?;
+    // A migration may wait for another instance's, and rewrite much: no limits.
+    crate::session::unbounded(&mut tx)
+        .await
+        .map_err(|e| db("lifting the session limits for the migration", e))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(schema.lock_key.wrapping_add(1))
         .execute(&mut *tx)

@@ -285,6 +285,15 @@ impl ViewStore for PgViewStore {
     }
 
     async fn reset(&self, projection: &str) -> Result<()> {
+        // Deleting a large read model may outlast the session's statement limit.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("resetting a projection", e))?;
+        crate::session::unbounded(&mut tx)
+            .await
+            .map_err(|e| db("resetting a projection", e))?;
         sqlx::query(self.schema.sql(
             "WITH a AS (DELETE FROM {schema}.views WHERE projection = $1),
                   b AS (DELETE FROM {schema}.view_checkpoints WHERE projection = $1),
@@ -293,10 +302,12 @@ impl ViewStore for PgViewStore {
              DELETE FROM {schema}.dead_letters WHERE projection = $1",
         ))
         .bind(projection)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
-        .map(|_| ())
-        .map_err(|e| db("resetting a projection", e))
+        .map_err(|e| db("resetting a projection", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| db("resetting a projection", e))
     }
 }
 

@@ -1,0 +1,122 @@
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+//! The framework's sessions are bounded (docs/adr/0018): a session left idle in a transaction
+//! (a process paused or cut off between two statements) is ended by the server, so it holds
+//! the log's readers back for the limit at most, not for as long as it lives.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{database_url, event, fresh};
+use cqrs_core::envelope::ExpectedVersion;
+use cqrs_core::{EventAppender, EventReader};
+use cqrs_postgres::{Postgres, SessionLimits};
+
+#[tokio::test]
+async fn the_default_limits_are_set_and_a_connection_string_keeps_its_own() {
+    let pg = fresh().await;
+    let shown: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(pg.pool())
+        .await
+        .expect("show");
+    assert_eq!(shown, "5s");
+    let shown: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(pg.pool())
+        .await
+        .expect("show");
+    assert_eq!(shown, "10s");
+
+    let sep = if database_url().contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let url = format!("{}{sep}options=-c%20lock_timeout%3D2500", database_url());
+    let own = Postgres::connect(&url, pg.schema()).await.expect("connect");
+    let shown: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(own.pool())
+        .await
+        .expect("show");
+    assert_eq!(shown, "2500ms", "the connection string's own limit wins");
+    let shown: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(own.pool())
+        .await
+        .expect("show");
+    assert_eq!(shown, "1min", "the others are still set");
+}
+
+/// A transaction takes an id (its first append) and its process stops answering. Another
+/// process's event, committed after it, is invisible to readers while the idle transaction
+/// lives. With a limit of 1 s the server ends it, the reader sees the event within the limit
+/// plus a little, and the stalled transaction's own append is rolled back, never half there.
+/// (With no limit the reader waits for the whole pause: the control half of the test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_paused_in_a_transaction_holds_readers_back_for_the_limit_only() {
+    let pg = fresh().await;
+    let limit = Duration::from_secs(1);
+    for (limits, bounded) in [
+        (SessionLimits::default().idle_in_transaction(limit), true),
+        (SessionLimits::none(), false),
+    ] {
+        let paused = Postgres::connect_with_limits(&database_url(), pg.schema(), limits)
+            .await
+            .expect("connect")
+            .event_store()
+            .without_group_commit();
+        let other = pg.event_store().without_group_commit();
+        let stream = format!("held-{bounded}");
+        let mut tx = paused.begin().await.expect("begin");
+        tx.append("counter", &stream, ExpectedVersion::NEW, vec![event(1, 1)])
+            .await
+            .expect("the paused process's append");
+        let head = other.head().await.expect("head");
+        let committed = other
+            .append(
+                "counter",
+                &format!("later-{bounded}"),
+                ExpectedVersion::NEW,
+                vec![event(2, 1)],
+            )
+            .await
+            .expect("another process's append");
+        let position = committed[0].position;
+
+        // The reader, from the head before: how long until the later event is readable?
+        let started = Instant::now();
+        let hold = Duration::from_secs(4);
+        let seen = loop {
+            let page = other.read_all(head, 100).await.expect("read");
+            if page.iter().any(|e| e.position == position) {
+                break Some(started.elapsed());
+            }
+            if started.elapsed() > hold {
+                break None;
+            }
+            other
+                .wait_for_events(head, Duration::from_millis(100))
+                .await
+                .expect("wait");
+        };
+        let commit = tx.commit().await;
+        if bounded {
+            let waited = seen.expect("the reader saw the event once the limit ended the session");
+            println!("[fault] a session idle in its transaction held readers back {waited:?} (limit {limit:?})");
+            assert!(
+                waited < limit + Duration::from_secs(2),
+                "held back {waited:?} with a limit of {limit:?}"
+            );
+            assert!(commit.is_err(), "the ended transaction cannot commit");
+            let log = other.read_all(head, 100).await.expect("read");
+            assert!(
+                log.iter().all(|e| e.stream_id != stream),
+                "the stalled transaction's append was rolled back"
+            );
+        } else {
+            assert!(
+                seen.is_none(),
+                "without a limit the reader waits for the whole pause"
+            );
+            commit.expect("commit after the pause");
+        }
+    }
+}
