@@ -1,6 +1,6 @@
 //! The read side: stored view documents, units of work, dead letters and portable queries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -34,6 +34,11 @@ pub struct StoredDoc {
     /// so two processors (or two members of a group) never overwrite each other's work.
     #[serde(default)]
     pub revision: u64,
+    /// Events (by id) dead-lettered from this view: counted as seen, so a redelivery skips
+    /// them, and applied only by a retry of their dead letter, which takes them out of here
+    /// in the same write. So an event is applied to its view once, whichever comes first.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub parked: BTreeSet<Uuid>,
 }
 
 /// An event a projection could not apply, kept with the reason instead of being dropped.

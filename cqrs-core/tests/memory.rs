@@ -148,6 +148,7 @@ async fn a_stale_view_write_is_refused_whole() {
         applied: Default::default(),
         position: 1,
         revision,
+        parked: Default::default(),
     };
     let work = |writes| UnitOfWork {
         projection: "p".into(),

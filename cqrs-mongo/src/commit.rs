@@ -23,6 +23,11 @@ impl MongoViewStore {
                     .iter()
                     .map(|(s, v)| Bson::Document(doc! { "s": s, "v": *v as i64 }))
                     .collect();
+                let parked: Vec<Bson> = w
+                    .parked
+                    .iter()
+                    .map(|id| Bson::String(id.to_string()))
+                    .collect();
                 // A document written before revisions existed has none: it counts as 0.
                 let q = if w.revision == 0 {
                     doc! { "_id": &w.id, "$or": [ { "revision": 0_i64 }, { "revision": { "$exists": false } } ] }
@@ -34,6 +39,7 @@ impl MongoViewStore {
                     "u": { "$set": {
                         "view": view,
                         "applied": applied,
+                        "parked": parked,
                         "position": w.position as i64,
                         "revision": w.revision as i64 + 1,
                     } },

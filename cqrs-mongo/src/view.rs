@@ -83,6 +83,22 @@ fn from_document(projection: &str, d: Document) -> Result<StoredDoc> {
             applied.insert(s.to_owned(), v as u64);
         }
     }
+    let mut parked = std::collections::BTreeSet::new();
+    if let Some(list) = d.get("parked") {
+        let Bson::Array(list) = list else {
+            return Err(malformed(projection, &id, "`parked` is not an array"));
+        };
+        for entry in list {
+            let Some(event_id) = entry.as_str().and_then(|e| e.parse::<uuid::Uuid>().ok()) else {
+                return Err(malformed(
+                    projection,
+                    &id,
+                    "a `parked` entry is not an event id",
+                ));
+            };
+            parked.insert(event_id);
+        }
+    }
     let number = |field: &str| -> Result<u64> {
         match d.get(field) {
             None => Ok(0),
@@ -96,6 +112,7 @@ fn from_document(projection: &str, d: Document) -> Result<StoredDoc> {
         applied,
         position: number("position")?,
         revision: number("revision")?,
+        parked,
         id,
     })
 }

@@ -196,6 +196,7 @@ async fn a_stale_view_write_is_refused_not_overwritten() {
         applied: [("s".to_owned(), n)].into_iter().collect(),
         position: n,
         revision,
+        parked: Default::default(),
     };
     let work = |writes| UnitOfWork {
         projection: "p".into(),

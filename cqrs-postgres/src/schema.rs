@@ -39,6 +39,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "position order",
         include_str!("migrations/0009_position_order.sql"),
     ),
+    (10, "parked", include_str!("migrations/0010_parked.sql")),
 ];
 
 /// Checks a schema name: lowercase ASCII letters, digits and `_`, starting with a letter or

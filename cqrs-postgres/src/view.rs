@@ -57,12 +57,14 @@ impl PgViewStore {
                 .map(|v| json_text(v, "a view"))
                 .transpose()?;
             let applied = json_text(&doc.applied, "a view's applied versions")?;
+            let parked = json_text(&doc.parked, "a view's parked events")?;
             let row = (
                 doc.id.clone(),
                 view,
                 applied,
                 doc.position as i64,
                 doc.revision as i64,
+                parked,
             );
             if doc.revision == 0 {
                 new.push(row);
@@ -76,26 +78,30 @@ impl PgViewStore {
             Vec<String>,
             Vec<i64>,
             Vec<i64>,
+            Vec<String>,
         );
-        let columns = |rows: Vec<(String, Option<String>, String, i64, i64)>| -> Cols {
+        type Row = (String, Option<String>, String, i64, i64, String);
+        let columns = |rows: Vec<Row>| -> Cols {
             let mut c: Cols = Default::default();
-            for (id, view, applied, position, revision) in rows {
+            for (id, view, applied, position, revision, parked) in rows {
                 c.0.push(id);
                 c.1.push(view);
                 c.2.push(applied);
                 c.3.push(position);
                 c.4.push(revision);
+                c.5.push(parked);
             }
             c
         };
         if !new.is_empty() {
             let expected: Vec<(String, u64)> = new.iter().map(|r| (r.0.clone(), 0)).collect();
-            let (ids, views, applied, positions, _) = columns(new);
+            let (ids, views, applied, positions, _, parked) = columns(new);
             let inserted: Vec<String> = sqlx::query_scalar(self.schema.sql(
-                "INSERT INTO {schema}.views (projection, id, view, applied, position, revision)
-                 SELECT $1, t.id, t.view::jsonb, t.applied::jsonb, t.position, 1
-                   FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[])
-                        AS t(id, view, applied, position)
+                "INSERT INTO {schema}.views
+                        (projection, id, view, applied, position, revision, parked)
+                 SELECT $1, t.id, t.view::jsonb, t.applied::jsonb, t.position, 1, t.parked::jsonb
+                   FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::text[])
+                        AS t(id, view, applied, position, parked)
                  ON CONFLICT (projection, id) DO NOTHING
                  RETURNING id",
             ))
@@ -104,6 +110,7 @@ impl PgViewStore {
             .bind(&views)
             .bind(&applied)
             .bind(&positions)
+            .bind(&parked)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| db("inserting views", e))?;
@@ -115,13 +122,15 @@ impl PgViewStore {
         if !old.is_empty() {
             let expected: Vec<(String, u64)> =
                 old.iter().map(|r| (r.0.clone(), r.4 as u64)).collect();
-            let (ids, views, applied, positions, revisions) = columns(old);
+            let (ids, views, applied, positions, revisions, parked) = columns(old);
             let updated: Vec<String> = sqlx::query_scalar(self.schema.sql(
                 "UPDATE {schema}.views v
                     SET view = t.view::jsonb, applied = t.applied::jsonb,
-                        position = t.position, revision = v.revision + 1
-                   FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[])
-                        AS t(id, view, applied, position, revision)
+                        position = t.position, revision = v.revision + 1,
+                        parked = t.parked::jsonb
+                   FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+                               $7::text[])
+                        AS t(id, view, applied, position, revision, parked)
                   WHERE v.projection = $1 AND v.id = t.id AND v.revision = t.revision
                  RETURNING v.id",
             ))
@@ -131,6 +140,7 @@ impl PgViewStore {
             .bind(&applied)
             .bind(&positions)
             .bind(&revisions)
+            .bind(&parked)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| db("updating views", e))?;
@@ -228,7 +238,8 @@ impl PgViewStore {
 impl ViewStore for PgViewStore {
     async fn load(&self, projection: &str, ids: &[String]) -> Result<Vec<StoredDoc>> {
         let rows = sqlx::query(self.schema.sql(
-            "SELECT id, view::text, applied::text, position, revision FROM {schema}.views
+            "SELECT id, view::text, applied::text, position, revision, parked::text
+               FROM {schema}.views
               WHERE projection = $1 AND id = ANY($2)",
         ))
         .bind(projection)
@@ -244,7 +255,9 @@ impl ViewStore for PgViewStore {
                 let applied: String = row.try_get(2).map_err(|e| db("loading views", e))?;
                 let position: i64 = row.try_get(3).map_err(|e| db("loading views", e))?;
                 let revision: i64 = row.try_get(4).map_err(|e| db("loading views", e))?;
+                let parked: String = row.try_get(5).map_err(|e| db("loading views", e))?;
                 Ok(StoredDoc {
+                    parked: parse(&parked, what)?,
                     view: view.map(|v| parse::<Value>(&v, what)).transpose()?,
                     applied: parse::<BTreeMap<String, u64>>(&applied, what)?,
                     position: position as u64,

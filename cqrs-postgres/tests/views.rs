@@ -235,6 +235,7 @@ async fn views_are_queried_by_filter_sort_and_page_and_stale_writes_are_refused(
         applied: [("s".to_owned(), 1u64)].into_iter().collect(),
         position: 1,
         revision,
+        parked: Default::default(),
     };
     let work = |writes| UnitOfWork {
         projection: "p".into(),

@@ -203,6 +203,7 @@ fn an_older_document_without_the_newer_fields_still_loads() {
             applied: Default::default(),
             position: 0,
             revision: 1,
+            parked: Default::default(),
         },
     );
     let entry = fixture

@@ -5,10 +5,11 @@
 //! so a stale cached view makes the commit fail with a view conflict, and the batch is folded
 //! again from the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::Utc;
 use serde::Deserialize as _;
+use uuid::Uuid;
 
 use super::{Batch, OnFailure, TrackingProcessor};
 use crate::envelope::Envelope;
@@ -25,6 +26,7 @@ pub(super) struct Cached<V> {
     applied: BTreeMap<String, u64>,
     position: u64,
     revision: u64,
+    parked: BTreeSet<Uuid>,
 }
 
 /// What a fold produces: the unit of work, and the views to cache once it has committed.
@@ -38,6 +40,8 @@ struct Doc<V> {
     state: Cached<V>,
     /// Indices (in the batch) of the events applied to this view in this batch.
     applied_now: Vec<usize>,
+    /// Indices (in the batch) of the events dead-lettered from this view in this batch.
+    parked_now: Vec<usize>,
 }
 
 type Decoded<E> = Vec<Option<(String, E)>>;
@@ -55,6 +59,7 @@ fn from_stored<P: Projection>(name: &str, doc: StoredDoc) -> Result<Cached<P::Vi
         applied: doc.applied,
         position: doc.position,
         revision: doc.revision,
+        parked: doc.parked,
     })
 }
 
@@ -64,6 +69,7 @@ fn empty<V>() -> Cached<V> {
         applied: BTreeMap::new(),
         position: 0,
         revision: 0,
+        parked: BTreeSet::new(),
     }
 }
 
@@ -85,7 +91,7 @@ fn record<V>(state: &mut Cached<V>, envelope: &Envelope, globally_ordered: bool)
         return;
     }
     match state.applied.get_mut(envelope.stream_id.as_str()) {
-        Some(v) => *v = envelope.version,
+        Some(v) => *v = (*v).max(envelope.version),
         None => {
             state
                 .applied
@@ -95,45 +101,71 @@ fn record<V>(state: &mut Cached<V>, envelope: &Envelope, globally_ordered: bool)
     state.position = state.position.max(envelope.position);
 }
 
-/// Puts a view back to its state before the failing event: as stored, plus the events of this
-/// batch that had been applied to it (and that the stored state has not seen).
+/// Records a dead-lettered event as seen by the view, and as parked in it: a redelivery skips
+/// it like any event the view has, and only a retry of its dead letter applies it (once: the
+/// retry takes it out of `parked` under the view's revision).
+fn park<V>(state: &mut Cached<V>, envelope: &Envelope, globally_ordered: bool) {
+    record(state, envelope, globally_ordered);
+    state.parked.insert(envelope.metadata.event_id);
+}
+
+/// Puts a view back to its state before the failing event: as stored, plus what this batch
+/// did to it so far (the events applied and the events parked, in batch order), skipping what
+/// the stored state has seen. An event that fails on this replay (a handler that fails now and
+/// then) is failed per policy and parked like any other, and the view is rebuilt without it.
 async fn restore<P: Projection>(
     processor: &TrackingProcessor<P>,
     id: &str,
     doc: &mut Doc<P::View>,
     decoded: &Decoded<P::Event>,
     batch: &Batch,
+    dead: &mut Vec<DeadLetter>,
 ) -> Result<()> {
     let (events, ordered) = (
         &batch.events,
         batch.globally_ordered && !processor.track_streams,
     );
-    let stored = processor
-        .store
-        .load(&processor.name, &[id.to_owned()])
-        .await?;
-    doc.state = match stored.into_iter().next() {
-        Some(stored) => from_stored::<P>(&processor.name, stored)?,
-        None => empty(),
-    };
-    for &i in &doc.applied_now {
-        let (Some((_, event)), Some(envelope)) = (&decoded[i], events.get(i)) else {
-            continue;
+    'rebuild: loop {
+        let stored = processor
+            .store
+            .load(&processor.name, &[id.to_owned()])
+            .await?;
+        doc.state = match stored.into_iter().next() {
+            Some(stored) => from_stored::<P>(&processor.name, stored)?,
+            None => empty(),
         };
-        if seen(&doc.state, envelope, ordered) {
-            continue;
+        let mut steps: Vec<(usize, bool)> = doc.applied_now.iter().map(|&i| (i, true)).collect();
+        steps.extend(doc.parked_now.iter().map(|&i| (i, false)));
+        steps.sort_unstable();
+        for (i, applied) in steps {
+            let (Some((_, event)), Some(envelope)) = (&decoded[i], events.get(i)) else {
+                continue;
+            };
+            if seen(&doc.state, envelope, ordered) {
+                continue;
+            }
+            if !applied {
+                park(&mut doc.state, envelope, ordered);
+                continue;
+            }
+            if let Err(e) = processor
+                .projection
+                .apply(&mut doc.state.view, event, envelope)
+            {
+                let error = Error::Handler {
+                    projection: processor.name.clone(),
+                    event: envelope.event_ref(),
+                    reason: format!("failed when applied again to restore its view: {e}"),
+                };
+                fail(processor, error, envelope, dead)?;
+                doc.applied_now.retain(|&j| j != i);
+                doc.parked_now.push(i);
+                continue 'rebuild;
+            }
+            record(&mut doc.state, envelope, ordered);
         }
-        processor
-            .projection
-            .apply(&mut doc.state.view, event, envelope)
-            .map_err(|e| Error::Handler {
-                projection: processor.name.clone(),
-                event: envelope.event_ref(),
-                reason: format!("handler is not deterministic: failed on replay: {e}"),
-            })?;
-        record(&mut doc.state, envelope, ordered);
+        return Ok(());
     }
-    Ok(())
 }
 
 fn fail<P: Projection>(
@@ -239,6 +271,7 @@ pub(super) async fn fold<P: Projection>(
             Doc {
                 state,
                 applied_now: Vec::new(),
+                parked_now: Vec::new(),
             },
         );
     }
@@ -252,8 +285,7 @@ pub(super) async fn fold<P: Projection>(
         }
     }
 
-    // 3. Apply, skipping what a view has already seen.
-    let mut applied = 0usize;
+    // 3. Apply, skipping what a view has already seen (parked events among it).
     for (i, slot) in decoded.iter().enumerate() {
         let (Some((id, event)), Some(envelope)) = (slot, events.get(i)) else {
             continue;
@@ -270,7 +302,6 @@ pub(super) async fn fold<P: Projection>(
                 Ok(()) => {
                     record(&mut doc.state, envelope, ordered);
                     doc.applied_now.push(i);
-                    applied += 1;
                     tracing::debug!(
                         projection = %name,
                         correlation_id = %envelope.metadata.correlation_id,
@@ -282,7 +313,7 @@ pub(super) async fn fold<P: Projection>(
                     break;
                 }
                 Err(reason) => {
-                    restore(processor, id, doc, &decoded, batch).await?;
+                    restore(processor, id, doc, &decoded, batch, &mut dead).await?;
                     if attempt < processor.policy.retries {
                         let delay = processor.policy.backoff.delay(attempt);
                         tracing::warn!(projection = %name, error = %reason, ?delay, "handler failed; retrying");
@@ -296,6 +327,10 @@ pub(super) async fn fold<P: Projection>(
                         reason: reason.to_string(),
                     };
                     fail(processor, error, envelope, &mut dead)?;
+                    // Dead-lettered from this view: parked in it, with the dead letter in
+                    // the same unit of work.
+                    park(&mut doc.state, envelope, ordered);
+                    doc.parked_now.push(i);
                     break;
                 }
             }
@@ -305,8 +340,9 @@ pub(super) async fn fold<P: Projection>(
     // 4. The unit of work: every view that changed, the dead letters, the checkpoint.
     let mut writes = Vec::new();
     let mut views = Vec::with_capacity(docs.len());
+    let applied = docs.values().map(|d| d.applied_now.len()).sum();
     for (id, mut doc) in docs {
-        if !doc.applied_now.is_empty() {
+        if !doc.applied_now.is_empty() || !doc.parked_now.is_empty() {
             let view = match &doc.state.view {
                 Some(view) => {
                     Some(
@@ -324,6 +360,7 @@ pub(super) async fn fold<P: Projection>(
                 applied: doc.state.applied.clone(),
                 position: doc.state.position,
                 revision: doc.state.revision,
+                parked: doc.state.parked.clone(),
             });
             doc.state.revision += 1;
         }
@@ -394,6 +431,11 @@ pub(super) async fn refold_dead_letter<P: Projection>(
             .insert(envelope.stream_id.clone(), envelope.version);
     }
     state.position = state.position.max(envelope.position);
+    // A dead letter parked in its view is applied here, and only here: taken out of `parked`
+    // under the view's revision, so a concurrent retry or a redelivery cannot apply it again.
+    // (One of an older version, or of an event no view could be had of when it failed, was
+    // never parked: it is applied as it is.)
+    state.parked.remove(&envelope.metadata.event_id);
     let view = match &state.view {
         Some(view) => Some(
             serde_json::to_value(view).map_err(|source| Error::Serialize {
@@ -411,6 +453,7 @@ pub(super) async fn refold_dead_letter<P: Projection>(
             applied: state.applied,
             position: state.position,
             revision: state.revision,
+            parked: state.parked,
         }],
         dead_letters: Vec::new(),
         checkpoint: None,

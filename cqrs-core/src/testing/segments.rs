@@ -21,6 +21,7 @@ fn work(claim: &Claim, id: &str, revision: u64, checkpoint: u64) -> UnitOfWork {
             applied: BTreeMap::new(),
             position: checkpoint,
             revision,
+            parked: Default::default(),
         }],
         dead_letters: Vec::new(),
         checkpoint: Some(checkpoint),

@@ -30,6 +30,7 @@ fn doc(id: &str, view: Option<Value>, revision: u64) -> StoredDoc {
         applied: BTreeMap::from([(format!("s-{id}"), 3)]),
         position: 7,
         revision,
+        parked: Default::default(),
     }
 }
 
@@ -85,6 +86,7 @@ pub async fn documents_round_trip<S: ViewStore + ViewQuery>(store: &S) {
     loaded.sort_by(|x, y| x.id.cmp(&y.id));
     let expected = |id: &str, view| StoredDoc {
         revision: 1,
+        parked: Default::default(),
         ..doc(id, view, 0)
     };
     assert_eq!(

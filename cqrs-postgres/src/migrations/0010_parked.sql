@@ -1,0 +1,4 @@
+-- Events dead-lettered from a view, by id, kept in the view's row: a redelivery skips them and
+-- only a retry of their dead letter applies them, in the same write that takes them out
+-- (issue: a retry applied an event a redelivery had applied already).
+ALTER TABLE {schema}.views ADD COLUMN IF NOT EXISTS parked jsonb NOT NULL DEFAULT '[]';
