@@ -52,6 +52,11 @@ pub struct DeadLetter {
     pub reason: String,
     /// When it was dead-lettered.
     pub at: DateTime<Utc>,
+    /// The view it is parked in (see [`StoredDoc::parked`]): a handler failure. `None` for an
+    /// event no view could be had of (unknown, undecodable), and for letters older than
+    /// parking; a retry applies those as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
 }
 
 impl DeadLetter {

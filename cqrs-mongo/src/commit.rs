@@ -219,17 +219,19 @@ impl MongoViewStore {
                         source,
                     })?;
                 let id = format!("{}/{}", work.projection, d.envelope.metadata.event_id);
-                Ok((
-                    doc! { "_id": id },
-                    doc! { "$set": {
-                        "projection": &work.projection,
-                        "event_id": d.envelope.metadata.event_id.to_string(),
-                        "position": d.envelope.position as i64,
-                        "envelope": envelope,
-                        "reason": &d.reason,
-                        "at": d.at.to_rfc3339(),
-                    } },
-                ))
+                let mut set = doc! {
+                    "projection": &work.projection,
+                    "event_id": d.envelope.metadata.event_id.to_string(),
+                    "position": d.envelope.position as i64,
+                    "envelope": envelope,
+                    "reason": &d.reason,
+                    "at": d.at.to_rfc3339(),
+                };
+                // A letter written again without a view keeps the one it had.
+                if let Some(view) = &d.view {
+                    set.insert("view", view);
+                }
+                Ok((doc! { "_id": id }, doc! { "$set": set }))
             })
             .collect()
     }

@@ -350,6 +350,7 @@ impl DeadLetterStore for MongoViewStore {
                     at: chrono::DateTime::parse_from_rfc3339(at)
                         .map_err(|e| bad(&e.to_string()))?
                         .with_timezone(&chrono::Utc),
+                    view: d.get_str("view").ok().map(str::to_owned),
                 })
             })
             .collect()

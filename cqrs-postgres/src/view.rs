@@ -171,10 +171,11 @@ impl PgViewStore {
         for letter in &work.dead_letters {
             sqlx::query(self.schema.sql(
                 "INSERT INTO {schema}.dead_letters
-                        (projection, event_id, position, envelope, reason, at)
-                 VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+                        (projection, event_id, position, envelope, reason, at, view_id)
+                 VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
                  ON CONFLICT (projection, event_id) DO UPDATE
-                    SET reason = excluded.reason, at = excluded.at",
+                    SET reason = excluded.reason, at = excluded.at,
+                        view_id = coalesce(excluded.view_id, {schema}.dead_letters.view_id)",
             ))
             .bind(projection)
             .bind(letter.envelope.metadata.event_id)
@@ -182,6 +183,7 @@ impl PgViewStore {
             .bind(json_text(&letter.envelope, "a dead letter")?)
             .bind(&letter.reason)
             .bind(letter.at)
+            .bind(letter.view.as_deref())
             .execute(&mut *tx)
             .await
             .map_err(|e| db("saving a dead letter", e))?;
@@ -470,7 +472,7 @@ impl DeadLetterStore for PgViewStore {
             (i64::try_from(a.position).unwrap_or(i64::MAX), a.event_id)
         });
         let rows = sqlx::query(self.schema.sql(
-            "SELECT envelope::text, reason, at FROM {schema}.dead_letters
+            "SELECT envelope::text, reason, at, view_id FROM {schema}.dead_letters
               WHERE projection = $1 AND (position, event_id) > ($2, $3)
               ORDER BY position, event_id LIMIT $4",
         ))
@@ -489,6 +491,7 @@ impl DeadLetterStore for PgViewStore {
                     envelope: parse(&envelope, || format!("dead letter of `{projection}`"))?,
                     reason: row.try_get(1).map_err(|e| db("listing dead letters", e))?,
                     at: row.try_get(2).map_err(|e| db("listing dead letters", e))?,
+                    view: row.try_get(3).map_err(|e| db("listing dead letters", e))?,
                 })
             })
             .collect()

@@ -200,6 +200,7 @@ async fn a_message_received_too_often_is_a_dead_letter() {
                 envelope: r.envelope.clone(),
                 reason: r.reason.clone(),
                 at: chrono::Utc::now(),
+                view: None,
             };
             break (member, letter);
         }

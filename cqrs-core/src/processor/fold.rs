@@ -157,7 +157,7 @@ async fn restore<P: Projection>(
                     event: envelope.event_ref(),
                     reason: format!("failed when applied again to restore its view: {e}"),
                 };
-                fail(processor, error, envelope, dead)?;
+                fail(processor, error, envelope, Some(id), dead)?;
                 doc.applied_now.retain(|&j| j != i);
                 doc.parked_now.push(i);
                 continue 'rebuild;
@@ -168,10 +168,13 @@ async fn restore<P: Projection>(
     }
 }
 
+/// Fails an event per policy: stops with the error, or dead-letters it. `view` is the view it
+/// is parked in (a handler failure), `None` when no view could be had of it.
 fn fail<P: Projection>(
     processor: &TrackingProcessor<P>,
     error: Error,
     envelope: &Envelope,
+    view: Option<&str>,
     dead: &mut Vec<DeadLetter>,
 ) -> Result<()> {
     match processor.policy.then {
@@ -183,6 +186,7 @@ fn fail<P: Projection>(
                 envelope: envelope.clone(),
                 reason: error.to_string(),
                 at: Utc::now(),
+                view: view.map(str::to_owned),
             });
             Ok(())
         }
@@ -216,7 +220,7 @@ pub(super) async fn fold<P: Projection>(
             event: rejected.envelope.event_ref(),
             reason: rejected.reason.clone(),
         };
-        fail(processor, error, &rejected.envelope, &mut dead)?;
+        fail(processor, error, &rejected.envelope, None, &mut dead)?;
     }
 
     // 1. Decode what the projection wants; unknown names and bad payloads fail per policy.
@@ -241,12 +245,12 @@ pub(super) async fn fold<P: Projection>(
                     let error = Error::UnknownEvent {
                         event: envelope.event_ref(),
                     };
-                    fail(processor, error, envelope, &mut dead)?;
+                    fail(processor, error, envelope, None, &mut dead)?;
                 }
                 decoded.push(None);
             }
             Err(error) => {
-                fail(processor, error, envelope, &mut dead)?;
+                fail(processor, error, envelope, None, &mut dead)?;
                 decoded.push(None);
             }
         }
@@ -326,7 +330,7 @@ pub(super) async fn fold<P: Projection>(
                         event: envelope.event_ref(),
                         reason: reason.to_string(),
                     };
-                    fail(processor, error, envelope, &mut dead)?;
+                    fail(processor, error, envelope, Some(id), &mut dead)?;
                     // Dead-lettered from this view: parked in it, with the dead letter in
                     // the same unit of work.
                     park(&mut doc.state, envelope, ordered);
@@ -410,6 +414,28 @@ pub(super) async fn refold_dead_letter<P: Projection>(
         Some(stored) => from_stored::<P>(name, stored)?,
         None => empty(),
     };
+    let event_id = envelope.metadata.event_id;
+    if letter.view.is_some() && !state.parked.contains(&event_id) {
+        // Parked when it failed, and no longer: applied since (a redelivery after a fix, or
+        // a retry whose removal of the letter did not land), or never parked because its
+        // batch's view writes did not land (a store without transactions, crashed after the
+        // dead letter): then its redelivery applies or parks it, and the retry waits for it.
+        if !seen(&state, envelope, true) {
+            return Ok(Err(format!(
+                "view `{id}` has not recorded this event yet (its batch did not commit whole): \
+                 retried once its batch is delivered again"
+            )));
+        }
+        let work = UnitOfWork {
+            projection: name.clone(),
+            writes: Vec::new(),
+            dead_letters: Vec::new(),
+            checkpoint: None,
+            resolved: vec![event_id],
+            claim: None,
+        };
+        return Ok(Ok((work, id)));
+    }
     if let Err(reason) = processor
         .projection
         .apply(&mut state.view, &event, envelope)
