@@ -126,16 +126,32 @@ impl SegmentClaims for PgViewStore {
             ));
         }
         let token = Uuid::new_v4();
+        // A free row (no token, or its lease over) is taken; a row another session has locked
+        // (a holder frozen in the middle of its unit of work) is skipped, not waited on: the
+        // round goes on with the other segments and tries this one again next time, once the
+        // server has ended the frozen session (docs/adr/0018).
         let row = sqlx::query(self.schema().sql(
-            "INSERT INTO {schema}.segment_claims
-                    (projection, segment, segments, owner, token, lease_until)
-             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
-             ON CONFLICT (projection, segment) DO UPDATE
-                SET owner = excluded.owner, token = excluded.token,
-                    lease_until = excluded.lease_until
-              WHERE {schema}.segment_claims.token IS NULL
-                 OR {schema}.segment_claims.lease_until <= now()
-             RETURNING position",
+            "WITH free AS (
+                SELECT segment FROM {schema}.segment_claims
+                 WHERE projection = $1 AND segment = $2
+                   AND (token IS NULL OR lease_until <= now())
+                   FOR UPDATE SKIP LOCKED
+             ), taken AS (
+                UPDATE {schema}.segment_claims c
+                   SET owner = $4, token = $5, lease_until = now() + make_interval(secs => $6)
+                  FROM free
+                 WHERE c.projection = $1 AND c.segment = free.segment
+                RETURNING c.position
+             ), fresh AS (
+                INSERT INTO {schema}.segment_claims
+                       (projection, segment, segments, owner, token, lease_until)
+                SELECT $1, $2, $3, $4, $5, now() + make_interval(secs => $6)
+                 WHERE NOT EXISTS (SELECT 1 FROM {schema}.segment_claims
+                                    WHERE projection = $1 AND segment = $2)
+                ON CONFLICT (projection, segment) DO NOTHING
+                RETURNING position
+             )
+             SELECT position FROM taken UNION ALL SELECT position FROM fresh",
         ))
         .bind(projection)
         .bind(index(segment))

@@ -120,3 +120,62 @@ async fn a_session_paused_in_a_transaction_holds_readers_back_for_the_limit_only
         }
     }
 }
+
+/// A holder frozen in the middle of its unit of work keeps its segment's claim row locked. A
+/// claim round of another instance skips that row instead of waiting on it (before, each round
+/// waited until the frozen session ended, and kept its pooled connection meanwhile), and takes
+/// the segment once the row is free.
+#[tokio::test]
+async fn a_claim_skips_a_row_locked_by_a_frozen_holder() {
+    use cqrs_core::segment::{Segment, SegmentClaims};
+    let pg = fresh().await;
+    let views = pg.view_store();
+    let segment = Segment::new(0, 2).expect("segment");
+    let short = Duration::from_millis(100);
+    views
+        .claim("p", segment, uuid::Uuid::new_v4(), short)
+        .await
+        .expect("claim")
+        .expect("the first claim");
+    tokio::time::sleep(short * 2).await;
+    // The frozen holder: its fence took the row lock, then it stopped answering.
+    let mut frozen = pg.pool().begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT 1 FROM {}.segment_claims WHERE projection = 'p' FOR UPDATE",
+        pg.schema()
+    )))
+    .execute(&mut *frozen)
+    .await
+    .expect("lock");
+    let started = Instant::now();
+    let skipped = tokio::time::timeout(
+        Duration::from_secs(3),
+        views.claim("p", segment, uuid::Uuid::new_v4(), Duration::from_secs(5)),
+    )
+    .await
+    .expect("the claim waited on the frozen holder's lock")
+    .expect("claim");
+    assert!(skipped.is_none(), "a locked row is not taken");
+    println!(
+        "[fault] a claim round beside a frozen holder's lock answered in {:?}",
+        started.elapsed()
+    );
+    frozen.rollback().await.expect("rollback");
+    let taken = views
+        .claim("p", segment, uuid::Uuid::new_v4(), Duration::from_secs(5))
+        .await
+        .expect("claim");
+    assert!(taken.is_some(), "taken once the row is free");
+    // A segment never claimed is still created by a claim.
+    let fresh_segment = Segment::new(1, 2).expect("segment");
+    assert!(views
+        .claim(
+            "p",
+            fresh_segment,
+            uuid::Uuid::new_v4(),
+            Duration::from_secs(5)
+        )
+        .await
+        .expect("claim")
+        .is_some());
+}
