@@ -1,6 +1,6 @@
 //! A consumer-group member as a tracking processor's source.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,10 @@ use cqrs_core::processor::{Batch, EventSource, Rejected};
 use cqrs_core::view::DeadLetter;
 use cqrs_core::{Envelope, Error, Result};
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -24,21 +27,51 @@ use crate::{backend, KafkaBus};
 ///
 /// A fetcher thread receives and decodes the next batch while the processor applies the
 /// current one (on another core, where there is one). The batch is checked against the
-/// assignment when it is handed over, not when it was fetched.
+/// assignment when it is handed over, not when it was fetched, and against the generation:
+/// a batch fetched before partitions were taken away is dropped even when the same partitions
+/// came back since (their records are read again from the committed offsets).
 pub(crate) struct KafkaSubscription {
     bus: KafkaBus,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Member>,
     idle: Duration,
-    /// Next offset to commit, per topic and partition delivered since the last ack.
-    delivered: Vec<(String, i32, i64)>,
+    /// Next offset to commit, per topic and partition delivered since the last ack, with the
+    /// generation it was fetched in.
+    delivered: Vec<(String, i32, i64, u64)>,
     /// Batches decoded ahead, in the order they were received.
     fetched: mpsc::Receiver<Result<Fetched>>,
     /// The batch size the processor last asked for, for the fetcher.
     batch_size: Arc<AtomicUsize>,
 }
 
+/// Counts the times partitions were taken away from this member: a revoke, or a rebalance
+/// error (which rdkafka answers by unassigning everything). Rebalances are served inside the
+/// fetcher's `recv`, so the count read before a batch's first record holds for all of it: a
+/// rebalance served while the batch is gathered ends it.
+#[derive(Default)]
+pub(crate) struct Generation(AtomicU64);
+
+impl Generation {
+    fn current(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl ClientContext for Generation {}
+
+impl ConsumerContext for Generation {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !matches!(rebalance, Rebalance::Assign(_)) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+type Member = StreamConsumer<Generation>;
+
 /// Records received and decoded together.
 struct Fetched {
+    /// The member's generation when they were received.
+    generation: u64,
     events: Vec<Envelope>,
     /// Each event's partition: an index into `partitions`.
     from: Vec<usize>,
@@ -57,8 +90,21 @@ impl KafkaSubscription {
     ) -> Result<Self> {
         let config = bus.config();
         let session = config.session_timeout.as_millis();
-        let consumer: StreamConsumer = config
-            .client_config()
+        let client = config.client_config();
+        // Dropping a stale batch is right when a revoke takes every partition back and the
+        // assignment restarts them at the committed offsets (the classic, eager protocol). An
+        // incremental one keeps partitions without a restart: a dropped batch would be a gap.
+        if let Some(protocol) = client.get("group.protocol") {
+            if protocol != "classic" {
+                return Err(Error::Config(format!(
+                    "Kafka consumer: group.protocol={protocol} is not supported; the bus needs \
+                     the classic protocol, whose revokes restart partitions at their committed \
+                     offsets"
+                )));
+            }
+        }
+        let mut client = client;
+        let consumer: Member = client
             .set("group.id", format!("{}{group}", config.group_prefix))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -70,7 +116,7 @@ impl KafkaSubscription {
             .set("heartbeat.interval.ms", (session / 6).max(100).to_string())
             // Without it librdkafka pauses a full second whenever its queue fills.
             .set("fetch.queue.backoff.ms", "10")
-            .create()
+            .create_with_context(Generation::default())
             .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
@@ -125,7 +171,7 @@ fn dlq_topic(topic: &str) -> String {
 /// them while still borrowed from librdkafka, and queues the batch. A consumer error is queued
 /// after the records received before it, so none is lost.
 async fn fetch(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<Member>,
     batch_size: Arc<AtomicUsize>,
     tx: mpsc::Sender<Result<Fetched>>,
 ) {
@@ -134,6 +180,8 @@ async fn fetch(
             _ = tx.closed() => return,
             first = consumer.recv() => first,
         };
+        // Read after the first record's `recv`, which served any rebalance before it.
+        let generation = consumer.context().current();
         let mut messages = match first {
             Ok(message) => vec![message],
             Err(e) => {
@@ -155,7 +203,8 @@ async fn fetch(
                 None => break,
             }
         }
-        let fetched = decode_all(&messages);
+        let mut fetched = decode_all(&messages);
+        fetched.generation = generation;
         drop(messages);
         if tx.send(Ok(fetched)).await.is_err() {
             return;
@@ -171,6 +220,7 @@ async fn fetch(
 /// Decodes received records; undecodable ones become dead letters.
 fn decode_all<M: Message>(messages: &[M]) -> Fetched {
     let mut fetched = Fetched {
+        generation: 0,
         events: Vec::with_capacity(messages.len()),
         from: Vec::with_capacity(messages.len()),
         partitions: Vec::new(),
@@ -222,13 +272,27 @@ impl EventSource for KafkaSubscription {
             }
             Ok(Some(fetched)) => fetched?,
         };
-        // A rebalance may have revoked partitions since: drop their records.
+        // A rebalance may have revoked partitions since: drop their records, and every record
+        // fetched before a revoke, even of a partition assigned again since (it restarts at
+        // the committed offset: handing the old records over would put them before the
+        // earlier ones the restart reads again, and a view would skip those as old).
+        let current = self.consumer.context().current();
         let assigned = self.assigned();
         let owned: Vec<bool> = fetched
             .partitions
             .iter()
-            .map(|(t, p, _)| assigned.iter().any(|(at, ap)| at == t && ap == p))
+            .map(|(t, p, _)| {
+                fetched.generation == current && assigned.iter().any(|(at, ap)| at == t && ap == p)
+            })
             .collect();
+        if fetched.generation != current {
+            tracing::debug!(
+                fetched = fetched.generation,
+                current,
+                records = fetched.events.len(),
+                "a batch fetched before a rebalance dropped"
+            );
+        }
         let rejected: Vec<Rejected> = fetched
             .poison
             .into_iter()
@@ -242,10 +306,12 @@ impl EventSource for KafkaSubscription {
             match self
                 .delivered
                 .iter_mut()
-                .find(|(t, p, _)| t == topic && p == partition)
+                .find(|(t, p, _, g)| t == topic && p == partition && *g == current)
             {
-                Some((_, _, offset)) => *offset = (*offset).max(*next),
-                None => self.delivered.push((topic.clone(), *partition, *next)),
+                Some((_, _, offset, _)) => *offset = (*offset).max(*next),
+                None => self
+                    .delivered
+                    .push((topic.clone(), *partition, *next, current)),
             }
         }
         let events = fetched
@@ -266,11 +332,17 @@ impl EventSource for KafkaSubscription {
         if self.delivered.is_empty() {
             return Ok(());
         }
+        // Only what was delivered in the current generation, of partitions still held: an
+        // offset delivered before a revoke is the new owner's (or this member's again, from
+        // the committed offset) to commit.
+        let current = self.consumer.context().current();
         let assigned = self.assigned();
+        let delivered = std::mem::take(&mut self.delivered);
         let mut list = TopicPartitionList::new();
-        for (topic, partition, offset) in std::mem::take(&mut self.delivered) {
-            if assigned.iter().any(|(t, p)| *t == topic && *p == partition) {
-                list.add_partition_offset(&topic, partition, Offset::Offset(offset))
+        for (topic, partition, offset, generation) in &delivered {
+            if *generation == current && assigned.iter().any(|(t, p)| t == topic && p == partition)
+            {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
                     .map_err(|e| backend("building the offsets to commit", e))?;
             }
         }
@@ -278,14 +350,20 @@ impl EventSource for KafkaSubscription {
             return Ok(());
         }
         let consumer = self.consumer.clone();
-        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
-            .await
-            .map_err(|e| Error::Backend {
-                backend: "kafka",
-                message: "committing offsets".into(),
-                source: Some(Box::new(e)),
-            })?
-            .map_err(|e| backend("committing offsets", e))
+        let committed =
+            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+                .await
+                .map_err(|e| Error::Backend {
+                    backend: "kafka",
+                    message: "committing offsets".into(),
+                    source: Some(Box::new(e)),
+                })
+                .and_then(|done| done.map_err(|e| backend("committing offsets", e)));
+        if committed.is_err() {
+            // Kept for the processor's retry of this ack.
+            self.delivered = delivered;
+        }
+        committed
     }
 
     async fn dead_letter(&mut self, letters: &[DeadLetter]) -> Result<()> {
