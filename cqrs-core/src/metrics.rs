@@ -19,6 +19,7 @@
 //! | `cqrs_processor_lag_seconds` | gauge | projection | now minus the timestamp of the last applied event (of the oldest in the batch under way, so a stall grows it); 0 once the feed had nothing more (set as it changes and on each health report) |
 //! | `cqrs_processor_lag_events` | gauge | projection | store feeds: the log's head minus the position (set on each health report) |
 //! | `cqrs_processor_position` | gauge | projection | the largest position committed (set on each health report) |
+//! | `cqrs_store_held_back_seconds` | gauge | none | how long the transaction holding the log's readers back has run; 0 while none does (set on each health report) |
 //! | `cqrs_relay_events_published_total` | counter | relay | events the bus confirmed |
 //! | `cqrs_relay_failures_total` | counter | relay | failed publishes or reads (each retried) |
 //! | `cqrs_relay_breaker` | gauge | relay | 0 closed, 1 half open, 2 open (set as it changes and on each health report) |
@@ -45,6 +46,8 @@ pub const PROCESSOR_COMMIT_RETRIES: &str = "cqrs_processor_commit_retries_total"
 pub const PROCESSOR_SEGMENTS_HELD: &str = "cqrs_processor_segments_held";
 /// Segments lost to another instance, per projection.
 pub const PROCESSOR_CLAIMS_LOST: &str = "cqrs_processor_claims_lost_total";
+/// Seconds the transaction holding the log's readers back has run (0: none does).
+pub const STORE_HELD_BACK_SECONDS: &str = "cqrs_store_held_back_seconds";
 /// Segments whose release failed (free again after their lease), per projection.
 pub const PROCESSOR_RELEASES_FAILED: &str = "cqrs_processor_releases_failed_total";
 /// Seconds behind, per projection.
@@ -99,6 +102,11 @@ pub(crate) fn segments_held(projection: &str, held: usize) {
 /// A segment lost to another instance.
 pub(crate) fn claim_lost(projection: &str) {
     metrics::counter!(PROCESSOR_CLAIMS_LOST, "projection" => projection.to_owned()).increment(1);
+}
+
+/// How long the transaction holding the log back has run (0: none does).
+pub(crate) fn held_back(seconds: f64) {
+    metrics::gauge!(STORE_HELD_BACK_SECONDS).set(seconds);
 }
 
 /// A segment this instance could not give back (it is free after its lease).

@@ -64,6 +64,34 @@ pub trait EventReader: Send + Sync {
     /// # Errors
     /// A backend error.
     async fn stored_types(&self) -> Result<Vec<StoredType>>;
+
+    /// The transaction that holds the log's readers back, if one does: events have committed
+    /// that no reader may see yet, because an older transaction (of this store or anything
+    /// else on the same server) is still running. A store whose log has no such horizon
+    /// answers `None` (the default).
+    ///
+    /// # Errors
+    /// A backend error.
+    async fn held_back(&self) -> Result<Option<HeldBack>> {
+        Ok(None)
+    }
+}
+
+/// A transaction holding the log's readers back (see [`EventReader::held_back`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HeldBack {
+    /// The transaction's id.
+    pub transaction: u64,
+    /// The server process running it, when the server shows it (PostgreSQL shows other
+    /// users' sessions only to a role with `pg_read_all_stats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// What the session is doing (`idle in transaction`: a client paused or cut off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// For how long its transaction has run, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 /// The write half of an event store.
@@ -156,6 +184,9 @@ macro_rules! forward_store {
             }
             async fn stored_types(&self) -> Result<Vec<StoredType>> {
                 (**self).stored_types().await
+            }
+            async fn held_back(&self) -> Result<Option<HeldBack>> {
+                (**self).held_back().await
             }
         }
 

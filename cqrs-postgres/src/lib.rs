@@ -4,6 +4,7 @@ mod append;
 mod copy;
 mod error;
 mod group;
+mod held;
 mod listen;
 mod page;
 mod schema;

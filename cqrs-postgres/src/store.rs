@@ -211,6 +211,10 @@ impl PgEventStore {
 
 #[async_trait]
 impl EventReader for PgEventStore {
+    async fn held_back(&self) -> Result<Option<cqrs_core::store::HeldBack>> {
+        crate::held::held_back(&self.pool, &self.schema).await
+    }
+
     async fn read_stream(&self, stream_id: &str, after_version: u64) -> Result<Vec<Envelope>> {
         let rows = sqlx::query(self.schema.sql(&format!(
             "SELECT {COLUMNS} FROM {{schema}}.events

@@ -179,3 +179,65 @@ async fn a_claim_skips_a_row_locked_by_a_frozen_holder() {
         .expect("claim")
         .is_some());
 }
+
+/// While a transaction that took an id before an event committed is still running, the store
+/// names it: its id, its session's pid and state, and how long it has run. The health report
+/// carries it. Once it ends, nothing is held back.
+#[tokio::test]
+async fn the_store_names_the_transaction_holding_the_log_back() {
+    use cqrs_core::store::HeldBack;
+    let pg = fresh().await;
+    let store = pg.event_store().without_group_commit();
+    // Older transactions of other tests may hold the log back too: wait for them to end.
+    let mut holder = pg.pool().begin().await.expect("begin");
+    let (xid, pid): (i64, i32) =
+        sqlx::query_as("SELECT pg_current_xact_id()::text::bigint, pg_backend_pid()")
+            .fetch_one(&mut *holder)
+            .await
+            .expect("take an id");
+    store
+        .append("counter", "a", ExpectedVersion::NEW, vec![event(1, 1)])
+        .await
+        .expect("append after it");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held: HeldBack = loop {
+        let held = store
+            .held_back()
+            .await
+            .expect("held back")
+            .expect("held back by someone");
+        if held.transaction == xid as u64 {
+            break held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never held back by the test's transaction: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("[fault] the log held back by {held:?}");
+    assert_eq!(held.pid, Some(pid));
+    assert_eq!(held.state.as_deref(), Some("idle in transaction"));
+    assert!(held.seconds.is_some_and(|s| s >= 0.3), "{held:?}");
+    let app = cqrs_core::App::builder()
+        .with(pg.clone())
+        .build()
+        .expect("an app on the store");
+    let health = app.health().await;
+    assert!(health.log_held_back.is_some(), "{health:?}");
+    assert!(health.is_ok(), "reported, not degraded: {health:?}");
+    app.shutdown().await.expect("shutdown");
+    holder.rollback().await.expect("rollback");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.held_back().await.expect("held back") {
+            None => break,
+            Some(other) => {
+                assert_ne!(other.transaction, xid as u64, "still named after it ended");
+                assert!(Instant::now() < deadline, "held back by {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

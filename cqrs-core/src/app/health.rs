@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::relay::Breaker;
+use crate::store::HeldBack;
 
 /// How a service is doing: `ok`, or `degraded` once a processor has stopped (its read model
 /// no longer follows the events) or a relay has. A relay whose circuit is open (the bus is
@@ -18,6 +19,11 @@ pub struct Health {
     /// Each processor.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub processors: Vec<ProcessorHealth>,
+    /// The transaction holding the log's readers back, while one does (a session paused or
+    /// cut off in a transaction): processors and relays reading the log wait for it. Reported,
+    /// not degraded: it ends (the server ends an idle one, docs/adr/0018).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_held_back: Option<HeldBack>,
 }
 
 impl Health {

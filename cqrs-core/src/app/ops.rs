@@ -54,8 +54,25 @@ impl Ops {
     /// then unknown): the service is not degraded by an outage it rides out.
     pub async fn health(&self) -> Health {
         // Bounded: a store that is down must not hold the report up (a pool waits long).
-        let head =
-            tokio::time::timeout(std::time::Duration::from_secs(1), self.wiring.store.head()).await;
+        let second = std::time::Duration::from_secs(1);
+        let (head, held_back) = tokio::join!(
+            tokio::time::timeout(second, self.wiring.store.head()),
+            tokio::time::timeout(second, self.wiring.store.held_back()),
+        );
+        let log_held_back = match held_back {
+            Ok(Ok(held)) => held,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "health: whether the log is held back is unknown");
+                None
+            }
+            Err(_) => None,
+        };
+        crate::metrics::held_back(
+            log_held_back
+                .as_ref()
+                .and_then(|h| h.seconds)
+                .unwrap_or(0.0),
+        );
         let head = match head {
             Ok(Ok(head)) => Some(head),
             Ok(Err(e)) => {
@@ -127,6 +144,7 @@ impl Ops {
             },
             relays,
             processors,
+            log_held_back,
         }
     }
 
