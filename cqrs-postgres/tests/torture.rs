@@ -7,8 +7,10 @@
 //! - Nemesis: a session that takes a transaction id and pauses mid-transaction (sometimes past
 //!   its idle limit, when the server ends it), then commits or rolls back; processor instances
 //!   killed and started again.
-//! - Readers: a projection run in segments by two instances, with a handler that fails now and
-//!   then (retried, then dead-lettered), and an operator retrying dead letters.
+//! - Readers: a projection run in segments by two instances, and the same projection fed from a
+//!   bus (the in-memory one) that a relay fills from the log, by two members of a group; both
+//!   with a handler that fails now and then (retried, then dead-lettered), and an operator
+//!   retrying dead letters. Instances, members and the relay are killed and started again.
 //! - Checker: per stream, log order is version order; every append that was acknowledged is in
 //!   the log once; every view holds each version of its stream exactly once (none lost, none
 //!   applied twice) once the dead letters are retried with a fixed handler.
@@ -25,10 +27,12 @@ use std::time::{Duration, Instant};
 
 use common::{database_url, fresh, Added, TallyView};
 use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
+use cqrs_core::memory::MemoryEventBus;
 use cqrs_core::processor::{Backoff, ErrorPolicy};
+use cqrs_core::relay::RelayHandle;
 use cqrs_core::{
-    BoxError, DeadLetterStore, Envelope, Error, EventAppender, EventReader, Projection, StoreFeed,
-    TrackingProcessor, ViewStore,
+    BoxError, BusFeed, DeadLetterStore, Envelope, Error, EventAppender, EventBus, EventReader,
+    Projection, Relay, StoreFeed, TrackingProcessor, ViewStore,
 };
 use cqrs_postgres::{GroupCommit, PgEventStore, PgViewStore, Postgres, SessionLimits};
 
@@ -37,15 +41,16 @@ const COLD: u64 = 48;
 const SEGMENTS: u32 = 4;
 const LEASE: Duration = Duration::from_millis(1500);
 
-/// A tally whose handler fails on a share of its calls while `flaky` holds.
-struct FlakyTally {
+/// A tally whose handler fails on a share of its calls while `flaky` holds; `BUS` names the
+/// bus-fed one apart.
+struct FlakyTally<const BUS: bool> {
     rng: Arc<Mutex<fastrand::Rng>>,
     flaky: Arc<AtomicBool>,
     failures: Arc<AtomicU64>,
 }
 
-impl Projection for FlakyTally {
-    const NAME: &'static str = "torture";
+impl<const BUS: bool> Projection for FlakyTally<BUS> {
+    const NAME: &'static str = if BUS { "torture_bus" } else { "torture" };
     type Event = Added;
     type View = TallyView;
     fn view_id(&self, _: &Added, envelope: &Envelope) -> String {
@@ -248,7 +253,12 @@ async fn torture() {
     let flaky = Arc::new(AtomicBool::new(true));
     let failures = Arc::new(AtomicU64::new(0));
     let handler_rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(rng.u64(..))));
-    let projection = || FlakyTally {
+    let projection = || FlakyTally::<false> {
+        rng: handler_rng.clone(),
+        flaky: flaky.clone(),
+        failures: failures.clone(),
+    };
+    let on_bus = || FlakyTally::<true> {
         rng: handler_rng.clone(),
         flaky: flaky.clone(),
         failures: failures.clone(),
@@ -266,6 +276,25 @@ async fn torture() {
             .idle_wait(Duration::from_millis(50))
             .segments(SEGMENTS, LEASE)
             .spawn(feed.clone())
+    };
+    // The relay fills the bus from the log; a group of two members applies it.
+    let bus: Arc<dyn EventBus> = Arc::new(MemoryEventBus::new(4));
+    let relay = || -> RelayHandle {
+        Relay::new(
+            "torture_relay",
+            Arc::new(pg.event_store()),
+            bus.clone(),
+            Arc::new(pg.checkpoint_store()),
+        )
+        .batch_size(64)
+        .spawn()
+    };
+    let member = |batch: usize| {
+        TrackingProcessor::new(on_bus(), Arc::new(views.clone()))
+            .error_policy(policy)
+            .batch_size(batch)
+            .idle_wait(Duration::from_millis(50))
+            .spawn(Arc::new(BusFeed::new(bus.clone(), "catalog", ["counter"])))
     };
 
     let until = Instant::now() + Duration::from_secs(secs);
@@ -285,10 +314,13 @@ async fn torture() {
         history.clone(),
     )));
     let mut instances = vec![start(rng.usize(1..64)), start(rng.usize(1..64))];
+    let mut members = vec![member(rng.usize(1..64)), member(rng.usize(1..64))];
+    let mut relaying = relay();
     let operator = TrackingProcessor::new(projection(), Arc::new(views.clone()));
+    let bus_operator = TrackingProcessor::new(on_bus(), Arc::new(views.clone()));
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
-        match rng.u32(0..4) {
+        match rng.u32(0..6) {
             0 => {
                 // Kill one instance without a word, and start another.
                 let i = rng.usize(0..instances.len());
@@ -297,14 +329,29 @@ async fn torture() {
                 instances.push(start(rng.usize(1..64)));
             }
             1 => {
+                // The same for a member of the bus's group: its unacknowledged batch goes to
+                // the other member or to the new one.
+                let i = rng.usize(0..members.len());
+                members.remove(i).abort();
+                history.kills.fetch_add(1, Ordering::Relaxed);
+                members.push(member(rng.usize(1..64)));
+            }
+            2 => {
+                // The relay killed between a publish and its checkpoint: it publishes again.
+                std::mem::replace(&mut relaying, relay()).abort();
+                history.kills.fetch_add(1, Ordering::Relaxed);
+            }
+            3 => {
                 // A backend error leaves the dead letters as they were: tried again later.
-                if operator.retry_dead_letters(&views).await.is_ok() {
+                if operator.retry_dead_letters(&views).await.is_ok()
+                    && bus_operator.retry_dead_letters(&views).await.is_ok()
+                {
                     history.retries.fetch_add(1, Ordering::Relaxed);
                 }
             }
             _ => {}
         }
-        for handle in &instances {
+        for handle in instances.iter().chain(&members) {
             assert!(
                 !handle.is_finished(),
                 "seed {seed}: a processor ended: {:?}",
@@ -374,27 +421,30 @@ async fn torture() {
             .retry_dead_letters(&views)
             .await
             .expect("the last retry");
-        let docs = views.load("torture", &ids).await.expect("load");
-        let mut done = docs.len() == ids.len()
-            && views
-                .dead_letters("torture")
-                .await
-                .expect("dead")
-                .is_empty();
-        for doc in &docs {
-            let view: TallyView =
-                serde_json::from_value(doc.view.clone().expect("a view")).expect("view");
-            let mut seen = view.versions.clone();
-            seen.sort_unstable();
-            let unique = seen.windows(2).all(|w| w[0] != w[1]);
-            assert!(
-                unique,
-                "seed {seed}: view {} applied a version twice: {:?}",
-                doc.id, view.versions
-            );
-            let (last, total) = versions[&doc.id];
-            if seen != (1..=last).collect::<Vec<_>>() || view.total != total {
-                done = false;
+        bus_operator
+            .retry_dead_letters(&views)
+            .await
+            .expect("the last retry on the bus");
+        let mut done = true;
+        for name in ["torture", "torture_bus"] {
+            let docs = views.load(name, &ids).await.expect("load");
+            done &=
+                docs.len() == ids.len() && views.dead_letters(name).await.expect("dead").is_empty();
+            for doc in &docs {
+                let view: TallyView =
+                    serde_json::from_value(doc.view.clone().expect("a view")).expect("view");
+                let mut seen = view.versions.clone();
+                seen.sort_unstable();
+                let unique = seen.windows(2).all(|w| w[0] != w[1]);
+                assert!(
+                    unique,
+                    "seed {seed}: {name} view {} applied a version twice: {:?}",
+                    doc.id, view.versions
+                );
+                let (last, total) = versions[&doc.id];
+                if seen != (1..=last).collect::<Vec<_>>() || view.total != total {
+                    done = false;
+                }
             }
         }
         if done {
@@ -406,11 +456,12 @@ async fn torture() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    for handle in instances {
+    for handle in instances.into_iter().chain(members) {
         handle.stop().await.expect("a clean stop");
     }
+    relaying.stop().await.expect("the relay's clean stop");
     println!(
-        "[torture] seed {seed}: {} events in {} streams checked; {} appends acknowledged, {} conflicts, {} failed; {} paused transactions ({} ended by the server); {} handler failures; {} processor kills; {} operator retries; violations: 0",
+        "[torture] seed {seed}: {} events in {} streams checked; {} appends acknowledged, {} conflicts, {} failed; {} paused transactions ({} ended by the server); {} handler failures; {} kills of processors, members and the relay; {} operator retries; violations: 0",
         log.len(),
         versions.len(),
         history.appends.load(Ordering::Relaxed),
