@@ -122,13 +122,21 @@ impl MongoViewStore {
             )
         });
         let claims = self.mongo.collection("segment_claims");
-        let mut session = self
-            .mongo
-            .inner
-            .client
-            .start_session()
-            .await
-            .map_err(|e| backend("starting a session", e))?;
+        // Under a claim, its session (recorded with the claim, so a next holder can end it).
+        let held = work
+            .claim
+            .as_ref()
+            .and_then(|c| self.mongo.inner.sessions.take(c.token));
+        let mut session = match held {
+            Some(session) => session,
+            None => self
+                .mongo
+                .inner
+                .client
+                .start_session()
+                .await
+                .map_err(|e| backend("starting a session", e))?,
+        };
         session
             .start_transaction()
             .await
@@ -192,7 +200,7 @@ impl MongoViewStore {
             Ok(())
         }
         .await;
-        match outcome {
+        let committed = match outcome {
             Ok(()) => session
                 .commit_transaction()
                 .await
@@ -203,7 +211,14 @@ impl MongoViewStore {
                 }
                 Err(e)
             }
+        };
+        // The claim's session serves its next unit of work, unless the claim is gone.
+        if let Some(claim) = &work.claim {
+            if !matches!(committed, Err(Error::ClaimLost { .. })) {
+                self.mongo.inner.sessions.keep(claim.token, session);
+            }
         }
+        committed
     }
 
     pub(crate) fn dead_letter_updates(

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod commit;
+mod fencing;
 mod names;
 mod segments;
 mod view;
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) db: mongodb::Database,
     pub(crate) prefix: String,
     pub(crate) mode: CommitMode,
+    /// The sessions of the segment claims held (see `fencing`).
+    pub(crate) sessions: fencing::Sessions,
 }
 
 impl std::fmt::Debug for Mongo {
@@ -136,6 +139,7 @@ impl Mongo {
                 db,
                 prefix: prefix.to_owned(),
                 mode,
+                sessions: fencing::Sessions::default(),
             }),
         };
         mongo.ensure_indexes().await?;
@@ -150,6 +154,7 @@ impl Mongo {
                 db: self.inner.db.clone(),
                 prefix: self.inner.prefix.clone(),
                 mode,
+                sessions: fencing::Sessions::default(),
             }),
         }
     }

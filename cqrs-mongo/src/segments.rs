@@ -90,6 +90,15 @@ impl SegmentClaims for MongoViewStore {
             ));
         }
         let token = Uuid::new_v4();
+        // The session this claim's units of work will commit in, recorded with the claim so
+        // that whoever takes the segment over after it can end it (see `fencing`).
+        let session = self
+            .mongo
+            .inner
+            .client
+            .start_session()
+            .await
+            .map_err(|e| backend("starting a claim's session", e))?;
         let free = doc! {
             "_id": id(projection, segment),
             "$or": [ { "token": Bson::Null }, { "until": { "$lte": DateTime::now() } } ],
@@ -101,21 +110,30 @@ impl SegmentClaims for MongoViewStore {
             "owner": owner.to_string(),
             "token": token.to_string(),
             "until": until(lease),
+            "lsid": session.id().clone(),
         } };
-        let taken = claims
+        // The document as it was: none when the claim is the segment's first.
+        let previous = claims
             .find_one_and_update(free, take)
             .upsert(true)
-            .return_document(ReturnDocument::After)
+            .return_document(ReturnDocument::Before)
             .await;
-        let taken = match taken {
-            Ok(taken) => taken,
+        let previous = match previous {
+            Ok(previous) => previous,
             // Held by another: the filter missed and the upsert met the existing `_id`.
             Err(e) if crate::is_duplicate_key(&e) => return Ok(None),
             Err(e) => return Err(backend("claiming a segment", e)),
         };
-        if taken.is_none() {
-            return Ok(None);
+        // Taken over from a holder whose lease ran out: end its session before anything of
+        // this claim writes, so a transaction it left open no longer holds the documents.
+        if previous
+            .as_ref()
+            .is_some_and(|p| !matches!(p.get("token"), None | Some(Bson::Null)))
+        {
+            crate::fencing::end_previous(&self.mongo.inner.client, previous.as_ref(), projection)
+                .await;
         }
+        self.mongo.inner.sessions.keep(token, session);
         let kept = self
             .mongo
             .collection("view_checkpoints")
@@ -151,6 +169,7 @@ impl SegmentClaims for MongoViewStore {
     }
 
     async fn release(&self, projection: &str, claim: &Claim) -> Result<()> {
+        self.mongo.inner.sessions.forget(claim.token);
         self.mongo
             .collection("segment_claims")
             .update_one(
