@@ -19,7 +19,7 @@
 //! | `cqrs_processor_lag_seconds` | gauge | projection | now minus the timestamp of the last applied event (of the oldest in the batch under way, so a stall grows it); 0 once the feed had nothing more (set as it changes and on each health report) |
 //! | `cqrs_processor_lag_events` | gauge | projection | store feeds: the log's head minus the position (set on each health report) |
 //! | `cqrs_processor_position` | gauge | projection | the largest position committed (set on each health report) |
-//! | `cqrs_store_held_back_seconds` | gauge | none | how long the transaction holding the log's readers back has run; 0 while none does (set on each health report) |
+//! | `cqrs_store_held_back_seconds` | gauge | none | how long the transaction holding the log's readers back has run; 0 while none does, -1 when one does but its age cannot be seen (set on each health report) |
 //! | `cqrs_relay_events_published_total` | counter | relay | events the bus confirmed |
 //! | `cqrs_relay_failures_total` | counter | relay | failed publishes or reads (each retried) |
 //! | `cqrs_relay_breaker` | gauge | relay | 0 closed, 1 half open, 2 open (set as it changes and on each health report) |

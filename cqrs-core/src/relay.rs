@@ -201,14 +201,11 @@ impl Relay {
             // are the publishing's: a transient one is retried with the same backoff.
             let outcome = match outcome {
                 Ok(_) => {
-                    if failures > 0 {
-                        tracing::info!(relay = %self.name, failures, "relay recovered; circuit closed");
-                    }
-                    failures = 0;
                     let closed = self.breaker.send_if_modified(|b| {
                         std::mem::replace(b, Breaker::Closed) != Breaker::Closed
                     });
                     if closed {
+                        tracing::info!(relay = %self.name, failures, "relay recovered; circuit closed");
                         crate::metrics::breaker(&self.name, Breaker::Closed);
                     }
                     let after = *self.position.borrow();
@@ -220,7 +217,9 @@ impl Relay {
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(()) => {}
+                // Published and waited: the failures count from zero again (a wait that keeps
+                // failing backs off like publishing does).
+                Ok(()) => failures = 0,
                 Err(e) if e.is_transient() => {
                     failures = failures.saturating_add(1);
                     crate::metrics::relay_failure(&self.name);

@@ -172,3 +172,48 @@ async fn a_handler_failing_now_and_then_on_an_earlier_event_is_dead_lettered_not
     let model = ReadModel::<Flaky>::new(views.clone() as Arc<dyn ViewQuery>);
     assert_eq!(model.get("x").await.expect("x").expect("x").total, 6);
 }
+
+/// The same tally, after a fix that moved events to other views: an event parked in its old
+/// view is not applied to the new one behind the operator's back (nor resolved unapplied).
+struct Moved;
+
+impl Projection for Moved {
+    const NAME: &'static str = "flaky";
+    type Event = CounterEvent;
+    type View = TallyView;
+
+    fn view_id(&self, _: &CounterEvent, envelope: &Envelope) -> String {
+        format!("{}-moved", envelope.stream_id)
+    }
+
+    fn apply(
+        &self,
+        view: &mut Option<TallyView>,
+        _: &CounterEvent,
+        envelope: &Envelope,
+    ) -> Result<(), BoxError> {
+        view.get_or_insert_with(TallyView::default)
+            .versions
+            .push(envelope.version);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_whose_view_moved_stays_listed_with_the_reason() {
+    let (_store, events) = three_events().await;
+    let views = Arc::new(MemoryViewStore::new());
+    TrackingProcessor::new(Flaky::failing_on([2]), views.clone())
+        .error_policy(ErrorPolicy::dead_letter())
+        .process(&Batch::from_log(events))
+        .await
+        .expect("first delivery");
+    let report = TrackingProcessor::new(Moved, views.clone())
+        .retry_dead_letters(views.as_ref())
+        .await
+        .expect("retry");
+    assert!(report.resolved.is_empty(), "{report:?}");
+    assert!(report.failed[0].1.contains("parked"), "{report:?}");
+    assert_eq!(views.dead_letters("flaky").await.expect("dead").len(), 1);
+    assert_eq!(versions(&views).await, [1, 3]);
+}

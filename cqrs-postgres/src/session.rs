@@ -86,17 +86,37 @@ impl SessionLimits {
 
     /// `options` with these limits as startup options, except those it sets already.
     pub(crate) fn apply(&self, options: PgConnectOptions) -> PgConnectOptions {
-        let given = options.get_options().unwrap_or_default().to_owned();
+        let given = set_by(options.get_options().unwrap_or_default());
         let missing: Vec<(&str, u128)> = self
             .settings()
             .into_iter()
-            .filter(|(name, _)| !given.contains(&format!("{name}=")))
+            .filter(|(name, _)| !given.iter().any(|g| g == name))
             .collect();
         if missing.is_empty() {
             return options;
         }
         options.options(missing)
     }
+}
+
+/// The settings a startup `options` string sets: `-c name=value`, `-cname=value` and
+/// `--name=value`, names compared as PostgreSQL does (case-insensitive, `-` as `_`).
+fn set_by(options: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut tokens = options.split_whitespace();
+    while let Some(token) = tokens.next() {
+        let setting = if token == "-c" {
+            tokens.next()
+        } else if let Some(rest) = token.strip_prefix("--") {
+            Some(rest)
+        } else {
+            token.strip_prefix("-c")
+        };
+        if let Some((name, _)) = setting.and_then(|s| s.split_once('=')) {
+            names.push(name.to_ascii_lowercase().replace('-', "_"));
+        }
+    }
+    names
 }
 
 /// Lifts the statement and lock limits for the rest of the transaction on `conn` (a migration
@@ -108,4 +128,18 @@ pub(crate) async fn unbounded(conn: &mut sqlx::PgConnection) -> sqlx::Result<()>
     .execute(conn)
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by;
+
+    #[test]
+    fn settings_a_connection_string_makes_are_found_in_every_spelling() {
+        assert_eq!(
+            set_by("-c deadlock_timeout=1s -cLock_Timeout=2s --statement-timeout=3s -c x"),
+            ["deadlock_timeout", "lock_timeout", "statement_timeout"]
+        );
+        assert!(set_by("").is_empty());
+    }
 }

@@ -284,13 +284,25 @@ impl EventReader for PgEventStore {
     }
 
     async fn stored_types(&self) -> Result<Vec<StoredType>> {
+        // A scan of the whole log: it may outlast the session's statement limit.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| db("listing stored event types", e))?;
+        crate::session::unbounded(&mut tx)
+            .await
+            .map_err(|e| db("listing stored event types", e))?;
         let rows = sqlx::query(self.schema.sql(
             "SELECT DISTINCT aggregate_type, event_name, event_version FROM {schema}.events
                   ORDER BY 1, 2, 3",
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| db("listing stored event types", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| db("listing stored event types", e))?;
         rows.iter()
             .map(|row| {
                 let version: i32 = row

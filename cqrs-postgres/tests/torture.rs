@@ -62,11 +62,13 @@ impl<const BUS: bool> Projection for FlakyTally<BUS> {
         e: &Added,
         envelope: &Envelope,
     ) -> Result<(), BoxError> {
+        let view = view.get_or_insert_with(TallyView::default);
         if self.flaky.load(Ordering::SeqCst) && self.rng.lock().unwrap().u32(0..100) < 3 {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            // Half done when it fails: the processor must put the view back as it was.
+            view.versions.push(envelope.version);
             return Err("a transient failure of the handler".into());
         }
-        let view = view.get_or_insert_with(TallyView::default);
         view.total += e.amount;
         view.versions.push(envelope.version);
         Ok(())

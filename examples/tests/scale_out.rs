@@ -245,3 +245,19 @@ async fn three_catalog_instances_share_the_segments_of_the_store_feed() {
     println!("[fault] store feed, 6 segments: {figures}");
     env.clean_up().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_catalog_instances_share_the_partitions_on_redis() {
+    let env = Env::over_redis("scale2r");
+    let figures = instances_share_the_catalog(&env, 2).await;
+    println!("[fault] Redis Streams: {figures}");
+    env.clean_up().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_catalog_instances_share_the_message_groups_on_sqs() {
+    let env = Env::over_sqs("scale2s");
+    let figures = instances_share_the_catalog(&env, 2).await;
+    println!("[fault] SQS: {figures}");
+    env.clean_up().await;
+}

@@ -67,11 +67,11 @@ impl Ops {
             }
             Err(_) => None,
         };
+        // Held back for an unknown time (the role may not see the session): -1, not 0.
         crate::metrics::held_back(
             log_held_back
                 .as_ref()
-                .and_then(|h| h.seconds)
-                .unwrap_or(0.0),
+                .map_or(0.0, |h| h.seconds.unwrap_or(-1.0)),
         );
         let head = match head {
             Ok(Ok(head)) => Some(head),

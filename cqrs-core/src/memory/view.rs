@@ -133,9 +133,17 @@ impl ViewStore for MemoryViewStore {
         space
             .dead
             .retain(|d| !work.resolved.contains(&d.envelope.metadata.event_id));
-        for letter in work.dead_letters {
+        for mut letter in work.dead_letters {
             let id = letter.envelope.metadata.event_id;
-            space.dead.retain(|d| d.envelope.metadata.event_id != id);
+            let before = space
+                .dead
+                .iter()
+                .position(|d| d.envelope.metadata.event_id == id);
+            if let Some(i) = before {
+                // A letter written again without a view keeps the one it had.
+                let old = space.dead.remove(i);
+                letter.view = letter.view.or(old.view);
+            }
             space.dead.push(letter);
         }
         let kept = match &work.claim {

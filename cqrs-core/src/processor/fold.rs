@@ -125,6 +125,7 @@ async fn restore<P: Projection>(
         &batch.events,
         batch.globally_ordered && !processor.track_streams,
     );
+    let loaded = doc.state.revision;
     'rebuild: loop {
         let stored = processor
             .store
@@ -134,6 +135,17 @@ async fn restore<P: Projection>(
             Some(stored) => from_stored::<P>(&processor.name, stored)?,
             None => empty(),
         };
+        // Another processor (a member that took the partition over) wrote the view since this
+        // one loaded it: what it applied is not in this batch's account. Fold the batch again
+        // from the store, as a commit refused by the revision would.
+        if doc.state.revision != loaded {
+            return Err(Error::ViewConflict {
+                projection: processor.name.clone(),
+                id: id.to_owned(),
+                expected: loaded,
+                actual: doc.state.revision,
+            });
+        }
         let mut steps: Vec<(usize, bool)> = doc.applied_now.iter().map(|&i| (i, true)).collect();
         steps.extend(doc.parked_now.iter().map(|&i| (i, false)));
         steps.sort_unstable();
@@ -404,6 +416,12 @@ pub(super) async fn refold_dead_letter<P: Projection>(
         Err(e) => return Ok(Err(e.to_string())),
     };
     let id = processor.projection.view_id(&event, envelope);
+    if let Some(parked_in) = letter.view.as_ref().filter(|v| **v != id) {
+        return Ok(Err(format!(
+            "the projection now puts this event in view `{id}`, but it failed in view \
+             `{parked_in}` and is parked there: apply it by hand or remove the dead letter"
+        )));
+    }
     let mut state = match processor
         .store
         .load(name, std::slice::from_ref(&id))

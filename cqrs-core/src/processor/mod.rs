@@ -233,6 +233,14 @@ impl<P: Projection> TrackingProcessor<P> {
             // Fold afresh on every attempt: after a view conflict the views must be reloaded.
             let mut folded = match fold::fold(self, batch).await {
                 Ok(folded) => folded,
+                // A view another processor wrote while this one restored it: fold again.
+                Err(e @ Error::ViewConflict { .. }) => {
+                    crate::metrics::view_conflict(&self.name);
+                    tracing::debug!(projection = %self.name, error = %e, "view changed while restored; folding again");
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(self.backend_backoff.delay(attempt.min(8))).await;
+                    continue;
+                }
                 // Loading the views failed (the store is down): wait and fold again.
                 Err(e) if e.is_transient() => {
                     let delay = self.backend_backoff.delay(attempt);
