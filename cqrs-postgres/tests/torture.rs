@@ -343,13 +343,11 @@ async fn torture() {
                 std::mem::replace(&mut relaying, relay()).abort();
                 history.kills.fetch_add(1, Ordering::Relaxed);
             }
-            3 => {
-                // A backend error leaves the dead letters as they were: tried again later.
-                if operator.retry_dead_letters(&views).await.is_ok()
-                    && bus_operator.retry_dead_letters(&views).await.is_ok()
-                {
-                    history.retries.fetch_add(1, Ordering::Relaxed);
-                }
+            // A backend error leaves the dead letters as they were: tried again later.
+            3 if operator.retry_dead_letters(&views).await.is_ok()
+                && bus_operator.retry_dead_letters(&views).await.is_ok() =>
+            {
+                history.retries.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
