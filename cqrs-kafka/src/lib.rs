@@ -74,14 +74,18 @@ impl KafkaBus {
         })
     }
 
+    /// The producer. Its messages never expire in its queue (`message.timeout.ms=0`): an
+    /// idempotent producer keeps a partition's messages in order through retries, but one
+    /// that lets messages 2 and 3 of a batch expire while the broker is away delivers 4 and 5
+    /// when it returns, and a consumer that applied 4 skips 2 and 3 when the batch is published
+    /// again. A publish is bounded by `message_timeout` in [`send_all`](Self::send_all)
+    /// instead, whose failure purges the queue: what reached the topic is then a prefix of the
+    /// batch, in order, and publishing the batch again leaves no gap.
     fn producer(config: &KafkaConfig) -> Result<FutureProducer> {
         config
             .client_config()
             .set("enable.idempotence", "true")
-            .set(
-                "message.timeout.ms",
-                config.message_timeout.as_millis().to_string(),
-            )
+            .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
             .create()
             .map_err(|e| Error::Config(format!("Kafka producer: {e}")))
@@ -201,8 +205,23 @@ impl KafkaBus {
                 .headers(r.headers());
             producer.send(record, timeout)
         });
+        let outcomes = match tokio::time::timeout(timeout, futures::future::join_all(sends)).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                // Purged with the old producer: nothing of the batch is sent after this.
+                self.recover();
+                return Err(Error::Backend {
+                    backend: "kafka",
+                    message: format!(
+                        "publishing {} records: not all delivered within {timeout:?}",
+                        records.len()
+                    ),
+                    source: None,
+                });
+            }
+        };
         let mut failure = None;
-        for outcome in futures::future::join_all(sends).await {
+        for outcome in outcomes {
             if let Err((e, message)) = outcome {
                 use rdkafka::Message as _;
                 failure.get_or_insert_with(|| {
