@@ -8,6 +8,7 @@
 mod aggregate;
 pub mod bus_conformance;
 mod bus_routing;
+pub mod bus_torture;
 pub mod conformance;
 mod faults;
 mod projection;

@@ -1,0 +1,21 @@
+#![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
+//! The bus torture run (`cqrs_core::testing::bus_torture`) on SQS.
+
+mod common;
+
+use std::time::Duration;
+
+use cqrs_core::testing::bus_torture::{self, GROUP};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqs_bus_survives_the_torture() {
+    let (seed, writing) = (
+        bus_torture::seed(),
+        bus_torture::writing(Duration::from_secs(10)),
+    );
+    let bus = common::bus_with(common::config().groups([GROUP]).unwrap()).await;
+    let report = bus_torture::run(bus.clone(), seed, writing).await;
+    println!("[torture] SQS: {report}");
+    assert!(report.events > 0, "{report}");
+    bus.delete_queues().await.unwrap();
+}
