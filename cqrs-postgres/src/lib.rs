@@ -2,6 +2,7 @@
 
 mod append;
 mod copy;
+mod dead_letters;
 mod error;
 mod group;
 mod held;

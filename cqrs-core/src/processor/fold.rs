@@ -22,11 +22,11 @@ use crate::view::{DeadLetter, StoredDoc, UnitOfWork};
 /// A view as the processor holds it between batches.
 #[derive(Debug)]
 pub(super) struct Cached<V> {
-    view: Option<V>,
-    applied: BTreeMap<String, u64>,
-    position: u64,
-    revision: u64,
-    parked: BTreeSet<Uuid>,
+    pub(super) view: Option<V>,
+    pub(super) applied: BTreeMap<String, u64>,
+    pub(super) position: u64,
+    pub(super) revision: u64,
+    pub(super) parked: BTreeSet<Uuid>,
 }
 
 /// What a fold produces: the unit of work, and the views to cache once it has committed.
@@ -46,7 +46,7 @@ struct Doc<V> {
 
 type Decoded<E> = Vec<Option<(String, E)>>;
 
-fn from_stored<P: Projection>(name: &str, doc: StoredDoc) -> Result<Cached<P::View>> {
+pub(super) fn from_stored<P: Projection>(name: &str, doc: StoredDoc) -> Result<Cached<P::View>> {
     let view = match &doc.view {
         None => None,
         Some(value) => Some(P::View::deserialize(value).map_err(|e| Error::Malformed {
@@ -63,7 +63,7 @@ fn from_stored<P: Projection>(name: &str, doc: StoredDoc) -> Result<Cached<P::Vi
     })
 }
 
-fn empty<V>() -> Cached<V> {
+pub(super) fn empty<V>() -> Cached<V> {
     Cached {
         view: None,
         applied: BTreeMap::new(),
@@ -75,7 +75,7 @@ fn empty<V>() -> Cached<V> {
 
 /// Whether the view has already seen this event: by global position when the feed has one
 /// order, else by its stream's version.
-fn seen<V>(state: &Cached<V>, envelope: &Envelope, globally_ordered: bool) -> bool {
+pub(super) fn seen<V>(state: &Cached<V>, envelope: &Envelope, globally_ordered: bool) -> bool {
     if globally_ordered && state.applied.is_empty() {
         return envelope.position <= state.position;
     }
@@ -395,114 +395,4 @@ pub(super) async fn fold<P: Projection>(
         applied,
         views,
     })
-}
-
-/// A dead letter applied again: the unit of work writing its view and resolving it, and the
-/// view's id. `Ok(Err(reason))` when it fails again.
-pub(super) async fn refold_dead_letter<P: Projection>(
-    processor: &TrackingProcessor<P>,
-    letter: &DeadLetter,
-) -> Result<std::result::Result<(UnitOfWork, String), String>> {
-    let name = &processor.name;
-    let envelope = &letter.envelope;
-    let event = match P::Event::decode(envelope) {
-        Ok(Some(event)) => event,
-        Ok(None) => {
-            return Ok(Err(format!(
-                "event `{}` is not one projection `{name}` handles",
-                envelope.event_name
-            )))
-        }
-        Err(e) => return Ok(Err(e.to_string())),
-    };
-    let id = processor.projection.view_id(&event, envelope);
-    if let Some(parked_in) = letter.view.as_ref().filter(|v| **v != id) {
-        return Ok(Err(format!(
-            "the projection now puts this event in view `{id}`, but it failed in view \
-             `{parked_in}` and is parked there: apply it by hand or remove the dead letter"
-        )));
-    }
-    let mut state = match processor
-        .store
-        .load(name, std::slice::from_ref(&id))
-        .await?
-        .into_iter()
-        .next()
-    {
-        Some(stored) => from_stored::<P>(name, stored)?,
-        None => empty(),
-    };
-    let event_id = envelope.metadata.event_id;
-    if letter.view.is_some() && !state.parked.contains(&event_id) {
-        // Parked when it failed, and no longer: applied since (a redelivery after a fix, or
-        // a retry whose removal of the letter did not land), or never parked because its
-        // batch's view writes did not land (a store without transactions, crashed after the
-        // dead letter): then its redelivery applies or parks it, and the retry waits for it.
-        if !seen(&state, envelope, true) {
-            return Ok(Err(format!(
-                "view `{id}` has not recorded this event yet (its batch did not commit whole): \
-                 retried once its batch is delivered again"
-            )));
-        }
-        let work = UnitOfWork {
-            projection: name.clone(),
-            writes: Vec::new(),
-            dead_letters: Vec::new(),
-            checkpoint: None,
-            resolved: vec![event_id],
-            claim: None,
-        };
-        return Ok(Ok((work, id)));
-    }
-    if let Err(reason) = processor
-        .projection
-        .apply(&mut state.view, &event, envelope)
-    {
-        return Ok(Err(reason.to_string()));
-    }
-    // Record it, so that a late duplicate of the event is skipped. A view kept by position
-    // alone stays so (switching it to versions would forget what its position covers). A view
-    // this retry creates records the stream's version: the dead letter does not say whether
-    // its feed had one order (a position would do) or was a bus (where only stream versions
-    // catch a redelivery), and versions are right for both, as nothing was applied to the
-    // view before.
-    let is_new = state.revision == 0 && state.position == 0 && state.applied.is_empty();
-    if let Some(version) = state.applied.get_mut(envelope.stream_id.as_str()) {
-        *version = (*version).max(envelope.version);
-    } else if !state.applied.is_empty() || is_new {
-        state
-            .applied
-            .insert(envelope.stream_id.clone(), envelope.version);
-    }
-    state.position = state.position.max(envelope.position);
-    // A dead letter parked in its view is applied here, and only here: taken out of `parked`
-    // under the view's revision, so a concurrent retry or a redelivery cannot apply it again.
-    // (One of an older version, or of an event no view could be had of when it failed, was
-    // never parked: it is applied as it is.)
-    state.parked.remove(&envelope.metadata.event_id);
-    let view = match &state.view {
-        Some(view) => Some(
-            serde_json::to_value(view).map_err(|source| Error::Serialize {
-                what: format!("view `{id}` of projection `{name}`"),
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    let work = UnitOfWork {
-        projection: name.clone(),
-        writes: vec![StoredDoc {
-            id: id.clone(),
-            view,
-            applied: state.applied,
-            position: state.position,
-            revision: state.revision,
-            parked: state.parked,
-        }],
-        dead_letters: Vec::new(),
-        checkpoint: None,
-        resolved: vec![envelope.metadata.event_id],
-        claim: None,
-    };
-    Ok(Ok((work, id)))
 }
