@@ -8,11 +8,8 @@ use cqrs_core::testing::bus_torture;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_bus_survives_the_torture() {
-    let (seed, writing) = (
-        bus_torture::seed(),
-        bus_torture::writing(Duration::from_secs(8)),
-    );
-    let report = bus_torture::run(MemoryEventBus::new(4), seed, writing).await;
+    let options = bus_torture::Options::from_env(Duration::from_secs(8));
+    let report = bus_torture::run(MemoryEventBus::new(4), options).await;
     println!("[torture] memory bus: {report}");
     assert!(report.events > 0 && report.handler_failures > 0, "{report}");
 }

@@ -9,12 +9,9 @@ use cqrs_core::testing::bus_torture::{self, GROUP};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqs_bus_survives_the_torture() {
-    let (seed, writing) = (
-        bus_torture::seed(),
-        bus_torture::writing(Duration::from_secs(10)),
-    );
+    let options = bus_torture::Options::from_env(Duration::from_secs(10));
     let bus = common::bus_with(common::config().groups([GROUP]).unwrap()).await;
-    let report = bus_torture::run(bus.clone(), seed, writing).await;
+    let report = bus_torture::run(bus.clone(), options).await;
     println!("[torture] SQS: {report}");
     assert!(report.events > 0, "{report}");
     bus.delete_queues().await.unwrap();

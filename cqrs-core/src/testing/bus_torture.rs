@@ -1,15 +1,17 @@
 //! The torture run every bus takes: seeded writers append to an in-memory store, a relay
 //! publishes the log to the bus, and a group of two bus-fed members applies it with a handler
 //! that fails now and then half way through a change (retried, then dead-lettered), while the
-//! members and the relay are killed and started again at random and an operator retries dead
-//! letters. The checker: once the handler is fixed and the last dead letters retried, every
+//! members and the relay are killed and started again at random (and the broker paused, when
+//! the test started its own) and an operator retries dead letters. The checker: once the handler is fixed and the last dead letters retried, every
 //! stream's view holds each of its versions exactly once (none lost, none applied twice).
 //!
 //! ```no_run
 //! # async fn example() {
 //! use std::time::Duration;
 //! use cqrs_core::memory::MemoryEventBus;
-//! let report = cqrs_core::testing::bus_torture::run(MemoryEventBus::new(4), 7, Duration::from_secs(5)).await;
+//! use cqrs_core::testing::bus_torture::{run, Options};
+//! let options = Options { seed: 7, ..Options::from_env(Duration::from_secs(5)) };
+//! let report = run(MemoryEventBus::new(4), options).await;
 //! println!("{report}");
 //! # }
 //! ```
@@ -50,19 +52,30 @@ pub struct Report {
     pub streams: usize,
     /// Handler failures injected.
     pub handler_failures: u64,
-    /// Members and relays killed.
-    pub kills: u64,
+    /// Members killed (and started again).
+    pub member_kills: u64,
+    /// Relays killed (and started again).
+    pub relay_kills: u64,
     /// Dead-letter retries by the operator.
     pub retries: u64,
+    /// Times the broker was paused (`kill -STOP`) and resumed.
+    pub broker_pauses: u64,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} events in {} streams checked; {} handler failures, {} kills of members \
-             and the relay, {} operator retries; violations: 0",
-            self.seed, self.events, self.streams, self.handler_failures, self.kills, self.retries
+            "seed {}: {} events in {} streams checked; {} handler failures, {} members and {} \
+             relays killed, {} broker pauses, {} operator retries; violations: 0",
+            self.seed,
+            self.events,
+            self.streams,
+            self.handler_failures,
+            self.member_kills,
+            self.relay_kills,
+            self.broker_pauses,
+            self.retries
         )
     }
 }
@@ -99,6 +112,60 @@ fn ticked(n: u64) -> NewEvent {
     }
 }
 
+/// How a run goes.
+#[derive(Clone)]
+pub struct Options {
+    /// The seed of every choice.
+    pub seed: u64,
+    /// How long the writers write.
+    pub writing: Duration,
+    /// No member is killed until this long after the group's last change (a member killed or
+    /// started): for a broker that cannot take a member leaving while the group is forming.
+    pub settle: Duration,
+    /// The broker, when the test started its own: paused and resumed now and then.
+    pub broker: Option<Arc<dyn super::server::Pausable>>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("seed", &self.seed)
+            .field("writing", &self.writing)
+            .field("settle", &self.settle)
+            .field("broker", &self.broker.is_some())
+            .finish()
+    }
+}
+
+impl Options {
+    /// [`seed`] and [`writing`] from the environment, no settling.
+    pub fn from_env(writing_default: Duration) -> Self {
+        Options {
+            seed: seed(),
+            writing: writing(writing_default),
+            settle: Duration::ZERO,
+            broker: None,
+        }
+    }
+}
+
+/// The faults of a run, each with the time since the start.
+#[derive(Default)]
+struct Timeline(Vec<String>);
+
+impl Timeline {
+    fn add(&mut self, started: Instant, what: &str) {
+        self.0
+            .push(format!("{:.1} s {what}", started.elapsed().as_secs_f64()));
+    }
+}
+
+impl fmt::Display for Timeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
 /// The seed of a run: `CQRS_TORTURE_SEED` (to replay one), else a new one.
 pub fn seed() -> u64 {
     std::env::var("CQRS_TORTURE_SEED")
@@ -115,11 +182,18 @@ pub fn writing(default: Duration) -> Duration {
         .map_or(default, Duration::from_secs)
 }
 
-/// Runs the torture on `bus` for `writing` (then until the views are checked, 120 s at most).
+/// Runs the torture on `bus` for `options.writing` (then until the views are checked, 120 s
+/// at most).
 ///
 /// # Panics
 /// On a violation (naming the seed and the view), or when the views never catch up.
-pub async fn run(bus: impl EventBus + 'static, seed: u64, writing: Duration) -> Report {
+pub async fn run(bus: impl EventBus + 'static, options: Options) -> Report {
+    let Options {
+        seed,
+        writing,
+        settle,
+        broker,
+    } = options;
     let bus: Arc<dyn EventBus> = Arc::new(bus);
     let mut rng = fastrand::Rng::with_seed(seed);
     let store = Arc::new(MemoryEventStore::new());
@@ -187,26 +261,57 @@ pub async fn run(bus: impl EventBus + 'static, seed: u64, writing: Duration) -> 
         seed,
         ..Report::default()
     };
+    let (mut changed, mut paused) = (Instant::now(), Instant::now());
+    // The faults in order, with their times: printed with a violation.
+    let started = Instant::now();
+    let mut faults = Timeline::default();
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1200))).await;
-        match rng.u32(0..5) {
-            0 => {
+        // Where kills wait for the group to settle, one comes at the latest after twice that.
+        // ... and a broker's pause after 5 s without one.
+        let choice = if !settle.is_zero() && changed.elapsed() >= settle * 2 {
+            0
+        } else if broker.is_some() && paused.elapsed() >= Duration::from_secs(5) {
+            3
+        } else {
+            rng.u32(0..5)
+        };
+        match choice {
+            0 if changed.elapsed() >= settle => {
                 let i = rng.usize(0..members.len());
                 members.remove(i).abort();
                 members.push(member(rng.usize(1..32)));
-                report.kills += 1;
+                changed = Instant::now();
+                report.member_kills += 1;
+                faults.add(started, "a member killed");
             }
             1 => {
                 std::mem::replace(&mut relaying, relay()).abort();
-                report.kills += 1;
+                report.relay_kills += 1;
+                faults.add(started, "the relay killed");
             }
-            2 if operator.retry_dead_letters(views.as_ref()).await.is_ok() => report.retries += 1,
+            2 if operator.retry_dead_letters(views.as_ref()).await.is_ok() => {
+                report.retries += 1;
+                faults.add(started, "dead letters retried");
+            }
+            3 => {
+                if let Some(broker) = &broker {
+                    // Publishes and fetches hang, then time out or go on.
+                    broker.pause();
+                    let pause = rng.u64(200..3000);
+                    faults.add(started, &format!("the broker paused for {pause} ms"));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    broker.resume();
+                    paused = Instant::now();
+                    report.broker_pauses += 1;
+                }
+            }
             _ => {}
         }
         for m in &members {
             assert!(
                 !m.is_finished(),
-                "seed {seed}: a member ended: {:?}",
+                "seed {seed}: a member ended: {:?}; faults: {faults}",
                 m.watch_ended().why()
             );
         }
@@ -238,15 +343,19 @@ pub async fn run(bus: impl EventBus + 'static, seed: u64, writing: Duration) -> 
             seen.sort_unstable();
             assert!(
                 seen.windows(2).all(|w| w[0] != w[1]),
-                "seed {seed}: view {} applied a version twice: {:?}",
+                "seed {seed}: view {} applied a version twice: {:?}; faults: {faults}",
                 doc.id,
                 view.versions
             );
             if seen != (1..=last[&doc.id]).collect::<Vec<_>>() {
                 done = false;
+                // The smallest account: the versions missing, not the whole view.
+                let missing: Vec<u64> = (1..=last[&doc.id])
+                    .filter(|v| seen.binary_search(v).is_err())
+                    .collect();
                 short.push(format!(
-                    "{} {:?} of 1..={}",
-                    doc.id, view.versions, last[&doc.id]
+                    "{} misses {missing:?} of 1..={}",
+                    doc.id, last[&doc.id]
                 ));
             }
         }
@@ -260,7 +369,7 @@ pub async fn run(bus: impl EventBus + 'static, seed: u64, writing: Duration) -> 
         assert!(
             Instant::now() < deadline,
             "seed {seed}: the views never held every version once: {} of {} views, dead \
-             letters {dead:?}; short: {short:?}",
+             letters {dead:?}; short: {short:?}; faults: {faults}",
             docs.len(),
             ids.len(),
         );

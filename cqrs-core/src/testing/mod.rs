@@ -14,6 +14,7 @@ mod faults;
 mod projection;
 mod routing;
 mod segments;
+pub mod server;
 pub mod view_conformance;
 
 pub use self::aggregate::{AggregateFixture, Then};

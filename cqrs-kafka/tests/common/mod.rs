@@ -27,7 +27,11 @@ pub fn config(brokers: &str) -> KafkaConfig {
 }
 
 pub async fn bus() -> KafkaBus {
-    let bus = KafkaBus::new(config(&brokers())).expect("bus");
+    bus_with(config(&brokers())).await
+}
+
+pub async fn bus_with(config: KafkaConfig) -> KafkaBus {
+    let bus = KafkaBus::new(config).expect("bus");
     // A missing broker fails the test loudly: it never passes by skipping.
     if let Err(e) = bus
         .ensure_topics(&[bus.topic("probe").expect("topic")])
