@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::Batch;
-use cqrs_core::testing::envelope_of;
 use cqrs_core::{BoxError, CommandGateway, Envelope, EventStore, Projection, TrackingProcessor};
+use cqrs_testing::envelope_of;
 use serde::{Deserialize, Serialize};
 use shop::events::{CommentPosted, ProductPriceChanged};
 use shop::product::ProductCommand;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{scored, serve, until, Scores, FIXED};
 use cqrs_axum::{DeadLetterPage, HealthAnswer, OpsApi};
 use cqrs_core::memory::MemoryEventStore;
-use cqrs_core::testing::raw_envelope;
 use cqrs_core::{App, Envelope, ErrorPolicy};
+use cqrs_testing::raw_envelope;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

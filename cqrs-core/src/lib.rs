@@ -17,7 +17,6 @@ pub mod relay;
 pub mod routing;
 pub mod segment;
 pub mod store;
-pub mod testing;
 pub mod view;
 pub mod wire;
 

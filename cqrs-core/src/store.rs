@@ -14,7 +14,7 @@
 //! - **Waking.** [`EventReader::wait_for_events`] returns early when events after a position may
 //!   be there, so tailing readers need not poll hot.
 //!
-//! The conformance suite in [`testing::conformance`](crate::testing::conformance) checks all of this.
+//! The conformance suite in `cqrs_testing::conformance` checks all of this.
 
 use std::sync::Arc;
 use std::time::Duration;

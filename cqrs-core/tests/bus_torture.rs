@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cqrs_core::memory::MemoryEventBus;
-use cqrs_core::testing::bus_torture;
+use cqrs_testing::bus_torture;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_bus_survives_the_torture() {

@@ -2,8 +2,8 @@
 //! Property tests of decoding: whatever bytes a store, a bus or an attacker hands over, the
 //! envelope, the payload and the upcaster chain give a value or a typed error, never a panic.
 
-use cqrs_core::testing::raw_envelope;
 use cqrs_core::{registry, Envelope, Error, EventSet};
+use cqrs_testing::raw_envelope;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

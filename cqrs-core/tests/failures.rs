@@ -11,11 +11,11 @@ use std::time::Duration;
 use common::{add, Added, Tally};
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::{Backoff, ErrorPolicy};
-use cqrs_core::testing::{envelope_of, raw_envelope};
 use cqrs_core::{
     CommandGateway, DeadLetterStore, Error, EventReader, ReadModel, StoreFeed, TrackingProcessor,
     ViewQuery, ViewStore,
 };
+use cqrs_testing::{envelope_of, raw_envelope};
 
 fn seeded_with_poison() -> Arc<MemoryEventStore> {
     let store = Arc::new(MemoryEventStore::new());

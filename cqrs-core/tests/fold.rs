@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
-use cqrs_core::testing::ProjectionFixture;
 use cqrs_core::{Envelope, EventStore, Fold, ReadModel, TrackingProcessor};
+use cqrs_testing::ProjectionFixture;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,7 +76,7 @@ fn a_fold_starts_each_view_at_its_default() {
 async fn a_fold_runs_in_a_processor_like_any_projection() {
     let store = Arc::new(MemoryEventStore::new());
     let events: Vec<Envelope> = (1..=3)
-        .map(|v| cqrs_core::testing::envelope_of("account", "a-1", v, v, &Deposited { cents: v }))
+        .map(|v| cqrs_testing::envelope_of("account", "a-1", v, v, &Deposited { cents: v }))
         .collect();
     store.insert_raw(events);
     let views = Arc::new(MemoryViewStore::new());

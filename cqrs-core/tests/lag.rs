@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
-use cqrs_core::testing::envelope_of;
 use cqrs_core::{Envelope, Fold, StoreFeed, TrackingProcessor};
+use cqrs_testing::envelope_of;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

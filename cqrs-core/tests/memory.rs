@@ -10,21 +10,21 @@ use std::time::Duration;
 use common::Added;
 use cqrs_core::memory::{MemoryEventBus, MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::EventSource;
-use cqrs_core::testing::envelope_of;
 use cqrs_core::view::{StoredDoc, UnitOfWork};
 use cqrs_core::{EventBus, ViewQuery, ViewStore};
+use cqrs_testing::envelope_of;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_store_passes_the_conformance_suite() {
-    cqrs_core::testing::conformance::run(|| async { MemoryEventStore::new() }).await;
+    cqrs_testing::conformance::run(|| async { MemoryEventStore::new() }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_bus_passes_the_bus_conformance_suite() {
     // Three partitions for two members: an assignment that is not the same in every topic
     // splits a routing key's events between them.
-    cqrs_core::testing::bus_conformance::run(|| async { MemoryEventBus::new(3) }).await;
+    cqrs_testing::bus_conformance::run(|| async { MemoryEventBus::new(3) }).await;
 }
 
 fn events(streams: u64, each: u64) -> Vec<cqrs_core::Envelope> {
@@ -192,7 +192,7 @@ async fn a_stale_view_write_is_refused_whole() {
 
 #[tokio::test]
 async fn the_memory_view_store_passes_the_view_conformance_suite() {
-    cqrs_core::testing::view_conformance::run(|| async { MemoryViewStore::new() }).await;
+    cqrs_testing::view_conformance::run(|| async { MemoryViewStore::new() }).await;
 }
 
 fn new_event(n: u64) -> cqrs_core::NewEvent {

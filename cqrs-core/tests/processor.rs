@@ -12,11 +12,11 @@ use common::{
     add, assert_each_event_once, replay, seed, views, GrandTotal, GrandTotalView, Tally, TallyView,
 };
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventBus, MemoryEventStore, MemoryViewStore};
-use cqrs_core::testing::CrashBeforeCheckpoint;
 use cqrs_core::{
     BusFeed, CommandGateway, EventReader, EventStore, ReadModel, Relay, StoreFeed,
     TrackingProcessor, ViewQuery, ViewStore,
 };
+use cqrs_testing::CrashBeforeCheckpoint;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_stream_and_restarted_equals_a_replay() {

@@ -1,8 +1,8 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! The event registry: stable names, upcasters, start-up checks, dynamic decoding.
 
-use cqrs_core::testing::{envelope_of, raw_envelope};
 use cqrs_core::{registry, Error, Event, EventSet};
+use cqrs_testing::{envelope_of, raw_envelope};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use common::{Added, CounterEvent, Tally, TallyView};
 use cqrs_core::memory::MemoryViewStore;
 use cqrs_core::processor::{Batch, EventSource};
-use cqrs_core::testing::envelope_of;
 use cqrs_core::{Envelope, Error, Feed, ReadModel, Result, TrackingProcessor, ViewQuery};
+use cqrs_testing::envelope_of;
 use tokio::sync::Semaphore;
 
 /// A bus-like feed that hands over scripted batches, each once its permit is given.

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use cqrs_core::memory::MemoryViewStore;
 use cqrs_core::processor::ErrorPolicy;
-use cqrs_core::testing::raw_envelope;
 use cqrs_core::{BusFeed, DeadLetterStore, EventBus, TrackingProcessor};
 use cqrs_kafka::{KafkaBus, KafkaConfig};
+use cqrs_testing::raw_envelope;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -21,7 +21,7 @@ use rdkafka::{ClientConfig, Message};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kafka_bus_passes_the_bus_conformance_suite() {
-    cqrs_core::testing::bus_conformance::run(bus).await;
+    cqrs_testing::bus_conformance::run(bus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

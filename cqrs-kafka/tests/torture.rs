@@ -1,5 +1,5 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
-//! The bus torture run (`cqrs_core::testing::bus_torture`) on Kafka.
+//! The bus torture run (`cqrs_testing::bus_torture`) on Kafka.
 //!
 //! Two runs: on the shared broker (`KAFKA_BROKERS`), and on a broker of the test's own
 //! (`CQRS_KAFKA_SERVER`) that is also paused (`kill -STOP`) and resumed now and then.
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use cqrs_core::testing::bus_torture::{self, Options, Report};
-use cqrs_core::testing::server::OwnServer;
+use cqrs_testing::bus_torture::{self, Options, Report};
+use cqrs_testing::server::OwnServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kafka_bus_survives_the_torture() {

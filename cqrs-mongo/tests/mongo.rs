@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use common::{fresh, uri};
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
 use cqrs_core::processor::Backoff;
-use cqrs_core::testing::CrashBeforeCheckpoint;
 use cqrs_core::view::{StoredDoc, UnitOfWork};
 use cqrs_core::{
     CommandGateway, Error, EventReader, EventStore, Filter, Query, ReadModel, StoreFeed,
     TrackingProcessor, ViewQuery, ViewStore,
 };
 use cqrs_mongo::{CommitMode, Mongo};
+use cqrs_testing::CrashBeforeCheckpoint;
 use mongodb::bson::doc;
 use serde_json::json;
 use shop::catalog::{Catalog, CatalogEntry, CatalogQueries};
@@ -458,7 +458,7 @@ async fn the_server_killed_mid_run_the_processor_retries_and_converges() {
 async fn the_mongo_view_store_passes_the_view_conformance_suite() {
     for mode in [CommitMode::Transaction, CommitMode::Idempotent] {
         let databases = std::sync::Mutex::new(Vec::new());
-        cqrs_core::testing::view_conformance::run(|| async {
+        cqrs_testing::view_conformance::run(|| async {
             let mongo = fresh().await;
             // Transactions where the server offers them; the idempotent mode everywhere.
             let mongo = if mode == CommitMode::Idempotent {

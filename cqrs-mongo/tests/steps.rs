@@ -8,12 +8,12 @@ use std::sync::Arc;
 use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
 use cqrs_core::memory::MemoryEventStore;
 use cqrs_core::processor::ErrorPolicy;
-use cqrs_core::testing::CrashAfterStep;
 use cqrs_core::view::CommitStep;
 use cqrs_core::{
     BoxError, DeadLetterStore, Envelope, EventAppender, Projection, ReadModel, TrackingProcessor,
 };
 use cqrs_mongo::{CommitMode, Mongo};
+use cqrs_testing::CrashAfterStep;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use cqrs_postgres::Postgres;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_store_passes_the_conformance_suite() {
     let schemas = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    cqrs_core::testing::conformance::run(|| {
+    cqrs_testing::conformance::run(|| {
         let schemas = schemas.clone();
         async move {
             let pg = fresh().await;

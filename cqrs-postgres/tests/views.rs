@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use common::{add, fresh, Tally, TallyView};
 use cqrs_core::envelope::ExpectedVersion;
 use cqrs_core::processor::ErrorPolicy;
-use cqrs_core::testing::CrashBeforeCheckpoint;
 use cqrs_core::view::{StoredDoc, UnitOfWork};
 use cqrs_core::{
     CommandGateway, DeadLetterStore, Error, EventReader, EventStore, Filter, Order, Query,
     ReadModel, StoreFeed, TrackingProcessor, ViewQuery, ViewStore,
 };
+use cqrs_testing::CrashBeforeCheckpoint;
 use serde_json::json;
 
 async fn seed(gateway: &CommandGateway, streams: u64, each: u64) {
@@ -356,7 +356,7 @@ async fn views_are_queried_by_filter_sort_and_page_and_stale_writes_are_refused(
 #[tokio::test]
 async fn the_postgres_view_store_passes_the_view_conformance_suite() {
     let schemas = std::sync::Mutex::new(Vec::new());
-    cqrs_core::testing::view_conformance::run(|| async {
+    cqrs_testing::view_conformance::run(|| async {
         let pg = fresh().await;
         let store = pg.view_store();
         schemas.lock().unwrap().push(pg);

@@ -1,13 +1,13 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
-//! The bus torture run (`cqrs_core::testing::bus_torture`) on RabbitMQ.
+//! The bus torture run (`cqrs_testing::bus_torture`) on RabbitMQ.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{amqp_url, config, Cleanup};
-use cqrs_core::testing::bus_conformance::TYPE;
-use cqrs_core::testing::bus_torture::{self, GROUP};
+use cqrs_testing::bus_conformance::TYPE;
+use cqrs_testing::bus_torture::{self, GROUP};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rabbitmq_bus_survives_the_torture() {

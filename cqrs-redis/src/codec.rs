@@ -158,7 +158,7 @@ pub(crate) fn entry(v: Value) -> Option<Raw> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use cqrs_core::testing::envelope_of;
+    use cqrs_testing::envelope_of;
 
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Put {

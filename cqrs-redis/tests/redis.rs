@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use common::{bus, bus_with, config, redis_url};
 use cqrs_core::processor::EventSource;
-use cqrs_core::testing::bus_conformance::{self, Ticked, TYPE, TYPE_2};
-use cqrs_core::testing::envelope_of;
 use cqrs_core::{Envelope, Error, EventBus};
 use cqrs_redis::{RedisBus, RedisConfig};
+use cqrs_testing::bus_conformance::{self, Ticked, TYPE, TYPE_2};
+use cqrs_testing::envelope_of;
 
 async fn raw() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
-use cqrs_core::testing::bus_conformance::Ticked;
 use cqrs_core::{
     Aggregate, Backoff, Breaker, BusFeed, Command, CommandGateway, EventBus, EventReader,
     EventStore, Query, ReadModel, Relay, TrackingProcessor,
 };
 use cqrs_redis::{RedisBus, RedisConfig};
+use cqrs_testing::bus_conformance::Ticked;
 
 pub struct Tick(pub String, pub u64);
 impl Command for Tick {

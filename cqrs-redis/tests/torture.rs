@@ -1,5 +1,5 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
-//! The bus torture run (`cqrs_core::testing::bus_torture`) on Redis Streams: on the shared
+//! The bus torture run (`cqrs_testing::bus_torture`) on Redis Streams: on the shared
 //! server (`REDIS_URL`), and on a server of the test's own (`CQRS_REDIS_SERVER`, the
 //! `redis-server` binary) that is also paused (`kill -STOP`) and resumed now and then, longer
 //! than the members' leases at times.
@@ -9,9 +9,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::testing::bus_conformance::TYPE;
-use cqrs_core::testing::bus_torture::{self, Options};
-use cqrs_core::testing::server::OwnServer;
+use cqrs_testing::bus_conformance::TYPE;
+use cqrs_testing::bus_torture::{self, Options};
+use cqrs_testing::server::OwnServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_bus_survives_the_torture() {

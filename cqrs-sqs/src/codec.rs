@@ -207,7 +207,7 @@ impl Incoming {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use cqrs_core::testing::raw_envelope;
+    use cqrs_testing::raw_envelope;
 
     #[test]
     fn text_payloads_go_as_they_are_and_bytes_as_base64() {

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use common::{bus_with, config};
 use cqrs_core::processor::Batch;
-use cqrs_core::testing::bus_conformance::{Ticked, TYPE};
-use cqrs_core::testing::envelope_of;
 use cqrs_core::{Envelope, EventBus};
+use cqrs_testing::bus_conformance::{Ticked, TYPE};
+use cqrs_testing::envelope_of;
 
 const IDLE: Duration = Duration::from_millis(200);
 

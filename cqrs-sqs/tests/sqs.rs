@@ -8,11 +8,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{bus, bus_with, client, client_at, config, messages_in, url_of};
-use cqrs_core::testing::bus_conformance::{self, Ticked, GROUPS, TYPE};
-use cqrs_core::testing::envelope_of;
 use cqrs_core::view::DeadLetter;
 use cqrs_core::{Envelope, Error, EventBus};
 use cqrs_sqs::{SqsBus, REASON};
+use cqrs_testing::bus_conformance::{self, Ticked, GROUPS, TYPE};
+use cqrs_testing::envelope_of;
 
 const IDLE: Duration = Duration::from_millis(200);
 

@@ -1,11 +1,11 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
-//! The bus torture run (`cqrs_core::testing::bus_torture`) on SQS.
+//! The bus torture run (`cqrs_testing::bus_torture`) on SQS.
 
 mod common;
 
 use std::time::Duration;
 
-use cqrs_core::testing::bus_torture::{self, GROUP};
+use cqrs_testing::bus_torture::{self, GROUP};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqs_bus_survives_the_torture() {

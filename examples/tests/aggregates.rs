@@ -1,7 +1,7 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! Given/when/then for the shop's aggregates, every rejection included.
 
-use cqrs_core::testing::AggregateFixture;
+use cqrs_testing::AggregateFixture;
 use shop::comment::{Comment, CommentCommand, CommentError};
 use shop::events::{
     CommentDeleted, CommentEdited, CommentPosted, ProductCreated, ProductPriceChanged,

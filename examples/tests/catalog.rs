@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use cqrs_core::memory::{MemoryEventStore, MemoryViewStore};
-use cqrs_core::testing::{raw_envelope, ProjectionFixture};
 use cqrs_core::{CommandGateway, EventSet, ReadModel, TrackingProcessor, ViewQuery};
+use cqrs_testing::{raw_envelope, ProjectionFixture};
 use shop::catalog::{Catalog, CatalogComment, CatalogEntry, CatalogQueries};
 use shop::comment::CommentCommand;
 use shop::events::{
@@ -275,7 +275,7 @@ async fn the_catalog_answers_queries_and_replays_to_the_same_state() {
 #[tokio::test]
 async fn comments_are_listed_by_their_position_in_the_store_whatever_the_delivery_order() {
     use cqrs_core::processor::Batch;
-    use cqrs_core::testing::envelope_of;
+    use cqrs_testing::envelope_of;
     use shop::events::CommentEvent;
 
     // A bus delivers each comment's stream in order, but different comments in any order.

@@ -2,8 +2,8 @@
 //! Property tests of the shop's event contracts: any stored payload decodes or gives a typed
 //! error naming the event; the `ProductCreated` v1 upcaster never panics.
 
-use cqrs_core::testing::raw_envelope;
 use cqrs_core::{Error, EventSet};
+use cqrs_testing::raw_envelope;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use shop::catalog::CatalogEvent;

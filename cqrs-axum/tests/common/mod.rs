@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cqrs_core::testing::envelope_of;
 use cqrs_core::{BoxError, Envelope, Projection};
+use cqrs_testing::envelope_of;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

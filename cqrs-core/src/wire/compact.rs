@@ -261,7 +261,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn envelope() -> Envelope {
-        let mut e = crate::testing::raw_envelope("comment", "c-7", 3, 41, "shop.Posted", 2, "{}");
+        let mut e = crate::wire::raw_envelope("comment", "c-7", 3, 41, "shop.Posted", 2, "{}");
         e.metadata.causation_id = Some(Uuid::new_v4());
         e.metadata.command_id = Some(Uuid::new_v4());
         e.metadata.routing_key = Some("p-1".into());
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(decode(&without, Some("c-7"), b"{}").unwrap(), e);
         let reason = decode(&without, None, b"{}").unwrap_err();
         assert!(reason.contains("no stream id"), "{reason}");
-        let plain = crate::testing::raw_envelope("t", "s", 1, 1, "x.Y", 1, "1");
+        let plain = crate::wire::raw_envelope("t", "s", 1, 1, "x.Y", 1, "1");
         assert_eq!(
             decode(&encode(&plain, false), Some("s"), b"1").unwrap(),
             plain
@@ -292,15 +292,8 @@ mod tests {
 
     #[test]
     fn one_header_is_under_two_fifths_of_the_named_ones() {
-        let e = crate::testing::raw_envelope(
-            "comment",
-            "c-7",
-            3,
-            41_000,
-            "shop.CommentPosted",
-            1,
-            "{}",
-        );
+        let e =
+            crate::wire::raw_envelope("comment", "c-7", 3, 41_000, "shop.CommentPosted", 1, "{}");
         let named: usize = super::super::headers(&e, false)
             .iter()
             .map(|(name, value)| name.len() + value.len())

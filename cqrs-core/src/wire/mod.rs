@@ -246,6 +246,29 @@ pub fn partition_of(key: &str, partitions: u32) -> u32 {
     (fnv1a(key.bytes()) % u64::from(partitions.max(1))) as u32
 }
 
+/// An envelope with any name, version and payload, for the tests of this module.
+#[cfg(test)]
+pub(crate) fn raw_envelope(
+    aggregate_type: &str,
+    stream_id: &str,
+    version: u64,
+    position: u64,
+    event_name: &str,
+    event_version: u32,
+    payload: &'static str,
+) -> Envelope {
+    Envelope {
+        stream_id: stream_id.to_owned(),
+        aggregate_type: aggregate_type.to_owned(),
+        version,
+        position,
+        event_name: event_name.to_owned(),
+        event_version,
+        payload: bytes::Bytes::from_static(payload.as_bytes()),
+        metadata: crate::envelope::Metadata::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -253,7 +276,7 @@ mod tests {
 
     #[test]
     fn an_envelope_survives_its_headers() {
-        let mut e = crate::testing::raw_envelope("t", "s-1", 3, 9, "x.Y", 2, "{}");
+        let mut e = raw_envelope("t", "s-1", 3, 9, "x.Y", 2, "{}");
         e.metadata.causation_id = Some(Uuid::new_v4());
         e.metadata.user.insert("k".into(), "v".into());
         e.metadata.command_id = Some(Uuid::new_v4());

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cqrs_core::memory::MemoryViewStore;
-use cqrs_core::testing::envelope_of;
 use cqrs_core::{Aggregate, BoxError, Command, Envelope, Projection, Query, ReadModel};
 use cqrs_kafka::{KafkaBus, KafkaConfig};
+use cqrs_testing::envelope_of;
 use serde::{Deserialize, Serialize};
 
 pub fn brokers() -> String {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cqrs_core::testing::bus_conformance::{SeenView, Ticked};
 use cqrs_core::{BoxError, Envelope, Projection};
 use cqrs_rabbitmq::{RabbitBus, RabbitConfig};
+use cqrs_testing::bus_conformance::{SeenView, Ticked};
 use parking_lot::Mutex;
 
 pub fn amqp_url() -> String {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use cqrs_core::testing::bus_conformance::{SeenView, Ticked};
 use cqrs_core::{BoxError, Envelope, Projection};
 use cqrs_redis::{RedisBus, RedisConfig};
+use cqrs_testing::bus_conformance::{SeenView, Ticked};
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())

@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn example() {
 //! use cqrs_core::memory::MemoryViewStore;
-//! cqrs_core::testing::view_conformance::run(|| async { MemoryViewStore::new() }).await;
+//! cqrs_testing::view_conformance::run(|| async { MemoryViewStore::new() }).await;
 //! # }
 //! ```
 //!
@@ -16,9 +16,9 @@ use std::future::Future;
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::error::Error;
-use crate::testing::raw_envelope;
-use crate::view::{
+use crate::raw_envelope;
+use cqrs_core::error::Error;
+use cqrs_core::view::{
     Atomicity, DeadLetter, DeadLetterStore, Filter, Order, Query, StoredDoc, UnitOfWork, ViewQuery,
     ViewStore,
 };
@@ -234,6 +234,7 @@ pub async fn dead_letters_are_kept_listed_and_resolved<
                 "a stepwise store applies a resolved dead letter again (at least once)"
             );
         }
+        other => panic!("a store of an atomicity this suite does not know: {other:?}"),
     }
     let id = second.envelope.metadata.event_id;
     assert!(store.remove_dead_letter("p", id).await.expect("remove"));
@@ -301,7 +302,7 @@ pub async fn dead_letters_are_paged_in_cursor_order<S: ViewStore + DeadLetterSto
         "a limit of 0 gives none"
     );
     let cursor = letters[2].cursor();
-    let parsed: crate::view::DeadLetterCursor = cursor.to_string().parse().expect("parse");
+    let parsed: cqrs_core::view::DeadLetterCursor = cursor.to_string().parse().expect("parse");
     assert_eq!(parsed, cursor, "a cursor reads back as written");
 }
 

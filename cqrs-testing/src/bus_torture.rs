@@ -9,7 +9,7 @@
 //! # async fn example() {
 //! use std::time::Duration;
 //! use cqrs_core::memory::MemoryEventBus;
-//! use cqrs_core::testing::bus_torture::{run, Options};
+//! use cqrs_testing::bus_torture::{run, Options};
 //! let options = Options { seed: 7, ..Options::from_env(Duration::from_secs(5)) };
 //! let report = run(MemoryEventBus::new(4), options).await;
 //! println!("{report}");
@@ -28,15 +28,15 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::bus_conformance::{SeenView, Ticked, TYPE};
-use crate::bus::{BusFeed, EventBus};
-use crate::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
-use crate::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
-use crate::processor::{Backoff, ErrorPolicy, ProcessorHandle, TrackingProcessor};
-use crate::projection::Projection;
-use crate::relay::{Relay, RelayHandle};
-use crate::store::{EventAppender, EventReader};
-use crate::view::{DeadLetterStore, ViewStore};
-use crate::BoxError;
+use cqrs_core::bus::{BusFeed, EventBus};
+use cqrs_core::envelope::{Envelope, ExpectedVersion, Metadata, NewEvent};
+use cqrs_core::memory::{MemoryCheckpointStore, MemoryEventStore, MemoryViewStore};
+use cqrs_core::processor::{Backoff, ErrorPolicy, ProcessorHandle, TrackingProcessor};
+use cqrs_core::projection::Projection;
+use cqrs_core::relay::{Relay, RelayHandle};
+use cqrs_core::store::{EventAppender, EventReader};
+use cqrs_core::view::{DeadLetterStore, ViewStore};
+use cqrs_core::BoxError;
 
 /// The consumer group of the run.
 pub const GROUP: &str = "torture";

@@ -1,5 +1,5 @@
 //! The bus conformance check of routing keys: every event of one key, in every topic, reaches
-//! one member of a group, in order (see [`crate::routing`]).
+//! one member of a group, in order (see [`cqrs_core::routing`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{BusFeed, EventBus};
-use crate::envelope::Envelope;
-use crate::memory::MemoryViewStore;
-use crate::processor::{ErrorPolicy, Feed, TrackingProcessor};
-use crate::projection::Projection;
-use crate::testing::envelope_of;
-use crate::BoxError;
+use crate::envelope_of;
+use cqrs_core::bus::{BusFeed, EventBus};
+use cqrs_core::envelope::Envelope;
+use cqrs_core::memory::MemoryViewStore;
+use cqrs_core::processor::{ErrorPolicy, Feed, TrackingProcessor};
+use cqrs_core::projection::Projection;
+use cqrs_core::BoxError;
 
 use super::bus_conformance::{publish, Ticked, IDLE, PATIENCE, TYPE, TYPE_2};
 
@@ -155,8 +155,8 @@ async fn routing(bus: Arc<dyn EventBus>, pinned: bool) -> String {
         } else {
             // Batches folded again log their events twice; the views show what committed.
             let distinct: BTreeSet<_> = log.iter().map(|e| (&e.1, &e.2, e.3)).collect();
-            let views = crate::ReadModel::<Routed>::new(store.clone())
-                .find(&crate::view::Query::all())
+            let views = cqrs_core::ReadModel::<Routed>::new(store.clone())
+                .find(&cqrs_core::view::Query::all())
                 .await
                 .expect("reading the views");
             let committed: u64 = views
@@ -187,8 +187,8 @@ async fn routing(bus: Arc<dyn EventBus>, pinned: bool) -> String {
         applied.retain(|(_, ty, stream, version, _, _)| {
             first.insert((ty.clone(), stream.clone(), *version))
         });
-        let views: Vec<(String, KeyView)> = crate::ReadModel::<Routed>::new(store.clone())
-            .find(&crate::view::Query::all())
+        let views: Vec<(String, KeyView)> = cqrs_core::ReadModel::<Routed>::new(store.clone())
+            .find(&cqrs_core::view::Query::all())
             .await
             .expect("reading the views");
         let routed_views: Vec<_> = views

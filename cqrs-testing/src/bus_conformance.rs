@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn example() {
 //! use cqrs_core::memory::MemoryEventBus;
-//! cqrs_core::testing::bus_conformance::run(|| async { MemoryEventBus::new(4) }).await;
+//! cqrs_testing::bus_conformance::run(|| async { MemoryEventBus::new(4) }).await;
 //! # }
 //! ```
 //!
@@ -22,15 +22,15 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{BusFeed, EventBus};
-use crate::envelope::Envelope;
-use crate::memory::MemoryViewStore;
-use crate::processor::{ErrorPolicy, Feed, ProcessorHandle, TrackingProcessor};
-use crate::projection::Projection;
-use crate::testing::{envelope_of, raw_envelope};
-use crate::view::{DeadLetterStore, Query};
-use crate::BoxError;
-use crate::ReadModel;
+use crate::{envelope_of, raw_envelope};
+use cqrs_core::bus::{BusFeed, EventBus};
+use cqrs_core::envelope::Envelope;
+use cqrs_core::memory::MemoryViewStore;
+use cqrs_core::processor::{ErrorPolicy, Feed, ProcessorHandle, TrackingProcessor};
+use cqrs_core::projection::Projection;
+use cqrs_core::view::{DeadLetterStore, Query};
+use cqrs_core::BoxError;
+use cqrs_core::ReadModel;
 
 /// The consumer groups the checks use.
 pub const GROUPS: [&str; 7] = [
@@ -50,7 +50,7 @@ pub struct Ticked {
     /// The version it was published at.
     pub n: u64,
 }
-crate::event!(Ticked, "busconformance.Ticked");
+cqrs_core::event!(Ticked, "busconformance.Ticked");
 
 /// One view per stream: the versions applied, in the order they were applied.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

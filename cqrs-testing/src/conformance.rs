@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn example() {
 //! use cqrs_core::memory::MemoryEventStore;
-//! cqrs_core::testing::conformance::run(|| async { MemoryEventStore::new() }).await;
+//! cqrs_testing::conformance::run(|| async { MemoryEventStore::new() }).await;
 //! # }
 //! ```
 //!
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::envelope::{ExpectedVersion, Metadata, NewEvent};
-use crate::error::Error;
-use crate::store::EventStore;
+use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
+use cqrs_core::error::Error;
+use cqrs_core::store::EventStore;
 
 pub(super) fn event(n: u64) -> NewEvent {
     let mut metadata = Metadata::new();
@@ -32,7 +32,7 @@ pub(super) fn event(n: u64) -> NewEvent {
 }
 
 /// An envelope with its payload parsed: stores may reformat JSON (PostgreSQL's jsonb does).
-fn comparable(e: &crate::Envelope) -> (crate::Envelope, serde_json::Value) {
+fn comparable(e: &cqrs_core::Envelope) -> (cqrs_core::Envelope, serde_json::Value) {
     let payload = serde_json::from_slice(&e.payload).expect("payload is JSON");
     let mut rest = e.clone();
     rest.payload = Bytes::new();
@@ -41,7 +41,7 @@ fn comparable(e: &crate::Envelope) -> (crate::Envelope, serde_json::Value) {
 
 /// Reads the whole global log once everything committed so far is readable (a backend may
 /// hold back positions while older transactions, anywhere, still run).
-pub(super) async fn read_settled<S: EventStore + ?Sized>(store: &S) -> Vec<crate::Envelope> {
+pub(super) async fn read_settled<S: EventStore + ?Sized>(store: &S) -> Vec<cqrs_core::Envelope> {
     let head = store.head().await.expect("head");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

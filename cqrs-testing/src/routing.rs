@@ -1,10 +1,10 @@
-//! The event-store conformance check of routing keys (see [`crate::routing`]).
+//! The event-store conformance check of routing keys (see [`cqrs_core::routing`]).
 
 use std::sync::Arc;
 
-use crate::envelope::{Envelope, ExpectedVersion, NewEvent};
-use crate::error::Error;
-use crate::store::EventStore;
+use cqrs_core::envelope::{Envelope, ExpectedVersion, NewEvent};
+use cqrs_core::error::Error;
+use cqrs_core::store::EventStore;
 
 use super::conformance::{event, read_settled};
 
@@ -19,7 +19,7 @@ fn keys(events: &[Envelope]) -> Vec<&str> {
 }
 
 fn assert_refused(
-    outcome: crate::Result<Vec<Envelope>>,
+    outcome: cqrs_core::Result<Vec<Envelope>>,
     stream: &str,
     stream_key: &str,
     named: &str,

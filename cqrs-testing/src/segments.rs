@@ -1,4 +1,4 @@
-//! The view-store conformance check of segment claims (see [`crate::segment`]).
+//! The view-store conformance check of segment claims (see [`cqrs_core::segment`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::error::Error;
-use crate::segment::{Claim, Segment, SegmentClaims};
-use crate::view::{Atomicity, StoredDoc, UnitOfWork, ViewStore};
+use cqrs_core::error::Error;
+use cqrs_core::segment::{Claim, Segment, SegmentClaims};
+use cqrs_core::view::{Atomicity, StoredDoc, UnitOfWork, ViewStore};
 
 const LEASE: Duration = Duration::from_millis(600);
 

@@ -1,5 +1,4 @@
-//! Test fixtures: given/when/then for aggregates, given-events/then-view for projections, and
-//! the conformance suites every event store, view store and bus runs.
+#![doc = include_str!("../README.md")]
 //!
 //! These are test helpers: they panic, with a message naming the broken expectation, where
 //! library code would return an error.
@@ -26,8 +25,8 @@ pub use self::segments::claims_fence_and_expire;
 
 use bytes::Bytes;
 
-use crate::envelope::{Envelope, Metadata};
-use crate::event::EventSet;
+use cqrs_core::envelope::{Envelope, Metadata};
+use cqrs_core::event::EventSet;
 
 /// Wraps an event in an envelope as if stored at `stream_id`/`version`/`position`, with the
 /// routing key the event names.

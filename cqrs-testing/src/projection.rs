@@ -1,12 +1,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::envelope::Envelope;
-use crate::event::EventSet;
-use crate::memory::MemoryViewStore;
-use crate::processor::{Batch, ErrorPolicy, TrackingProcessor};
-use crate::projection::{Projection, ReadModel};
-use crate::view::{DeadLetter, DeadLetterStore, ViewQuery};
+use cqrs_core::envelope::Envelope;
+use cqrs_core::event::EventSet;
+use cqrs_core::memory::MemoryViewStore;
+use cqrs_core::processor::{Batch, ErrorPolicy, TrackingProcessor};
+use cqrs_core::projection::{Projection, ReadModel};
+use cqrs_core::view::{DeadLetter, DeadLetterStore, ViewQuery};
 
 use super::envelope_of;
 

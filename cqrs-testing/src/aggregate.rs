@@ -1,7 +1,7 @@
 use std::fmt::Debug;
 
-use crate::aggregate::Aggregate;
-use crate::event::EventSet;
+use cqrs_core::aggregate::Aggregate;
+use cqrs_core::event::EventSet;
 
 use super::envelope_of;
 
@@ -21,7 +21,7 @@ use super::envelope_of;
 /// #     fn handle(&self, _: &Open) -> Result<Vec<Opened>, AlreadyOpen> { if self.open { Err(AlreadyOpen) } else { Ok(vec![Opened]) } }
 /// #     fn apply(&mut self, _: &Opened) { self.open = true; }
 /// # }
-/// use cqrs_core::testing::AggregateFixture;
+/// use cqrs_testing::AggregateFixture;
 ///
 /// AggregateFixture::<Door>::given_nothing()
 ///     .when(Open("d1".into()))
