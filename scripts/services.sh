@@ -113,6 +113,16 @@ mongo_server_command() {
   export CQRS_MONGO_SERVER="$venv/bin/secantusd-py --host 127.0.0.1 --port {port} --storage-path {dir} --sync-on-commit"
 }
 
+# ... and a PostgreSQL server of their own (Debian's package, installed when missing).
+postgres_server_command() {
+  [[ -n "${CQRS_POSTGRES_SERVER:-}" ]] && return 0
+  if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    log "PostgreSQL: installing Debian's package for the tests' own servers"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || return 1
+  fi
+  export CQRS_POSTGRES_SERVER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/own_postgres.sh {port} {dir}"
+}
+
 # ... and a Kafka-API broker of their own: a command with a {port} placeholder.
 kafka_server_command() {
   [[ -n "${CQRS_KAFKA_SERVER:-}" ]] && return 0
@@ -225,6 +235,7 @@ start_services() {
   start_sqs || { log "the SQS API server could not be started"; failed=1; }
   mongo_server_command || { log "no MongoDB-API server command for the fault tests"; failed=1; }
   kafka_server_command || { log "no Kafka-API broker command for the fault tests"; failed=1; }
+  postgres_server_command || { log "no PostgreSQL server command for the fault tests"; failed=1; }
   log "DATABASE_URL=$DATABASE_URL KAFKA_BROKERS=$KAFKA_BROKERS MONGODB_URI=$MONGODB_URI AMQP_URL=$AMQP_URL REDIS_URL=$REDIS_URL AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL"
   return $failed
 }

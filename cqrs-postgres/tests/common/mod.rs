@@ -5,6 +5,8 @@ use cqrs_core::{Aggregate, BoxError, Command, Envelope, EventAppender, Projectio
 use cqrs_postgres::Postgres;
 use serde::{Deserialize, Serialize};
 
+pub mod server;
+
 /// The server's address: `DATABASE_URL`, else the local default the test script starts.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
@@ -14,8 +16,13 @@ pub fn database_url() -> String {
 /// A migrated schema of its own for one test. A missing server fails the test, loudly: tests
 /// never pass by skipping.
 pub async fn fresh() -> Postgres {
+    fresh_at(&database_url()).await
+}
+
+/// [`fresh`] on the server at `url`.
+pub async fn fresh_at(url: &str) -> Postgres {
     let schema = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-    let pg = match Postgres::connect(&database_url(), &schema).await {
+    let pg = match Postgres::connect(url, &schema).await {
         Ok(pg) => pg,
         Err(e) => panic!(
             "PostgreSQL is not reachable ({e}). Set DATABASE_URL or run ./scripts/test.sh, \

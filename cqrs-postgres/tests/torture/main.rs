@@ -6,7 +6,9 @@
 //!   own (`PgAppendTx`), `Exact` and `Any` appends, hot and cold streams.
 //! - Nemesis: a session that takes a transaction id and pauses mid-transaction (sometimes past
 //!   its idle limit, when the server ends it), then commits or rolls back; processor instances
-//!   killed and started again.
+//!   killed and started again. On a server of the test's own (`CQRS_POSTGRES_SERVER`), the
+//!   server too: killed (`kill -9` of every process) and started again, paused (`kill -STOP`)
+//!   and resumed.
 //! - Readers: a projection run in segments by two instances, and the same projection fed from a
 //!   bus (the in-memory one) that a relay fills from the log, by two members of a group; both
 //!   with a handler that fails now and then (retried, then dead-lettered), and an operator
@@ -18,218 +20,44 @@
 //! `CQRS_TORTURE_SEED` replays a seed; `CQRS_TORTURE_SECS` sets how long the writers run (the
 //! default is the short run CI makes).
 
+#[path = "../common/mod.rs"]
 mod common;
+mod workload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{database_url, fresh, Added, TallyView};
-use cqrs_core::envelope::{ExpectedVersion, Metadata, NewEvent};
+use common::server::OwnPostgres;
+use common::{database_url, fresh_at, Added, TallyView};
 use cqrs_core::memory::MemoryEventBus;
 use cqrs_core::processor::{Backoff, ErrorPolicy};
 use cqrs_core::relay::RelayHandle;
 use cqrs_core::{
-    BoxError, BusFeed, DeadLetterStore, Envelope, Error, EventAppender, EventBus, EventReader,
-    Projection, Relay, StoreFeed, TrackingProcessor, ViewStore,
+    BusFeed, DeadLetterStore, EventBus, EventReader, Relay, StoreFeed, TrackingProcessor, ViewStore,
 };
-use cqrs_postgres::{GroupCommit, PgEventStore, PgViewStore, Postgres, SessionLimits};
+use cqrs_postgres::{GroupCommit, PgViewStore, Postgres, SessionLimits};
+use workload::{pauser, writer, FlakyTally, History};
 
-const HOT: u64 = 4;
-const COLD: u64 = 48;
 const SEGMENTS: u32 = 4;
 const LEASE: Duration = Duration::from_millis(1500);
 
-/// A tally whose handler fails on a share of its calls while `flaky` holds; `BUS` names the
-/// bus-fed one apart.
-struct FlakyTally<const BUS: bool> {
-    rng: Arc<Mutex<fastrand::Rng>>,
-    flaky: Arc<AtomicBool>,
-    failures: Arc<AtomicU64>,
-}
-
-impl<const BUS: bool> Projection for FlakyTally<BUS> {
-    const NAME: &'static str = if BUS { "torture_bus" } else { "torture" };
-    type Event = Added;
-    type View = TallyView;
-    fn view_id(&self, _: &Added, envelope: &Envelope) -> String {
-        envelope.stream_id.clone()
-    }
-    fn apply(
-        &self,
-        view: &mut Option<TallyView>,
-        e: &Added,
-        envelope: &Envelope,
-    ) -> Result<(), BoxError> {
-        let view = view.get_or_insert_with(TallyView::default);
-        if self.flaky.load(Ordering::SeqCst) && self.rng.lock().unwrap().u32(0..100) < 3 {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            // Half done when it fails: the processor must put the view back as it was.
-            view.versions.push(envelope.version);
-            return Err("a transient failure of the handler".into());
-        }
-        view.total += e.amount;
-        view.versions.push(envelope.version);
-        Ok(())
-    }
-}
-
-fn added(amount: u64) -> NewEvent {
-    NewEvent {
-        event_name: "pgtest.Added".into(),
-        event_version: 1,
-        payload: bytes::Bytes::from(format!("{{\"amount\":{amount}}}")),
-        metadata: Metadata::new(),
-    }
-}
-
-/// What the run did, for the checker and the report.
-#[derive(Default)]
-struct History {
-    /// Event ids of every append that was acknowledged.
-    acknowledged: Mutex<Vec<uuid::Uuid>>,
-    appends: AtomicU64,
-    conflicts: AtomicU64,
-    failed: AtomicU64,
-    pauses: AtomicU64,
-    ended_by_server: AtomicU64,
-    kills: AtomicU64,
-    retries: AtomicU64,
-}
-
-impl History {
-    fn acknowledge(&self, envelopes: &[Envelope]) {
-        self.appends.fetch_add(1, Ordering::Relaxed);
-        let mut ids = self.acknowledged.lock().unwrap();
-        ids.extend(envelopes.iter().map(|e| e.metadata.event_id));
-    }
-    fn refused(&self, e: &Error) {
-        match e {
-            Error::Conflict { .. } => self.conflicts.fetch_add(1, Ordering::Relaxed),
-            _ => self.failed.fetch_add(1, Ordering::Relaxed),
-        };
-    }
-}
-
-fn stream(rng: &mut fastrand::Rng) -> String {
-    if rng.u32(0..10) < 6 {
-        format!("hot-{}", rng.u64(0..HOT))
-    } else {
-        format!("cold-{}", rng.u64(0..COLD))
-    }
-}
-
-/// One writer: appends until `until`, by a path the seed picks each time.
-async fn writer(
-    stores: Arc<Vec<PgEventStore>>,
-    mut rng: fastrand::Rng,
-    until: Instant,
-    history: Arc<History>,
-) {
-    while Instant::now() < until {
-        let store = &stores[rng.usize(0..stores.len())];
-        let target = stream(&mut rng);
-        let events: Vec<NewEvent> = (0..rng.u64(1..=3))
-            .map(|_| added(rng.u64(1..100)))
-            .collect();
-        let outcome = match rng.u32(0..10) {
-            // A transaction of the caller's own, with one or two appends.
-            0..=1 => {
-                let second = stream(&mut rng);
-                async {
-                    let mut tx = store.begin().await?;
-                    let mut written = tx
-                        .append("counter", &target, ExpectedVersion::Any, events)
-                        .await?;
-                    if second != target {
-                        written.extend(
-                            tx.append(
-                                "counter",
-                                &second,
-                                ExpectedVersion::Any,
-                                vec![added(rng.u64(1..100))],
-                            )
-                            .await?,
-                        );
-                    }
-                    tx.commit().await?;
-                    Ok::<_, Error>(written)
-                }
-                .await
-            }
-            // An append that expects the version it read.
-            2..=4 => {
-                let version = store
-                    .read_stream(&target, 0)
-                    .await
-                    .map(|s| s.last().map_or(0, |e| e.version));
-                match version {
-                    Ok(v) => {
-                        store
-                            .append("counter", &target, ExpectedVersion::Exact(v), events)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            // No version expected, through the group commit.
-            _ => {
-                store
-                    .append("counter", &target, ExpectedVersion::Any, events)
-                    .await
-            }
-        };
-        match outcome {
-            Ok(written) => history.acknowledge(&written),
-            Err(e) => history.refused(&e),
-        }
-    }
-}
-
-/// A process that pauses mid-transaction: takes a transaction id with an append, sleeps (now
-/// and then past its idle limit, when the server ends the session), then commits or rolls back.
-async fn pauser(
-    store: PgEventStore,
-    mut rng: fastrand::Rng,
-    until: Instant,
-    history: Arc<History>,
-) {
-    while Instant::now() < until {
-        let Ok(mut tx) = store.begin().await else {
-            continue;
-        };
-        let target = stream(&mut rng);
-        let Ok(written) = tx
-            .append("counter", &target, ExpectedVersion::Any, vec![added(1)])
-            .await
-        else {
-            let _ = tx.rollback().await;
-            continue;
-        };
-        history.pauses.fetch_add(1, Ordering::Relaxed);
-        let pause = if rng.u32(0..8) == 0 {
-            1300
-        } else {
-            rng.u64(0..400)
-        };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        if rng.bool() {
-            match tx.commit().await {
-                Ok(()) => history.acknowledge(&written),
-                Err(_) => {
-                    history.ended_by_server.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        } else {
-            let _ = tx.rollback().await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.u64(0..100))).await;
-    }
-}
-
+/// On the shared server: every fault but the server's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture() {
+    run(&database_url(), None, 20).await;
+}
+
+/// On a server of the test's own, killed and paused as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_with_server_faults() {
+    let mut server = OwnPostgres::start().await;
+    let url = server.url();
+    run(&url, Some(&mut server), 15).await;
+}
+
+async fn run(url: &str, mut server: Option<&mut OwnPostgres>, default_secs: u64) {
     let seed: u64 = std::env::var("CQRS_TORTURE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -237,14 +65,14 @@ async fn torture() {
     let secs: u64 = std::env::var("CQRS_TORTURE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(default_secs);
     println!("[torture] seed {seed} ({secs} s of writes); replay with CQRS_TORTURE_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let pg = fresh().await;
+    let pg = fresh_at(url).await;
     let limits = SessionLimits::default().idle_in_transaction(Duration::from_secs(1));
     let mut stores = Vec::new();
     for _ in 0..2 {
-        let process = Postgres::connect_with_limits(&database_url(), pg.schema(), limits)
+        let process = Postgres::connect_with_limits(url, pg.schema(), limits)
             .await
             .expect("connect");
         stores.push(process.event_store().group_commit(GroupCommit::new(2)));
@@ -322,12 +150,13 @@ async fn torture() {
     let bus_operator = TrackingProcessor::new(on_bus(), Arc::new(views.clone()));
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
-        match rng.u32(0..6) {
+        match rng.u32(0..if server.is_some() { 8 } else { 6 }) {
             0 => {
                 // Kill one instance without a word, and start another.
                 let i = rng.usize(0..instances.len());
                 instances.remove(i).abort();
                 history.kills.fetch_add(1, Ordering::Relaxed);
+                history.fault("an instance killed");
                 instances.push(start(rng.usize(1..64)));
             }
             1 => {
@@ -336,18 +165,43 @@ async fn torture() {
                 let i = rng.usize(0..members.len());
                 members.remove(i).abort();
                 history.kills.fetch_add(1, Ordering::Relaxed);
+                history.fault("a member killed");
                 members.push(member(rng.usize(1..64)));
             }
             2 => {
                 // The relay killed between a publish and its checkpoint: it publishes again.
                 std::mem::replace(&mut relaying, relay()).abort();
                 history.kills.fetch_add(1, Ordering::Relaxed);
+                history.fault("the relay killed");
             }
             // A backend error leaves the dead letters as they were: tried again later.
             3 if operator.retry_dead_letters(&views).await.is_ok()
                 && bus_operator.retry_dead_letters(&views).await.is_ok() =>
             {
                 history.retries.fetch_add(1, Ordering::Relaxed);
+                history.fault("dead letters retried");
+            }
+            // The server killed: every session, transaction and lock gone at once.
+            6 => {
+                if let Some(server) = server.as_deref_mut() {
+                    server.kill();
+                    let down = rng.u64(0..1500);
+                    history.fault(&format!("the server killed, down {down} ms"));
+                    tokio::time::sleep(Duration::from_millis(down)).await;
+                    server.restart().await;
+                    history.server_kills.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // The server frozen: sessions hang mid-statement, leases run out meanwhile.
+            7 => {
+                if let Some(server) = server.as_deref() {
+                    server.pause();
+                    let pause = rng.u64(200..3000);
+                    history.fault(&format!("the server paused for {pause} ms"));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    server.resume();
+                    history.server_pauses.fetch_add(1, Ordering::Relaxed);
+                }
             }
             _ => {}
         }
@@ -383,14 +237,21 @@ async fn torture() {
     let mut versions: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for e in &log {
         let (last, total) = versions.entry(e.stream_id.clone()).or_default();
-        assert_eq!(
-            e.version,
-            *last + 1,
-            "seed {seed}: stream {} read version {} after {}",
-            e.stream_id,
-            e.version,
-            last
-        );
+        if e.version != *last + 1 {
+            // The smallest history: that stream's events as the log has them.
+            let stream: Vec<(u64, u64)> = log
+                .iter()
+                .filter(|x| x.stream_id == e.stream_id)
+                .map(|x| (x.version, x.position))
+                .collect();
+            panic!(
+                "seed {seed}: stream {} read version {} after {last}; its (version, position) \
+                 in log order: {stream:?}; faults: {}",
+                e.stream_id,
+                e.version,
+                history.timeline()
+            );
+        }
         *last = e.version;
         *total += serde_json::from_slice::<Added>(&e.payload)
             .expect("payload")
@@ -408,8 +269,10 @@ async fn torture() {
         .filter(|id| !logged.contains(id))
         .count();
     assert_eq!(
-        missing, 0,
-        "seed {seed}: acknowledged appends missing from the log"
+        missing,
+        0,
+        "seed {seed}: acknowledged appends missing from the log; faults: {}",
+        history.timeline()
     );
 
     // The views, once the handler is fixed and the dead letters retried: each version once.
@@ -426,6 +289,7 @@ async fn torture() {
             .await
             .expect("the last retry on the bus");
         let mut done = true;
+        let mut short = Vec::new();
         for name in ["torture", "torture_bus"] {
             let docs = views.load(name, &ids).await.expect("load");
             done &=
@@ -438,12 +302,21 @@ async fn torture() {
                 let unique = seen.windows(2).all(|w| w[0] != w[1]);
                 assert!(
                     unique,
-                    "seed {seed}: {name} view {} applied a version twice: {:?}",
-                    doc.id, view.versions
+                    "seed {seed}: {name} view {} applied a version twice: {:?}; faults: {}",
+                    doc.id,
+                    view.versions,
+                    history.timeline()
                 );
                 let (last, total) = versions[&doc.id];
                 if seen != (1..=last).collect::<Vec<_>>() || view.total != total {
                     done = false;
+                    let missing: Vec<u64> = (1..=last)
+                        .filter(|v| seen.binary_search(v).is_err())
+                        .collect();
+                    short.push(format!(
+                        "{name} {} misses {missing:?} of 1..={last}",
+                        doc.id
+                    ));
                 }
             }
         }
@@ -452,7 +325,8 @@ async fn torture() {
         }
         assert!(
             Instant::now() < deadline,
-            "seed {seed}: the views never equalled the log"
+            "seed {seed}: the views never equalled the log: {short:?}; faults: {}",
+            history.timeline()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -461,16 +335,22 @@ async fn torture() {
     }
     relaying.stop().await.expect("the relay's clean stop");
     println!(
-        "[torture] seed {seed}: {} events in {} streams checked; {} appends acknowledged, {} conflicts, {} failed; {} paused transactions ({} ended by the server); {} handler failures; {} kills of processors, members and the relay; {} operator retries; violations: 0",
+        "[torture] seed {seed}: {} events in {} streams checked; {} appends acknowledged, \
+         {} conflicts, {} failed; {} handler failures; {}; violations: 0",
         log.len(),
         versions.len(),
         history.appends.load(Ordering::Relaxed),
         history.conflicts.load(Ordering::Relaxed),
         history.failed.load(Ordering::Relaxed),
-        history.pauses.load(Ordering::Relaxed),
-        history.ended_by_server.load(Ordering::Relaxed),
         failures.load(Ordering::Relaxed),
-        history.kills.load(Ordering::Relaxed),
-        history.retries.load(Ordering::Relaxed),
+        history.faults(),
     );
+    if server.is_some() {
+        assert!(
+            history.server_kills.load(Ordering::Relaxed)
+                + history.server_pauses.load(Ordering::Relaxed)
+                > 0,
+            "seed {seed}: no server fault injected"
+        );
+    }
 }
