@@ -7,10 +7,11 @@
 set -euo pipefail
 port=$1
 dir=$2
-bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 [[ -x "$bin/postgres" ]] || { echo "own_postgres.sh: no PostgreSQL binaries under /usr/lib/postgresql" >&2; exit 1; }
 as_owner=()
 if [[ $(id -u) == 0 ]]; then
+  # The directory's parents must let `postgres` through (a TMPDIR under /root does not).
   chown postgres:postgres "$dir"
   as_owner=(setpriv --reuid=postgres --regid=postgres --init-groups --)
 fi

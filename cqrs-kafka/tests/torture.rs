@@ -13,9 +13,11 @@ mod common;
 
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use std::sync::Arc;
 
 use cqrs_testing::bus_torture::{self, Options, Report};
+#[cfg(target_os = "linux")]
 use cqrs_testing::server::OwnServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,6 +30,7 @@ async fn the_kafka_bus_survives_the_torture() {
     println!("[torture] Kafka: {report}");
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kafka_bus_survives_the_torture_with_a_broker_paused() {
     let broker = Arc::new(OwnServer::start("CQRS_KAFKA_SERVER").await);

@@ -6,11 +6,13 @@
 
 mod common;
 
+#[cfg(target_os = "linux")]
 use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_testing::bus_conformance::TYPE;
 use cqrs_testing::bus_torture::{self, Options};
+#[cfg(target_os = "linux")]
 use cqrs_testing::server::OwnServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,6 +25,7 @@ async fn the_redis_bus_survives_the_torture() {
     bus.delete_streams(&[TYPE]).await.unwrap();
 }
 
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_bus_survives_the_torture_with_its_server_paused() {
     let binary = std::env::var("CQRS_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());

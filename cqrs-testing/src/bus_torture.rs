@@ -17,8 +17,9 @@
 //! ```
 //!
 //! A bus whose groups receive only what is published once they exist declares [`GROUP`]
-//! before the run. A failure names the seed; the same seed replays the same choices (not the
-//! same interleaving: the machine's timing is part of it).
+//! before the run. A failure names the seed; the same seed replays the same draws (not the
+//! same interleaving: the machine's timing is part of it, and so are the faults a run forces
+//! when the draws have left one out too long).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -261,16 +262,24 @@ pub async fn run(bus: impl EventBus + 'static, options: Options) -> Report {
         seed,
         ..Report::default()
     };
-    let (mut changed, mut paused) = (Instant::now(), Instant::now());
+    // The group's last change (a member killed or started, the broker paused), the last
+    // member killed, the broker's last pause.
+    let (mut changed, mut killed, mut paused) = (Instant::now(), Instant::now(), Instant::now());
     // The faults in order, with their times: printed with a violation.
     let started = Instant::now();
     let mut faults = Timeline::default();
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1200))).await;
-        // Where kills wait for the group to settle, one comes at the latest after twice that.
-        // ... and a broker's pause after 5 s without one.
-        let choice = if !settle.is_zero() && changed.elapsed() >= settle * 2 {
-            0
+        // Where kills wait for the group to settle, one is due at the latest twice that after
+        // the last: nothing else happens until the group has settled and it is done. A
+        // broker's pause is due after 5 s without one.
+        let kill_due = !settle.is_zero() && killed.elapsed() >= settle * 2;
+        let choice = if kill_due {
+            if changed.elapsed() >= settle {
+                0
+            } else {
+                u32::MAX
+            }
         } else if broker.is_some() && paused.elapsed() >= Duration::from_secs(5) {
             3
         } else {
@@ -281,7 +290,7 @@ pub async fn run(bus: impl EventBus + 'static, options: Options) -> Report {
                 let i = rng.usize(0..members.len());
                 members.remove(i).abort();
                 members.push(member(rng.usize(1..32)));
-                changed = Instant::now();
+                (changed, killed) = (Instant::now(), Instant::now());
                 report.member_kills += 1;
                 faults.add(started, "a member killed");
             }
@@ -303,6 +312,8 @@ pub async fn run(bus: impl EventBus + 'static, options: Options) -> Report {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     broker.resume();
                     paused = Instant::now();
+                    // A pause may set off a rebalance: kills wait for the group to settle.
+                    changed = Instant::now();
                     report.broker_pauses += 1;
                 }
             }

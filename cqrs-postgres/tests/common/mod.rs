@@ -5,6 +5,7 @@ use cqrs_core::{Aggregate, BoxError, Command, Envelope, EventAppender, Projectio
 use cqrs_postgres::Postgres;
 use serde::{Deserialize, Serialize};
 
+#[cfg(target_os = "linux")]
 pub mod server;
 
 /// The server's address: `DATABASE_URL`, else the local default the test script starts.

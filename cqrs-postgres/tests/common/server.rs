@@ -33,8 +33,22 @@ impl OwnPostgres {
         self.ready().await;
     }
 
-    pub fn pause(&self) {
+    /// Freezes the postmaster and every backend, and checks it: a session opened before does
+    /// not answer `SELECT 1` within half a second.
+    pub async fn pause(&self) {
+        let mut probe = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url())
+            .await
+            .expect("a session to probe the pause with");
         self.0.pause();
+        let answered = tokio::time::timeout(
+            Duration::from_millis(500),
+            sqlx::query("SELECT 1").execute(&mut probe),
+        )
+        .await;
+        assert!(
+            answered.is_err(),
+            "a session answered while the server was paused: its backend was not stopped"
+        );
     }
 
     pub fn resume(&self) {

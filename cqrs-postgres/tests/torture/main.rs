@@ -20,6 +20,8 @@
 //! `CQRS_TORTURE_SEED` replays a seed; `CQRS_TORTURE_SECS` sets how long the writers run (the
 //! default is the short run CI makes).
 
+#![cfg(target_os = "linux")]
+
 #[path = "../common/mod.rs"]
 mod common;
 mod workload;
@@ -150,7 +152,8 @@ async fn run(url: &str, mut server: Option<&mut OwnPostgres>, default_secs: u64)
     let bus_operator = TrackingProcessor::new(on_bus(), Arc::new(views.clone()));
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
-        match rng.u32(0..if server.is_some() { 8 } else { 6 }) {
+        let choice = rng.u32(0..if server.is_some() { 8 } else { 6 });
+        match choice {
             0 => {
                 // Kill one instance without a word, and start another.
                 let i = rng.usize(0..instances.len());
@@ -181,26 +184,9 @@ async fn run(url: &str, mut server: Option<&mut OwnPostgres>, default_secs: u64)
                 history.retries.fetch_add(1, Ordering::Relaxed);
                 history.fault("dead letters retried");
             }
-            // The server killed: every session, transaction and lock gone at once.
-            6 => {
+            6 | 7 => {
                 if let Some(server) = server.as_deref_mut() {
-                    server.kill();
-                    let down = rng.u64(0..1500);
-                    history.fault(&format!("the server killed, down {down} ms"));
-                    tokio::time::sleep(Duration::from_millis(down)).await;
-                    server.restart().await;
-                    history.server_kills.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            // The server frozen: sessions hang mid-statement, leases run out meanwhile.
-            7 => {
-                if let Some(server) = server.as_deref() {
-                    server.pause();
-                    let pause = rng.u64(200..3000);
-                    history.fault(&format!("the server paused for {pause} ms"));
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
-                    server.resume();
-                    history.server_pauses.fetch_add(1, Ordering::Relaxed);
+                    server_fault(server, choice == 6, &mut rng, &history).await;
                 }
             }
             _ => {}
@@ -211,6 +197,16 @@ async fn run(url: &str, mut server: Option<&mut OwnPostgres>, default_secs: u64)
                 "seed {seed}: a processor ended: {:?}",
                 handle.watch_ended().why()
             );
+        }
+    }
+    // At least one kill and one pause of the server, whatever the draws: while the processors
+    // still work through the last writes.
+    if let Some(server) = server {
+        if history.server_kills.load(Ordering::Relaxed) == 0 {
+            server_fault(server, true, &mut rng, &history).await;
+        }
+        if history.server_pauses.load(Ordering::Relaxed) == 0 {
+            server_fault(server, false, &mut rng, &history).await;
         }
     }
     for task in tasks {
@@ -345,12 +341,29 @@ async fn run(url: &str, mut server: Option<&mut OwnPostgres>, default_secs: u64)
         failures.load(Ordering::Relaxed),
         history.faults(),
     );
-    if server.is_some() {
-        assert!(
-            history.server_kills.load(Ordering::Relaxed)
-                + history.server_pauses.load(Ordering::Relaxed)
-                > 0,
-            "seed {seed}: no server fault injected"
-        );
+}
+
+/// The server killed (every session, transaction and lock gone at once; crash recovery on the
+/// restart) or frozen (sessions hang mid-statement, leases run out meanwhile).
+async fn server_fault(
+    server: &mut OwnPostgres,
+    kill: bool,
+    rng: &mut fastrand::Rng,
+    history: &History,
+) {
+    if kill {
+        server.kill();
+        let down = rng.u64(0..1500);
+        history.fault(&format!("the server killed, down {down} ms"));
+        tokio::time::sleep(Duration::from_millis(down)).await;
+        server.restart().await;
+        history.server_kills.fetch_add(1, Ordering::Relaxed);
+    } else {
+        server.pause().await;
+        let pause = rng.u64(200..3000);
+        history.fault(&format!("the server paused for {pause} ms"));
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        server.resume();
+        history.server_pauses.fetch_add(1, Ordering::Relaxed);
     }
 }
