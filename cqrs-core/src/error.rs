@@ -161,13 +161,15 @@ pub enum Error {
         /// The bus's limit.
         limit: usize,
     },
-    /// A configuration value (a name, a size, an address) that is not acceptable.
+    /// A configuration value (a name, a size, an address) that is not acceptable, or a
+    /// backend that refuses the credentials or permissions it was given (on every backend):
+    /// retrying does not mend it.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A backend (database, broker) failed or could not be reached. Usually transient.
     #[error("{backend} backend: {message}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
     Backend {
-        /// Which backend: "postgres", "kafka", "mongo", "memory".
+        /// Which backend: "postgres", "mongo", "kafka", "rabbitmq", "redis", "sqs", "memory".
         backend: &'static str,
         /// What was being done.
         message: String,

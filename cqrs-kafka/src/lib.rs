@@ -20,8 +20,29 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 pub use crate::config::{validate_topic_name, KafkaConfig};
 use crate::subscription::KafkaSubscription;
 
+/// A Kafka error as the framework's: a refused login (SASL or the client's authentication)
+/// or a missing ACL (topic, group, cluster, transactional id) is a configuration error,
+/// which retrying cannot mend; the rest are backend errors, which callers retry.
 pub(crate) fn backend(what: impl Into<String>, e: rdkafka::error::KafkaError) -> Error {
+    if refused(&e) {
+        return Error::Config(format!("Kafka refused {}: {e}", what.into()));
+    }
     Error::backend("kafka", what, e)
+}
+
+fn refused(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::DelegationTokenAuthorizationFailed
+        )
+    )
 }
 
 /// An event bus on Kafka: a topic per aggregate type (`<prefix><aggregate type>`), records
@@ -335,5 +356,43 @@ impl KafkaBus {
 impl cqrs_core::app::Backend for KafkaBus {
     fn install(self, wiring: &mut cqrs_core::app::Wiring) {
         wiring.event_bus(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+    #[test]
+    fn a_refused_login_or_acl_is_a_config_error_the_rest_transient() {
+        for code in [
+            RDKafkaErrorCode::Authentication,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::GroupAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ] {
+            for e in [
+                KafkaError::Global(code),
+                KafkaError::MessageProduction(code),
+                KafkaError::ConsumerCommit(code),
+                KafkaError::MetadataFetch(code),
+            ] {
+                let mapped = super::backend("publishing", e);
+                assert!(
+                    matches!(mapped, cqrs_core::Error::Config(ref m) if m.starts_with("Kafka refused publishing")),
+                    "{mapped:?}"
+                );
+                assert!(!mapped.is_transient());
+            }
+        }
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::NotCoordinator,
+        ] {
+            let mapped = super::backend("publishing", KafkaError::MessageProduction(code));
+            assert!(mapped.is_transient(), "{mapped:?}");
+        }
     }
 }

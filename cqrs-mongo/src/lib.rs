@@ -60,8 +60,25 @@ impl std::fmt::Debug for Mongo {
     }
 }
 
+/// A MongoDB error as the framework's: a refused login (the driver's authentication error,
+/// or the server's `AuthenticationFailed`, 18) or a missing privilege (`Unauthorized`, 13) is
+/// a configuration error, which retrying cannot mend; the rest are backend errors, which
+/// callers retry.
 pub(crate) fn backend(what: &str, e: mongodb::error::Error) -> Error {
+    if refused(&e) {
+        return Error::Config(format!("MongoDB refused {what}: {}", Driver(e)));
+    }
     Error::backend("mongo", what, Driver(e))
+}
+
+fn refused(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Authentication { .. } => true,
+        ErrorKind::Command(c) => matches!(c.code, 13 | 18),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => matches!(w.code, 13 | 18),
+        _ => false,
+    }
 }
 
 /// Whether the server refused a write for a duplicate `_id` (or unique key).

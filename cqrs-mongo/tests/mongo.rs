@@ -325,6 +325,26 @@ async fn configured_names_are_validated_and_passwords_never_shown() {
     );
 }
 
+#[tokio::test]
+async fn a_refused_login_is_a_config_error_not_retried() {
+    // MONGODB_URI as a user the server does not know.
+    let uri = uri();
+    let (scheme, rest) = uri.split_once("://").expect("a URI");
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let separator = if rest.contains('?') { '&' } else { '?' };
+    let stranger = format!("{scheme}://nobody:wr0ng@{rest}{separator}authSource=admin");
+    let err = Mongo::connect(&stranger, "refused", "cqrs_")
+        .await
+        .expect_err("an unknown user");
+    // Before, a backend error: a processor retried it for ever.
+    assert!(
+        matches!(err, Error::Config(ref m) if m.starts_with("MongoDB refused connecting")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(!err.to_string().contains("wr0ng"), "{err}");
+}
+
 /// A MongoDB-API server of the test's own, on disk, so it can be killed and restarted with
 /// its data. `CQRS_MONGO_SERVER` is a command with `{port}` and `{dir}` placeholders; the test
 /// script sets it to SecantusDB.

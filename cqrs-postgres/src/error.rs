@@ -12,11 +12,19 @@ pub(crate) const REROUTED_STREAM: &str = "CQ002";
 pub(crate) const LATER_WRITER: &str = "CQ003";
 
 /// Maps a database error: a missing table or function means the schema was not migrated (a
-/// configuration problem, not retried); a data exception is a malformed value; everything else
-/// is a backend failure the caller may retry.
+/// configuration problem, not retried); a refused login (class 28: no such role, a wrong
+/// password, no entry in `pg_hba.conf`), a missing privilege (42501) or database (3D000) is a
+/// configuration problem too, which retrying cannot mend; a data exception is a malformed
+/// value; everything else is a backend failure the caller may retry.
 pub(crate) fn db(what: &str, e: sqlx::Error) -> Error {
     if let sqlx::Error::Database(db) = &e {
         match db.code().as_deref() {
+            Some(code) if code.starts_with("28") || code == "42501" || code == "3D000" => {
+                return Error::Config(format!(
+                    "PostgreSQL refused {what}: {} (SQLSTATE {code})",
+                    db.message()
+                ));
+            }
             Some("42P01" | "3F000" | "42883") => {
                 return Error::Config(format!(
                     "{what}: {} (is the schema migrated? call `Postgres::migrate`)",

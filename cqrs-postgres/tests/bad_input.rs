@@ -1,6 +1,7 @@
 #![allow(missing_docs, clippy::expect_used, clippy::unwrap_used)]
 //! The PostgreSQL event store given bad input on a real server: schema names refused, passwords
-//! never shown, a corrupted row a typed error naming it.
+//! never shown, a refused login or privilege a configuration error, a corrupted row a typed
+//! error naming it.
 
 mod common;
 
@@ -49,6 +50,56 @@ async fn a_password_never_shows_in_debug_output_or_errors() {
     .await
     .expect_err("bad url");
     assert!(!err.to_string().contains("s3cret"), "{err}");
+}
+
+/// `DATABASE_URL` as another user, with a password.
+fn as_user(user: &str, password: &str) -> String {
+    let url = common::database_url();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+#[tokio::test]
+async fn a_refused_login_or_privilege_is_a_config_error_not_retried() {
+    let pg = fresh().await;
+    let role = format!(
+        "cqrs_np_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    // No such role: the server refuses the login (before, a backend error, retried for ever).
+    let err = Postgres::connect(&as_user(&role, "pw"), "t_refused")
+        .await
+        .expect_err("no such role");
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("SQLSTATE 28")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert!(!err.to_string().contains(":pw@"), "{err}");
+    // A role that may log in but not create a schema: the migration is refused.
+    // The role name is ours: letters, digits and an underscore.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'pw'"
+    )))
+    .execute(pg.pool())
+    .await
+    .expect("create the role");
+    let outcome = async {
+        let weak = Postgres::connect(&as_user(&role, "pw"), "t_refused").await?;
+        weak.migrate().await
+    }
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE {role}")))
+        .execute(pg.pool())
+        .await
+        .expect("drop the role");
+    let err = outcome.expect_err("no privilege to create the schema");
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("SQLSTATE 42501")),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
 }
 
 #[tokio::test]
