@@ -236,3 +236,97 @@ async fn a_stopped_processor_degrades_health_and_its_error_comes_back_from_shutd
     let ended = app.shutdown().await.expect_err("the processor's error");
     assert!(ended.to_string().contains("refusing amount 3"), "{ended}");
 }
+
+/// Views a backend offers beside its store (as PostgreSQL does).
+struct OffersViews(std::sync::Arc<cqrs_core::memory::MemoryViewStore>);
+impl Backend for OffersViews {
+    fn install(self, wiring: &mut Wiring) {
+        wiring.offer_view_store(self.0);
+    }
+}
+
+/// Checkpoints a backend offers for a durable log (as MongoDB does).
+struct OffersCheckpoints;
+impl Backend for OffersCheckpoints {
+    fn install(self, wiring: &mut Wiring) {
+        wiring.offer_checkpoint_store(MemoryCheckpointStore::new());
+    }
+}
+
+fn marked(name: &str) -> std::sync::Arc<cqrs_core::memory::MemoryViewStore> {
+    let store = std::sync::Arc::new(cqrs_core::memory::MemoryViewStore::new());
+    store.put_document(
+        "mark",
+        cqrs_core::view::StoredDoc {
+            id: "which".into(),
+            view: Some(serde_json::json!(name)),
+            applied: Default::default(),
+            position: 0,
+            revision: 1,
+            parked: Default::default(),
+        },
+    );
+    store
+}
+
+async fn which_views(app: &App) -> serde_json::Value {
+    let docs = app
+        .views()
+        .store
+        .load("mark", &["which".to_owned()])
+        .await
+        .expect("load");
+    docs[0].view.clone().expect("a mark")
+}
+
+#[tokio::test]
+async fn the_order_of_the_backends_does_not_change_the_wiring() {
+    // `.with(mongo).with(postgres)` put the views in PostgreSQL, `.with(postgres).with(mongo)`
+    // in MongoDB: a backend for views wins over one that only offers them, in either order.
+    let first = App::builder()
+        .with(OffersViews(marked("offered")))
+        .with(marked("chosen"))
+        .build()
+        .expect("build");
+    let second = App::builder()
+        .with(marked("chosen"))
+        .with(OffersViews(marked("offered")))
+        .build()
+        .expect("build");
+    assert_eq!(which_views(&first).await, "chosen");
+    assert_eq!(which_views(&second).await, "chosen");
+    // Offered alone, the offer is taken.
+    let alone = App::builder()
+        .with(OffersViews(marked("offered")))
+        .build()
+        .expect("build");
+    assert_eq!(which_views(&alone).await, "offered");
+    // Checkpoints offered for a durable log: taken whether the log comes before or after.
+    for app in [
+        App::builder()
+            .with(OffersCheckpoints)
+            .with(DurableStoreOnly),
+        App::builder()
+            .with(DurableStoreOnly)
+            .with(OffersCheckpoints),
+    ] {
+        app.with(MemoryEventBus::new(2))
+            .relay("r", |r| r)
+            .build()
+            .expect("a relay with the offered checkpoints")
+            .shutdown()
+            .await
+            .expect("shutdown");
+    }
+    // ... and not over a log in memory, where they would skip the new log after a restart
+    // (taken, the build would refuse a durable checkpoint of a log in memory).
+    App::builder()
+        .with(OffersCheckpoints)
+        .with(MemoryEventBus::new(2))
+        .relay("r", |r| r)
+        .build()
+        .expect("offered checkpoints left alone over a log in memory")
+        .shutdown()
+        .await
+        .expect("shutdown");
+}

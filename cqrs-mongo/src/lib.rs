@@ -228,13 +228,12 @@ impl Mongo {
 }
 
 /// `.with(mongo)` on [`cqrs_core::App::builder`]: the read models, and the relays' checkpoints
-/// when the event store outlives the process and no backend gave durable checkpoints yet
-/// (PostgreSQL keeps them beside the events).
+/// when the event store outlives the process and no backend gives durable checkpoints
+/// (PostgreSQL keeps them beside the events), whatever the order of the `.with(..)` calls.
 impl cqrs_core::app::Backend for Mongo {
     fn install(self, wiring: &mut cqrs_core::app::Wiring) {
-        wiring.view_store(self.view_store());
-        if wiring.has_durable_store() && !wiring.has_durable_checkpoints() {
-            wiring.checkpoint_store(self.checkpoint_store());
-        }
+        wiring
+            .view_store(self.view_store())
+            .offer_checkpoint_store(self.checkpoint_store());
     }
 }

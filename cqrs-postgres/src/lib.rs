@@ -148,13 +148,15 @@ impl Postgres {
 }
 
 /// `.with(postgres)` on [`cqrs_core::App::builder`]: the event store, snapshots, relay
-/// checkpoints and read models, all in this schema. Migrate first ([`Postgres::migrate`]).
+/// checkpoints and read models, all in this schema; the read models only unless another
+/// backend gives views of its own (`.with(mongo)`, before or after). Migrate first
+/// ([`Postgres::migrate`]).
 impl cqrs_core::app::Backend for Postgres {
     fn install(self, wiring: &mut cqrs_core::app::Wiring) {
         wiring
             .event_store(self.event_store())
             .snapshot_store(self.snapshot_store())
             .checkpoint_store(self.checkpoint_store())
-            .view_store(self.view_store());
+            .offer_view_store(self.view_store());
     }
 }

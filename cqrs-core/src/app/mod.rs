@@ -184,7 +184,8 @@ impl AppBuilder {
     /// relay without a bus, a relay over a durable store with its checkpoint in memory (or a
     /// durable checkpoint over a store in memory), two
     /// projections (or two relays) under one name, a relay whose `only` list is empty.
-    pub fn build(self) -> Result<App> {
+    pub fn build(mut self) -> Result<App> {
+        self.wiring.settle();
         self.check()?;
         let AppBuilder {
             wiring,

@@ -39,15 +39,30 @@ impl std::fmt::Debug for Views {
     }
 }
 
+/// How the views came to be: the embedded default, offered by a backend that gives them
+/// beside what it is for (PostgreSQL's), or given by a backend that is for them (MongoDB's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Given {
+    Default,
+    Offered,
+    Chosen,
+}
+
 /// The parts of a service that backends fill in. It starts as the embedded default (the
 /// in-memory store, snapshots, checkpoints and views; no bus) and each [`Backend`] replaces
-/// what it provides.
+/// what it provides. The outcome does not depend on the order of the `.with(..)` calls: a
+/// part a backend only offers ([`offer_view_store`](Self::offer_view_store),
+/// [`offer_checkpoint_store`](Self::offer_checkpoint_store)) never replaces one another
+/// backend gave as its own, whichever came first.
 #[derive(Clone)]
 pub struct Wiring {
     pub(super) store: Arc<dyn EventStore>,
     pub(super) snapshots: Option<Arc<dyn SnapshotStore>>,
     pub(super) checkpoints: Arc<dyn CheckpointStore>,
     pub(super) views: Views,
+    views_given: Given,
+    /// Checkpoints for a durable log when no backend gives durable ones: settled at build.
+    offered_checkpoints: Option<Arc<dyn CheckpointStore>>,
     pub(super) bus: Option<Arc<dyn EventBus>>,
     /// Whether the store and the checkpoints outlive the process. A relay needs both or
     /// neither: checkpoints in memory over a durable log publish it all again after a
@@ -73,6 +88,8 @@ impl Default for Wiring {
             snapshots: None,
             checkpoints: Arc::new(MemoryCheckpointStore::new()),
             views: Views::of(MemoryViewStore::new()),
+            views_given: Given::Default,
+            offered_checkpoints: None,
             bus: None,
             durable_store: false,
             durable_checkpoints: false,
@@ -117,13 +134,46 @@ impl Wiring {
         self
     }
 
-    /// The read models: views, their checkpoints and dead letters.
+    /// The read models: views, their checkpoints and dead letters, from a backend that is for
+    /// them (a later one of the same kind replaces it).
     pub fn view_store<S>(&mut self, store: S) -> &mut Self
     where
         S: ViewStore + ViewQuery + DeadLetterStore + 'static,
     {
         self.views = Views::of(store);
+        self.views_given = Given::Chosen;
         self
+    }
+
+    /// Read models a backend gives beside what it is for (PostgreSQL, with its event store):
+    /// used unless a backend gives a view store of its own, before or after this one.
+    pub fn offer_view_store<S>(&mut self, store: S) -> &mut Self
+    where
+        S: ViewStore + ViewQuery + DeadLetterStore + 'static,
+    {
+        if self.views_given < Given::Chosen {
+            self.views = Views::of(store);
+            self.views_given = Given::Offered;
+        }
+        self
+    }
+
+    /// Relay checkpoints a backend gives for a durable log (MongoDB, beside its views): used
+    /// when, once every backend is in, the event store outlives the process and no backend
+    /// gave durable checkpoints.
+    pub fn offer_checkpoint_store(&mut self, store: impl CheckpointStore + 'static) -> &mut Self {
+        self.offered_checkpoints = Some(Arc::new(store));
+        self
+    }
+
+    /// Takes up what was offered, once every backend is in.
+    pub(super) fn settle(&mut self) {
+        if let Some(offered) = self.offered_checkpoints.take() {
+            if self.durable_store && !self.durable_checkpoints {
+                self.checkpoints = offered;
+                self.durable_checkpoints = true;
+            }
+        }
     }
 
     /// The bus between services.
@@ -156,8 +206,9 @@ impl Wiring {
 /// `.with(postgres)`, `.with(mongo)`, `.with(kafka_bus)`.
 ///
 /// Each backend crate implements it for its connection: PostgreSQL gives the event store,
-/// snapshots, checkpoints and views; MongoDB the views (and the checkpoints, unless a backend
-/// already gave some); a bus gives itself.
+/// snapshots, checkpoints and views (the views only as an offer, which a backend for views
+/// replaces); MongoDB the views (and the checkpoints, offered for a durable log that has none);
+/// a bus gives itself. The order of the calls does not change the outcome.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a backend the app builder knows",
     label = "pass a `Postgres`, a `Mongo`, a bus, or implement `cqrs_core::app::Backend`"
@@ -210,6 +261,7 @@ impl Backend for Arc<MemoryViewStore> {
             query: self.clone(),
             dead_letters: self,
         };
+        wiring.views_given = Given::Chosen;
     }
 }
 
