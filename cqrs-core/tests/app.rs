@@ -330,3 +330,38 @@ async fn the_order_of_the_backends_does_not_change_the_wiring() {
         .await
         .expect("shutdown");
 }
+
+/// Counts the commands it sees.
+struct Counted(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+#[async_trait::async_trait]
+impl cqrs_core::Middleware for Counted {
+    async fn before(
+        &self,
+        _: &mut cqrs_core::gateway::CommandContext<'_>,
+    ) -> std::result::Result<(), String> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn gateway_calls_compose() {
+    // Two crates (say tracing, then authorization) each tune the gateway: before, the second
+    // call replaced the first, dropping its middleware without a word.
+    let (first, second) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
+    let (a, b) = (first.clone(), second.clone());
+    let app = App::builder()
+        .gateway(move |g| g.middleware(Counted(a)))
+        .gateway(move |g| g.middleware(Counted(b)))
+        .build()
+        .expect("build");
+    app.gateway().send(add("c", 1)).await.expect("send");
+    app.gateway().send(add("c", 2)).await.expect("send");
+    assert_eq!(first.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(second.load(std::sync::atomic::Ordering::SeqCst), 2);
+    app.shutdown().await.expect("shutdown");
+}

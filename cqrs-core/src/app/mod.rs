@@ -138,12 +138,15 @@ impl AppBuilder {
         Ok(self)
     }
 
-    /// Tunes the command gateway (retries, cache, middleware).
+    /// Tunes the command gateway (retries, cache, middleware). Calls compose, in order: a
+    /// second call adds to what the first set (its middleware after the first's), it does not
+    /// replace it.
     pub fn gateway(
         mut self,
         configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder + Send + 'static,
     ) -> Self {
-        self.gateway = Box::new(configure);
+        let earlier = std::mem::replace(&mut self.gateway, Box::new(|g| g));
+        self.gateway = Box::new(move |g| configure(earlier(g)));
         self
     }
 
