@@ -365,3 +365,46 @@ async fn gateway_calls_compose() {
     assert_eq!(second.load(std::sync::atomic::Ordering::SeqCst), 2);
     app.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_projection_is_found_by_its_type() {
+    // Before, `read_model::<GrandTotal>()` looked for `GrandTotal::NAME` only: a projection
+    // run under another name (a new version beside the old, say) could not be read.
+    let mut app = App::builder()
+        .projection(GrandTotal, |p| p.named("grand_v2"))
+        .build()
+        .expect("build");
+    app.gateway().send(add("c", 4)).await.expect("send");
+    app.caught_up(Duration::from_secs(10))
+        .await
+        .expect("caught up");
+    let grand = app.read_model::<GrandTotal>().expect("found by its type");
+    assert_eq!(
+        grand.get("all").await.expect("get"),
+        Some(GrandTotalView {
+            total: 4,
+            events: 1
+        })
+    );
+    assert!(app.read_model_named::<GrandTotal>("grand_v2").is_ok());
+    let wrong = app.read_model_named::<GrandTotal>("grand_v3");
+    assert!(
+        matches!(wrong, Err(Error::Config(ref m)) if m.contains("grand_v3")),
+        "{wrong:?}"
+    );
+    app.shutdown().await.expect("shutdown");
+
+    // Under two names, the type alone does not say which: the error names both.
+    let app = App::builder()
+        .projection(GrandTotal, |p| p.named("grand_a"))
+        .projection(GrandTotal, |p| p.named("grand_b"))
+        .build()
+        .expect("build");
+    let ambiguous = app.read_model::<GrandTotal>();
+    assert!(
+        matches!(ambiguous, Err(Error::Config(ref m)) if m.contains("grand_a, grand_b")),
+        "{ambiguous:?}"
+    );
+    assert!(app.read_model_named::<GrandTotal>("grand_b").is_ok());
+    app.shutdown().await.expect("shutdown");
+}

@@ -65,6 +65,7 @@ pub struct App {
 
 struct Running {
     name: String,
+    projection: std::any::TypeId,
     source: Source,
     handle: ProcessorHandle,
 }
@@ -239,6 +240,7 @@ impl AppBuilder {
             });
             app.processors.push(Running {
                 name: pending.options.name.clone(),
+                projection: pending.projection,
                 source: pending.options.source.clone(),
                 handle: started.handle,
             });
@@ -312,18 +314,54 @@ impl App {
         &self.wiring.views
     }
 
-    /// Typed queries over the views of projection `P`.
+    /// Typed queries over the views of projection `P`: the one named `P::NAME`, else the one
+    /// projection of type `P` the app runs under another name (`.named(..)`).
     ///
     /// # Errors
-    /// [`Error::Config`] when the app runs no projection named `P::NAME`.
+    /// [`Error::Config`] when the app runs no projection of type `P`, or several under other
+    /// names (then [`read_model_named`](Self::read_model_named) says which).
     pub fn read_model<P: Projection>(&self) -> Result<ReadModel<P>> {
-        if !self.processors.iter().any(|p| p.name == P::NAME) {
-            return Err(Error::Config(format!(
-                "the app runs no projection named `{}`",
+        if self.processors.iter().any(|p| p.name == P::NAME) {
+            return Ok(ReadModel::new(self.wiring.views.query.clone()));
+        }
+        let of_p: Vec<&str> = self
+            .processors
+            .iter()
+            .filter(|p| p.projection == std::any::TypeId::of::<P>())
+            .map(|p| p.name.as_str())
+            .collect();
+        match of_p.as_slice() {
+            [name] => Ok(ReadModel::named(self.wiring.views.query.clone(), *name)),
+            [] => Err(Error::Config(format!(
+                "the app runs no projection of type `{}` (named `{}` or otherwise)",
+                std::any::type_name::<P>(),
                 P::NAME
+            ))),
+            names => Err(Error::Config(format!(
+                "the app runs projection `{}` under several names ({}): say which with \
+                 `read_model_named`",
+                P::NAME,
+                names.join(", ")
+            ))),
+        }
+    }
+
+    /// Typed queries over the views of projection `P` run under `name`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the app runs no projection of type `P` named `name`.
+    pub fn read_model_named<P: Projection>(&self, name: &str) -> Result<ReadModel<P>> {
+        if !self
+            .processors
+            .iter()
+            .any(|p| p.name == name && p.projection == std::any::TypeId::of::<P>())
+        {
+            return Err(Error::Config(format!(
+                "the app runs no projection of type `{}` named `{name}`",
+                std::any::type_name::<P>()
             )));
         }
-        Ok(ReadModel::new(self.wiring.views.query.clone()))
+        Ok(ReadModel::named(self.wiring.views.query.clone(), name))
     }
 
     /// What an operator sees and can do, shareable apart from the app: health, dead letters

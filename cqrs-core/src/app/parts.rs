@@ -150,6 +150,8 @@ type Starter = Box<dyn FnOnce(&ProjectionOptions, &Wiring) -> Result<Started> + 
 pub(super) struct PendingProjection {
     pub(super) options: ProjectionOptions,
     pub(super) start: Starter,
+    /// The projection's type, to find its read model whatever its name.
+    pub(super) projection: std::any::TypeId,
 }
 
 /// A started projection.
@@ -188,6 +190,7 @@ impl PendingProjection {
         let projection = Arc::new(projection);
         PendingProjection {
             options,
+            projection: std::any::TypeId::of::<P>(),
             start: Box::new(move |options, wiring| {
                 if options.segments.is_some() {
                     let who = &options.name;
