@@ -32,6 +32,7 @@
 mod health;
 mod ops;
 mod parts;
+mod read_models;
 mod wiring;
 
 use std::collections::HashSet;
@@ -48,7 +49,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::gateway::{CommandGateway, GatewayBuilder};
 use crate::processor::{ProcessorHandle, RetryReport};
-use crate::projection::{Projection, ReadModel};
+use crate::projection::Projection;
 use crate::relay::RelayHandle;
 use crate::store::EventStore;
 
@@ -312,56 +313,6 @@ impl App {
     /// The read-model store's three halves (views, queries, dead letters).
     pub fn views(&self) -> &Views {
         &self.wiring.views
-    }
-
-    /// Typed queries over the views of projection `P`: the one named `P::NAME`, else the one
-    /// projection of type `P` the app runs under another name (`.named(..)`).
-    ///
-    /// # Errors
-    /// [`Error::Config`] when the app runs no projection of type `P`, or several under other
-    /// names (then [`read_model_named`](Self::read_model_named) says which).
-    pub fn read_model<P: Projection>(&self) -> Result<ReadModel<P>> {
-        if self.processors.iter().any(|p| p.name == P::NAME) {
-            return Ok(ReadModel::new(self.wiring.views.query.clone()));
-        }
-        let of_p: Vec<&str> = self
-            .processors
-            .iter()
-            .filter(|p| p.projection == std::any::TypeId::of::<P>())
-            .map(|p| p.name.as_str())
-            .collect();
-        match of_p.as_slice() {
-            [name] => Ok(ReadModel::named(self.wiring.views.query.clone(), *name)),
-            [] => Err(Error::Config(format!(
-                "the app runs no projection of type `{}` (named `{}` or otherwise)",
-                std::any::type_name::<P>(),
-                P::NAME
-            ))),
-            names => Err(Error::Config(format!(
-                "the app runs projection `{}` under several names ({}): say which with \
-                 `read_model_named`",
-                P::NAME,
-                names.join(", ")
-            ))),
-        }
-    }
-
-    /// Typed queries over the views of projection `P` run under `name`.
-    ///
-    /// # Errors
-    /// [`Error::Config`] when the app runs no projection of type `P` named `name`.
-    pub fn read_model_named<P: Projection>(&self, name: &str) -> Result<ReadModel<P>> {
-        if !self
-            .processors
-            .iter()
-            .any(|p| p.name == name && p.projection == std::any::TypeId::of::<P>())
-        {
-            return Err(Error::Config(format!(
-                "the app runs no projection of type `{}` named `{name}`",
-                std::any::type_name::<P>()
-            )));
-        }
-        Ok(ReadModel::named(self.wiring.views.query.clone(), name))
     }
 
     /// What an operator sees and can do, shareable apart from the app: health, dead letters
