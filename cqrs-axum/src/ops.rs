@@ -156,12 +156,14 @@ impl OpsApi {
     }
 
     /// Renders `/metrics` from this Prometheus handle (a recorder the service installed).
+    #[must_use]
     pub fn metrics(mut self, handle: PrometheusHandle) -> Self {
         self.metrics = Some(handle);
         self
     }
 
     /// The bearer token the mutating routes require. `None` or an empty token disables them.
+    #[must_use]
     pub fn token(mut self, token: Option<impl Into<String>>) -> Self {
         self.token = token
             .map(Into::into)

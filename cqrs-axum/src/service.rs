@@ -69,18 +69,21 @@ impl Service {
 
     /// How long the requests in flight may take to finish after a stop signal (default
     /// [`DEFAULT_DRAIN`]); then the app shuts down whatever they do.
+    #[must_use]
     pub fn drain(mut self, drain: Duration) -> Self {
         self.drain = drain;
         self
     }
 
     /// The bearer token of the ops API's retries; `None` (the default) disables them.
+    #[must_use]
     pub fn ops_token(mut self, token: Option<impl Into<String>>) -> Self {
         self.token = token.map(Into::into);
         self
     }
 
     /// The largest request body accepted, in bytes (default [`DEFAULT_MAX_BODY`]).
+    #[must_use]
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self

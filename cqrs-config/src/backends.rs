@@ -41,6 +41,7 @@ impl Backends {
     /// Streams and SQS keep for a group only what was published after the group was first
     /// declared; declared up front by every service, a group misses nothing published before
     /// its own service first ran. Kafka and the embedded bus keep the log and need none.
+    #[must_use]
     pub fn groups(mut self, names: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
         let names = names.into_iter().map(|n| self.group(n.as_ref()));
         self.groups = names.collect();

@@ -134,6 +134,7 @@ impl Connections {
     /// database not given default to `name`, `name.` and `name` instead of the framework's
     /// `cqrs`. A service names its system so that its own data keeps its own names whether
     /// or not the deployment sets them.
+    #[must_use]
     pub fn named(mut self, name: &str) -> Self {
         self.schema.get_or_insert_with(|| name.to_owned());
         self.topic_prefix.get_or_insert_with(|| format!("{name}."));

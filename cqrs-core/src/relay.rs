@@ -87,6 +87,7 @@ impl Relay {
     }
 
     /// Opens the circuit after this many consecutive failures (default 3).
+    #[must_use]
     pub fn open_after(mut self, failures: u32) -> Self {
         self.open_after = failures.max(1);
         self
@@ -95,18 +96,21 @@ impl Relay {
     /// Publishes only the events of these aggregate types (default: every event). For a
     /// store shared by several services, each of which publishes its own events. An empty
     /// list is refused when the relay runs ([`Error::Config`]): it would skip every event.
+    #[must_use]
     pub fn only(mut self, aggregate_types: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.only = Some(aggregate_types.into_iter().map(Into::into).collect());
         self
     }
 
     /// Events per published batch.
+    #[must_use]
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = size.max(1);
         self
     }
 
     /// The backoff while the store or the bus fails.
+    #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

@@ -296,21 +296,25 @@ impl Query {
         Self::default()
     }
     /// Only documents matching `filter`.
+    #[must_use]
     pub fn filter(mut self, filter: Filter) -> Self {
         self.filter = filter;
         self
     }
     /// Adds a sort key.
+    #[must_use]
     pub fn sort(mut self, field: impl Into<String>, order: Order) -> Self {
         self.sort.push((field.into(), order));
         self
     }
     /// Skips the first `n`.
+    #[must_use]
     pub fn skip(mut self, n: u64) -> Self {
         self.skip = n;
         self
     }
     /// Returns at most `n`.
+    #[must_use]
     pub fn limit(mut self, n: u64) -> Self {
         self.limit = Some(n);
         self

@@ -82,18 +82,21 @@ impl KafkaConfig {
 
     /// A prefix for the consumer groups this bus joins (default none): group ids are
     /// broker-wide, so buses that share a broker but not their groups name them apart.
+    #[must_use]
     pub fn group_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.group_prefix = prefix.into();
         self
     }
 
     /// Partitions of the topics this bus creates (default 3).
+    #[must_use]
     pub fn partitions(mut self, partitions: i32) -> Self {
         self.partitions = partitions.max(1);
         self
     }
 
     /// Replication factor of the topics this bus creates (default 1).
+    #[must_use]
     pub fn replication(mut self, replication: i32) -> Self {
         self.replication = replication.max(1);
         self
@@ -101,12 +104,14 @@ impl KafkaConfig {
 
     /// How long a silent group member keeps its partitions (default 10 s); joining a group
     /// takes about half of it.
+    #[must_use]
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
         self
     }
 
     /// How long a publish may wait for the broker before it fails (default 10 s).
+    #[must_use]
     pub fn message_timeout(mut self, timeout: Duration) -> Self {
         self.message_timeout = timeout;
         self
@@ -117,12 +122,14 @@ impl KafkaConfig {
     /// (default: one). Consumers read both; the named ones are for tools that read the
     /// headers themselves, and for consumers of a release before the one header. They cost:
     /// each is parsed by librdkafka and travels with its name.
+    #[must_use]
     pub fn named_headers(mut self, named: bool) -> Self {
         self.named_headers = named;
         self
     }
 
     /// Any other librdkafka property (security, tuning), for producer and consumers alike.
+    #[must_use]
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.push((key.into(), value.into()));
         self

@@ -55,6 +55,7 @@ impl GroupCommit {
 
     /// At most `max` events in one transaction (1 to 65 536). A single append with more is
     /// still written, in a transaction of its own.
+    #[must_use]
     pub fn max_events(mut self, max: usize) -> Self {
         self.max_events = max.clamp(1, MAX_EVENTS);
         self

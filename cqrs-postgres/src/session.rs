@@ -49,12 +49,14 @@ impl SessionLimits {
     /// How long a session may sit idle inside a transaction before the server ends it
     /// (`idle_in_transaction_session_timeout`; zero: for ever). Keep a
     /// [`PgAppendTx`](crate::PgAppendTx) busy, or shorter than this.
+    #[must_use]
     pub const fn idle_in_transaction(mut self, limit: Duration) -> Self {
         self.idle_in_transaction = limit;
         self
     }
 
     /// How long a statement waits for a lock (`lock_timeout`; zero: for ever).
+    #[must_use]
     pub const fn lock(mut self, limit: Duration) -> Self {
         self.lock = limit;
         self
@@ -62,6 +64,7 @@ impl SessionLimits {
 
     /// How long one statement may run (`statement_timeout`; zero: for ever). Migrations and
     /// resets lift it for themselves.
+    #[must_use]
     pub const fn statement(mut self, limit: Duration) -> Self {
         self.statement = limit;
         self

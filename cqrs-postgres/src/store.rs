@@ -111,6 +111,7 @@ impl PgEventStore {
 
     /// Gathers concurrent appends into shared transactions as `config` says (on by default,
     /// with [`GroupCommit::default`]). Stores cloned from this one share its group.
+    #[must_use]
     pub fn group_commit(mut self, config: GroupCommit) -> Self {
         self.group = Some(Committer::new(config));
         self
@@ -122,6 +123,7 @@ impl PgEventStore {
     }
 
     /// Writes every append in a transaction of its own.
+    #[must_use]
     pub fn without_group_commit(mut self) -> Self {
         self.group = None;
         self

@@ -93,12 +93,14 @@ impl RabbitConfig {
 
     /// Partitions per aggregate type (default 4, at most 1 000): a stream's events go to one
     /// of them, by its id. Every publisher and member of a group must use the same number.
+    #[must_use]
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions.clamp(1, 1_000);
         self
     }
 
     /// Messages a member may hold unacknowledged per partition queue (default 500).
+    #[must_use]
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch.max(1);
         self
@@ -122,6 +124,7 @@ impl RabbitConfig {
     /// How often a member compares its partitions with its fair share (default 1 s): a joining
     /// member gets its share within about two of these; a dead member's partitions are taken
     /// within one.
+    #[must_use]
     pub fn rebalance_every(mut self, every: Duration) -> Self {
         self.rebalance_every = every.max(Duration::from_millis(50));
         self
@@ -133,6 +136,7 @@ impl RabbitConfig {
     /// message its partition delivers to a member (where a crash loop restarts), it is a dead
     /// letter instead of being applied again. A redelivery counts whatever returned the message
     /// (a crash, a lost connection, a partition handed over), so the limit is not set low.
+    #[must_use]
     pub fn delivery_limit(mut self, limit: u32) -> Self {
         self.delivery_limit = limit.clamp(1, 900);
         self
@@ -140,6 +144,7 @@ impl RabbitConfig {
 
     /// How long a publish may wait for the broker's confirms, and a connection for the broker
     /// to answer, before it fails (default 10 s).
+    #[must_use]
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
         self

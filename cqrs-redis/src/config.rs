@@ -122,6 +122,7 @@ impl RedisConfig {
     /// Partitions per aggregate type (default 8, at most 1 000): an event goes to the stream
     /// of one of them, by its routing key. Every publisher and member of a group must use the
     /// same number.
+    #[must_use]
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions.clamp(1, 1_000);
         self
@@ -145,6 +146,7 @@ impl RedisConfig {
     /// How long a member holds a partition without renewing it (default 10 s, from 300 ms to a
     /// day). Members renew their leases every third of it while they work; a dead member's
     /// partitions are taken after it.
+    #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.clamp(Duration::from_millis(300), Duration::from_secs(86_400));
         self
@@ -152,6 +154,7 @@ impl RedisConfig {
 
     /// How often a member compares its partitions with its fair share (default 1 s, from
     /// 50 ms to an hour).
+    #[must_use]
     pub fn rebalance_every(mut self, every: Duration) -> Self {
         self.rebalance_every = every.clamp(Duration::from_millis(50), Duration::from_secs(3_600));
         self
@@ -162,6 +165,7 @@ impl RedisConfig {
     /// dead letter instead of being applied again. Redis counts a delivery each time another
     /// member takes the entry over (`XCLAIM`); a member that reads its own pending entries
     /// again after a reconnect counts none.
+    #[must_use]
     pub fn delivery_limit(mut self, limit: u32) -> Self {
         self.delivery_limit = limit.clamp(1, 900);
         self
@@ -169,6 +173,7 @@ impl RedisConfig {
 
     /// How long a command may wait for the server, and a connection for it to answer, before
     /// it fails (default 10 s, from 100 ms to an hour).
+    #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout.clamp(Duration::from_millis(100), Duration::from_secs(3_600));
         self
@@ -176,6 +181,7 @@ impl RedisConfig {
 
     /// What is kept of the streams (default [`Retention::Acknowledged`]), and how often a member
     /// trims the streams it holds (default every 30 s, from 100 ms to a day).
+    #[must_use]
     pub fn retention(mut self, retention: Retention, every: Duration) -> Self {
         self.retention = retention;
         self.trim_every = every.clamp(Duration::from_millis(100), Duration::from_secs(86_400));

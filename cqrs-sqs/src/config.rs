@@ -111,6 +111,7 @@ impl SqsConfig {
     /// How long a received message stays invisible to the other members (default 30 s, from
     /// 2 s to 12 h). A member extends it every third of it while the batch is applied; a dead
     /// member's messages come back after it.
+    #[must_use]
     pub fn visibility(mut self, visibility: Duration) -> Self {
         self.visibility = visibility.clamp(Duration::from_secs(2), Duration::from_secs(43_200));
         self
@@ -121,6 +122,7 @@ impl SqsConfig {
     /// it is a dead letter instead of being applied again. The queue's redrive policy moves a
     /// message to the group's dead-letter queue after twice as many receives plus 13 (at most
     /// SQS's 1 000), a backstop for members that die before they can reject it.
+    #[must_use]
     pub fn delivery_limit(mut self, limit: u32) -> Self {
         self.delivery_limit = limit.clamp(1, 900);
         self
@@ -128,6 +130,7 @@ impl SqsConfig {
 
     /// Receives in flight at once per queue while a batch fills (default 4, from 1 to 16),
     /// each of up to 10 messages.
+    #[must_use]
     pub fn receives_in_flight(mut self, receives: usize) -> Self {
         self.receives = receives.clamp(1, 16);
         self
@@ -136,6 +139,7 @@ impl SqsConfig {
     /// The largest message a publisher sends (default and at most [`SQS_MAX_MESSAGE`]): a
     /// larger event is refused with [`Error::TooLarge`](cqrs_core::Error::TooLarge) before
     /// anything of its batch is sent.
+    #[must_use]
     pub fn max_message(mut self, bytes: usize) -> Self {
         self.max_message = bytes.clamp(1_024, SQS_MAX_MESSAGE);
         self
@@ -143,6 +147,7 @@ impl SqsConfig {
 
     /// How long SQS keeps a message nobody deleted (default and at most 14 days, at least a
     /// minute). The event store stays the source of truth for replays.
+    #[must_use]
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention.clamp(Duration::from_secs(60), Duration::from_secs(14 * 86_400));
         self
@@ -150,6 +155,7 @@ impl SqsConfig {
 
     /// How often a publisher lists the queues of the types it sends, to find groups it was
     /// not told of (default 10 s, from 100 ms to an hour).
+    #[must_use]
     pub fn discover_every(mut self, every: Duration) -> Self {
         self.discover_every = every.clamp(Duration::from_millis(100), Duration::from_secs(3_600));
         self
@@ -158,6 +164,7 @@ impl SqsConfig {
     /// How long a receive waits for messages on an empty queue (default 10 s, whole seconds
     /// from 1 to SQS's 20). Longer polls cost fewer receives; a member that leaves gives back
     /// what it held once its last polls have ended, so at most this long after it left.
+    #[must_use]
     pub fn long_poll(mut self, wait: Duration) -> Self {
         self.long_poll = wait.clamp(Duration::from_secs(1), Duration::from_secs(20));
         self

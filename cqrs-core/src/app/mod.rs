@@ -120,6 +120,7 @@ impl AppBuilder {
     /// Hands the builder a backend's parts: `.with(postgres)` gives the event store,
     /// snapshots, checkpoints and views, `.with(mongo)` the views, `.with(bus)` the bus.
     /// Later calls replace what earlier ones gave.
+    #[must_use]
     pub fn with(mut self, backend: impl Backend) -> Self {
         backend.install(&mut self.wiring);
         self
@@ -154,6 +155,7 @@ impl AppBuilder {
 
     /// Takes a snapshot every `every` events of a stream when a snapshot store was given
     /// (default 100).
+    #[must_use]
     pub fn snapshot_every(mut self, every: u64) -> Self {
         self.snapshot_every = every.max(1);
         self

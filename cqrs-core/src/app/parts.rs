@@ -64,30 +64,35 @@ impl ProjectionOptions {
     }
 
     /// Keeps views, checkpoint and dead letters under another name than `P::NAME`.
+    #[must_use]
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// The largest number of events per batch.
+    #[must_use]
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = Some(size);
         self
     }
 
     /// The error policy for events the projection cannot handle.
+    #[must_use]
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
         self.policy = Some(policy);
         self
     }
 
     /// Views kept in memory between batches (0 turns the cache off).
+    #[must_use]
     pub fn view_cache(mut self, capacity: usize) -> Self {
         self.view_cache = Some(capacity);
         self
     }
 
     /// How long the feed waits for new events before the processor checks for a stop.
+    #[must_use]
     pub fn idle_wait(mut self, idle: Duration) -> Self {
         self.idle = Some(idle);
         self
@@ -98,6 +103,7 @@ impl ProjectionOptions {
     /// [`crate::segment`]). Choose the count once: as many as instances you may ever run;
     /// changing it needs a replay. The builder refuses it on a bus feed (a consumer group
     /// shares a bus) and on a view store that keeps no claims.
+    #[must_use]
     pub fn segments(mut self, count: u32) -> Self {
         self.segments = Some(count);
         self
@@ -106,12 +112,14 @@ impl ProjectionOptions {
     /// The lease of each segment's claim, when it runs in [`segments`](Self::segments)
     /// (default 10 s, from 100 ms to a day): how long a dead instance's segments wait before
     /// another takes them. Renewed three times per lease.
+    #[must_use]
     pub fn segment_lease(mut self, lease: Duration) -> Self {
         self.segment_lease = Some(lease);
         self
     }
 
     /// Skips events no registered type knows (a feed carrying other services' events).
+    #[must_use]
     pub fn skip_unknown_events(mut self) -> Self {
         self.skip_unknown = true;
         self
@@ -246,18 +254,21 @@ impl RelayOptions {
     }
 
     /// Publishes only the events of these aggregate types (default: every event).
+    #[must_use]
     pub fn only(mut self, aggregate_types: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.only = Some(aggregate_types.into_iter().map(Into::into).collect());
         self
     }
 
     /// Events per published batch.
+    #[must_use]
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = Some(size);
         self
     }
 
     /// The backoff while the store or the bus fails.
+    #[must_use]
     pub fn backoff(mut self, backoff: crate::processor::Backoff) -> Self {
         self.backoff = Some(backoff);
         self

@@ -48,12 +48,14 @@ impl CommandMetadata {
 
     /// Sets the idempotency key: a retried request (a client that timed out and sends again)
     /// records its events once.
+    #[must_use]
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self
     }
 
     /// Adds a key/value.
+    #[must_use]
     pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.user.insert(key.into(), value.into());
         self

@@ -93,6 +93,7 @@ impl std::fmt::Debug for GatewayBuilder {
 
 impl GatewayBuilder {
     /// Retries a command this many times after a concurrency conflict (default 5).
+    #[must_use]
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.inner.max_retries = retries;
         self
@@ -102,12 +103,14 @@ impl GatewayBuilder {
     /// ([`Backoff::spread`]), so writers that collided on a hot aggregate do not retry in
     /// lockstep (default 1 ms doubling up to 50 ms). `Backoff::new(Duration::ZERO,
     /// Duration::ZERO)` retries at once.
+    #[must_use]
     pub fn conflict_backoff(mut self, backoff: Backoff) -> Self {
         self.inner.conflict_backoff = backoff;
         self
     }
 
     /// Saves a snapshot every `every` events of a stream, and loads from the latest one.
+    #[must_use]
     pub fn snapshots(mut self, store: Arc<dyn SnapshotStore>, every: u64) -> Self {
         self.inner.snapshots = Some((store, every.max(1)));
         self
@@ -115,12 +118,14 @@ impl GatewayBuilder {
 
     /// Keeps up to `capacity` aggregate states in memory between commands (default 10 000;
     /// 0 turns it off).
+    #[must_use]
     pub fn cache(mut self, capacity: usize) -> Self {
         self.inner.cache = (capacity > 0).then(|| StateCache::new(capacity));
         self
     }
 
     /// Adds a middleware; they run in the order added.
+    #[must_use]
     pub fn middleware(mut self, middleware: impl Middleware + 'static) -> Self {
         self.inner.middleware.push(Arc::new(middleware));
         self

@@ -113,6 +113,7 @@ impl<P: Projection> TrackingProcessor<P> {
     /// taken counts once it passes that position (the position never goes back). An instance
     /// holding none (a spare, when the segments do not divide among the instances) reports
     /// itself caught up. The lease must be from 100 ms to a day.
+    #[must_use]
     pub fn segments(mut self, count: u32, lease: Duration) -> Self {
         self.segmenting = Some(segments::Segmenting {
             count: count.max(1),
@@ -125,6 +126,7 @@ impl<P: Projection> TrackingProcessor<P> {
     /// log (which otherwise records only the position). Turn it on for a replay from the store
     /// of a projection that normally lives on a bus feed: the bus feed can then take the views
     /// over and skip exactly the events the replay applied.
+    #[must_use]
     pub fn track_stream_versions(mut self) -> Self {
         self.track_streams = true;
         self
@@ -134,6 +136,7 @@ impl<P: Projection> TrackingProcessor<P> {
     /// off; always off on a feed whose keys move between members, see
     /// [`Feed::pins_keys`]). A cached view that another processor changed meanwhile is caught by its revision
     /// at commit, and the batch is folded again from the store.
+    #[must_use]
     pub fn view_cache(mut self, capacity: usize) -> Self {
         self.cache = cache::ViewCache::new(capacity);
         self
@@ -141,18 +144,21 @@ impl<P: Projection> TrackingProcessor<P> {
 
     /// Keeps views, checkpoint and dead letters under another name (e.g. a new version
     /// rebuilt beside the old one).
+    #[must_use]
     pub fn named(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// The largest number of events per batch (at least 1).
+    #[must_use]
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = size.max(1);
         self
     }
 
     /// The error policy for events the projection cannot handle.
+    #[must_use]
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
         self.policy = policy;
         self
@@ -160,18 +166,21 @@ impl<P: Projection> TrackingProcessor<P> {
 
     /// Treat events whose name no registered type knows as skippable rather than as failures
     /// (for a feed that also carries other bounded contexts' events).
+    #[must_use]
     pub fn skip_unknown_events(mut self) -> Self {
         self.fail_on_unknown = false;
         self
     }
 
     /// The backoff while the source or the view store is failing (retried until it answers).
+    #[must_use]
     pub fn backend_backoff(mut self, backoff: Backoff) -> Self {
         self.backend_backoff = backoff;
         self
     }
 
     /// How long a source waits for new events before the processor checks for a stop.
+    #[must_use]
     pub fn idle_wait(mut self, idle: Duration) -> Self {
         self.idle = idle;
         self

@@ -107,6 +107,7 @@ impl ErrorPolicy {
     }
 
     /// After the retries, dead-letter instead of stopping.
+    #[must_use]
     pub const fn then_dead_letter(mut self) -> Self {
         self.then = OnFailure::DeadLetter;
         self

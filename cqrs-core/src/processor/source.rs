@@ -138,6 +138,7 @@ impl StoreFeed {
     }
 
     /// Never wait for new events: an empty batch means the end was reached.
+    #[must_use]
     pub fn no_wait(mut self) -> Self {
         self.wait = false;
         self
