@@ -162,8 +162,8 @@ pub enum Error {
         limit: usize,
     },
     /// A configuration value (a name, a size, an address) that is not acceptable, or a
-    /// backend that refuses the credentials or permissions it was given (on every backend):
-    /// retrying does not mend it.
+    /// backend that refuses, as a service starts, the credentials or permissions it was given
+    /// (on every backend): retrying does not mend it.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// A backend (database, broker) failed or could not be reached. Usually transient.

@@ -152,6 +152,11 @@ impl<P: Projection> ReadModel<P> {
         }
     }
 
+    /// The name the views are kept under.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn decode(&self, id: &str, value: serde_json::Value) -> Result<P::View> {
         serde_json::from_value(value).map_err(|e| Error::Malformed {
             what: format!("view `{id}` of projection `{}`", self.name),

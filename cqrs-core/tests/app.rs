@@ -408,3 +408,53 @@ async fn a_renamed_projection_is_found_by_its_type() {
     assert!(app.read_model_named::<GrandTotal>("grand_b").is_ok());
     app.shutdown().await.expect("shutdown");
 }
+
+/// A new version of `GrandTotal` under the same name, counting events only.
+struct GrandTotalV2;
+impl cqrs_core::Projection for GrandTotalV2 {
+    const NAME: &'static str = "grand-total";
+    type Event = common::CounterEvent;
+    type View = GrandTotalView;
+    fn view_id(&self, _: &common::CounterEvent, _: &cqrs_core::Envelope) -> String {
+        "all".to_owned()
+    }
+    fn apply(
+        &self,
+        view: &mut Option<GrandTotalView>,
+        _: &common::CounterEvent,
+        _: &cqrs_core::Envelope,
+    ) -> Result<(), cqrs_core::BoxError> {
+        view.get_or_insert_with(GrandTotalView::default).events += 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_old_version_renamed_beside_a_new_one_is_read_as_itself() {
+    // The old version runs renamed beside the new one, which has the old name: the old type
+    // reads its own views, not the new one's.
+    let app = App::builder()
+        .projection(GrandTotal, |p| p.named("grand-total-old"))
+        .projection(GrandTotalV2, |p| p)
+        .build()
+        .expect("build");
+    let old = app.read_model::<GrandTotal>().expect("the old version");
+    assert_eq!(old.name(), "grand-total-old");
+    let new = app.read_model::<GrandTotalV2>().expect("the new version");
+    assert_eq!(new.name(), "grand-total");
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn offered_checkpoints_never_replace_given_ones() {
+    // Embedded checkpoints given on purpose over a durable log: the offer does not take their
+    // place, so the build refuses the relay as before rather than quietly using the offer.
+    let refused = App::builder()
+        .with(DurableStoreOnly)
+        .with(OffersCheckpoints)
+        .with(std::sync::Arc::new(MemoryCheckpointStore::new()))
+        .with(MemoryEventBus::new(2))
+        .relay("r", |r| r)
+        .build();
+    assert!(config_error(refused).contains("checkpoint in memory"));
+}

@@ -20,9 +20,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 pub use crate::config::{validate_topic_name, KafkaConfig};
 use crate::subscription::KafkaSubscription;
 
-/// A Kafka error as the framework's: a refused login (SASL or the client's authentication)
-/// or a missing ACL (topic, group, cluster, transactional id) is a configuration error,
-/// which retrying cannot mend; the rest are backend errors, which callers retry.
+/// A Kafka error as the framework's: a backend error, which callers retry, except an admin
+/// operation (creating topics) the cluster refuses for want of an ACL, which is a
+/// configuration error. A refused login is not: librdkafka retries it itself, and ACLs and
+/// credentials reach the brokers a while after they are set, so a running member must not end
+/// for one.
 pub(crate) fn backend(what: impl Into<String>, e: rdkafka::error::KafkaError) -> Error {
     if refused(&e) {
         return Error::Config(format!("Kafka refused {}: {e}", what.into()));
@@ -32,15 +34,10 @@ pub(crate) fn backend(what: impl Into<String>, e: rdkafka::error::KafkaError) ->
 
 fn refused(e: &rdkafka::error::KafkaError) -> bool {
     matches!(
-        e.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::Authentication
-                | RDKafkaErrorCode::SaslAuthenticationFailed
-                | RDKafkaErrorCode::TopicAuthorizationFailed
-                | RDKafkaErrorCode::GroupAuthorizationFailed
+        e,
+        rdkafka::error::KafkaError::AdminOp(
+            RDKafkaErrorCode::TopicAuthorizationFailed
                 | RDKafkaErrorCode::ClusterAuthorizationFailed
-                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-                | RDKafkaErrorCode::DelegationTokenAuthorizationFailed
         )
     )
 }
@@ -364,34 +361,27 @@ mod tests {
     use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
     #[test]
-    fn a_refused_login_or_acl_is_a_config_error_the_rest_transient() {
+    fn topics_refused_for_want_of_an_acl_are_a_config_error_the_rest_transient() {
         for code in [
-            RDKafkaErrorCode::Authentication,
-            RDKafkaErrorCode::SaslAuthenticationFailed,
             RDKafkaErrorCode::TopicAuthorizationFailed,
-            RDKafkaErrorCode::GroupAuthorizationFailed,
             RDKafkaErrorCode::ClusterAuthorizationFailed,
         ] {
-            for e in [
-                KafkaError::Global(code),
-                KafkaError::MessageProduction(code),
-                KafkaError::ConsumerCommit(code),
-                KafkaError::MetadataFetch(code),
-            ] {
-                let mapped = super::backend("publishing", e);
-                assert!(
-                    matches!(mapped, cqrs_core::Error::Config(ref m) if m.starts_with("Kafka refused publishing")),
-                    "{mapped:?}"
-                );
-                assert!(!mapped.is_transient());
-            }
+            let mapped = super::backend("creating topics", KafkaError::AdminOp(code));
+            assert!(
+                matches!(mapped, cqrs_core::Error::Config(ref m) if m.starts_with("Kafka refused creating topics")),
+                "{mapped:?}"
+            );
+            assert!(!mapped.is_transient());
         }
-        for code in [
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::BrokerTransportFailure,
-            RDKafkaErrorCode::NotCoordinator,
+        // At runtime librdkafka retries these itself; a member or a relay rides them out.
+        for e in [
+            KafkaError::Global(RDKafkaErrorCode::Authentication),
+            KafkaError::MessageConsumption(RDKafkaErrorCode::GroupAuthorizationFailed),
+            KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed),
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            KafkaError::ConsumerCommit(RDKafkaErrorCode::NotCoordinator),
         ] {
-            let mapped = super::backend("publishing", KafkaError::MessageProduction(code));
+            let mapped = super::backend("publishing", e);
             assert!(mapped.is_transient(), "{mapped:?}");
         }
     }

@@ -60,23 +60,40 @@ impl std::fmt::Debug for Mongo {
     }
 }
 
-/// A MongoDB error as the framework's: a refused login (the driver's authentication error,
-/// or the server's `AuthenticationFailed`, 18) or a missing privilege (`Unauthorized`, 13) is
-/// a configuration error, which retrying cannot mend; the rest are backend errors, which
-/// callers retry.
 pub(crate) fn backend(what: &str, e: mongodb::error::Error) -> Error {
-    if refused(&e) {
-        return Error::Config(format!("MongoDB refused {what}: {}", Driver(e)));
-    }
     Error::backend("mongo", what, Driver(e))
 }
 
+/// At connect: a login the server refuses (`AuthenticationFailed`, 18, also when the driver
+/// wraps it in its authentication error) or a missing privilege (`Unauthorized`, 13) is a
+/// configuration error, so a service with wrong credentials fails at once. Later the same
+/// answers stay backend errors, retried: a user being changed or a node stepping down refuses
+/// for a while, and a processor must not end for it.
+fn at_connect(what: &str, e: mongodb::error::Error) -> Error {
+    if refused(&e) {
+        return Error::Config(format!("MongoDB refused {what}: {}", Driver(e)));
+    }
+    backend(what, e)
+}
+
 fn refused(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
+    use mongodb::error::ErrorKind;
+    let code = |e: &mongodb::error::Error| match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    };
     match e.kind.as_ref() {
-        ErrorKind::Authentication { .. } => true,
+        // The driver's authentication error carries the server's answer as its source.
+        ErrorKind::Authentication { .. } => std::error::Error::source(e)
+            .and_then(|s| {
+                // The driver keeps its source boxed.
+                s.downcast_ref::<Box<mongodb::error::Error>>()
+                    .map(AsRef::as_ref)
+                    .or_else(|| s.downcast_ref::<mongodb::error::Error>())
+            })
+            .and_then(code)
+            .is_some_and(|c| matches!(c, 13 | 18)),
         ErrorKind::Command(c) => matches!(c.code, 13 | 18),
-        ErrorKind::Write(WriteFailure::WriteError(w)) => matches!(w.code, 13 | 18),
         _ => false,
     }
 }
@@ -143,7 +160,7 @@ impl Mongo {
         let hello = db
             .run_command(doc! { "hello": 1 })
             .await
-            .map_err(|e| backend("connecting to MongoDB", e))?;
+            .map_err(|e| at_connect("connecting to MongoDB", e))?;
         let mode = if hello.get_str("setName").is_ok() || hello.get_str("msg") == Ok("isdbgrid") {
             CommitMode::Transaction
         } else {

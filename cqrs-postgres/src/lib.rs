@@ -82,7 +82,7 @@ impl Postgres {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
-            .map_err(|e| error::db("connecting to PostgreSQL", e))?;
+            .map_err(|e| error::at_start(error::db("connecting to PostgreSQL", e)))?;
         Self::with_pool(pool, schema)
     }
 
@@ -112,9 +112,12 @@ impl Postgres {
     /// and repeatedly.
     ///
     /// # Errors
-    /// A backend error.
+    /// [`Error::Config`](cqrs_core::Error::Config) when the server refuses the login or a
+    /// privilege the migration needs; a backend error.
     pub async fn migrate(&self) -> Result<()> {
-        schema::migrate(&self.pool, &self.schema).await
+        schema::migrate(&self.pool, &self.schema)
+            .await
+            .map_err(error::at_start)
     }
 
     /// Drops the schema and everything in it.

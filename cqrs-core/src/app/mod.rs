@@ -118,8 +118,10 @@ impl App {
 
 impl AppBuilder {
     /// Hands the builder a backend's parts: `.with(postgres)` gives the event store,
-    /// snapshots, checkpoints and views, `.with(mongo)` the views, `.with(bus)` the bus.
-    /// Later calls replace what earlier ones gave.
+    /// snapshots, checkpoints and views, `.with(mongo)` the views, `.with(bus)` the bus. The
+    /// order does not matter where one backend gives a part as its own and another only
+    /// offers it (PostgreSQL's views beside MongoDB's); two backends giving the same part as
+    /// their own leave the later one.
     #[must_use]
     pub fn with(mut self, backend: impl Backend) -> Self {
         backend.install(&mut self.wiring);
@@ -144,6 +146,7 @@ impl AppBuilder {
     /// Tunes the command gateway (retries, cache, middleware). Calls compose, in order: a
     /// second call adds to what the first set (its middleware after the first's), it does not
     /// replace it.
+    #[must_use]
     pub fn gateway(
         mut self,
         configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder + Send + 'static,
@@ -163,6 +166,7 @@ impl AppBuilder {
 
     /// Runs a projection: fed from the store's log unless `options` says
     /// [`from_bus`](ProjectionOptions::from_bus).
+    #[must_use]
     pub fn projection<P: Projection>(
         mut self,
         projection: P,
@@ -175,6 +179,7 @@ impl AppBuilder {
     }
 
     /// Runs a relay publishing the store's global log to the bus under checkpoint `name`.
+    #[must_use]
     pub fn relay(
         mut self,
         name: impl Into<String>,

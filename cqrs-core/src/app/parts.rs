@@ -51,6 +51,7 @@ impl ProjectionOptions {
 
     /// Fed from consumer group `group` on the bus, on the topics of these aggregate types
     /// (default: from the store's global log). The builder refuses it without a bus.
+    #[must_use]
     pub fn from_bus(
         mut self,
         group: impl Into<String>,

@@ -12,13 +12,21 @@ impl App {
     /// [`Error::Config`] when the app runs no projection of type `P`, or several under other
     /// names (then [`read_model_named`](Self::read_model_named) says which).
     pub fn read_model<P: Projection>(&self) -> Result<ReadModel<P>> {
-        if self.processors.iter().any(|p| p.name == P::NAME) {
+        let of_type = |p: &&super::Running| p.projection == std::any::TypeId::of::<P>();
+        // Under its own name only if it is of type `P`: an older version renamed beside a
+        // newer one of the same `NAME` must not be read as the other.
+        if self
+            .processors
+            .iter()
+            .filter(of_type)
+            .any(|p| p.name == P::NAME)
+        {
             return Ok(ReadModel::new(self.wiring.views.query.clone()));
         }
         let of_p: Vec<&str> = self
             .processors
             .iter()
-            .filter(|p| p.projection == std::any::TypeId::of::<P>())
+            .filter(of_type)
             .map(|p| p.name.as_str())
             .collect();
         match of_p.as_slice() {

@@ -61,7 +61,9 @@ pub struct Wiring {
     pub(super) checkpoints: Arc<dyn CheckpointStore>,
     pub(super) views: Views,
     views_given: Given,
-    /// Checkpoints for a durable log when no backend gives durable ones: settled at build.
+    /// Whether a backend gave checkpoints (durable or embedded): an offer never replaces them.
+    checkpoints_given: bool,
+    /// Checkpoints for a durable log when no backend gives any: settled at build.
     offered_checkpoints: Option<Arc<dyn CheckpointStore>>,
     pub(super) bus: Option<Arc<dyn EventBus>>,
     /// Whether the store and the checkpoints outlive the process. A relay needs both or
@@ -89,6 +91,7 @@ impl Default for Wiring {
             checkpoints: Arc::new(MemoryCheckpointStore::new()),
             views: Views::of(MemoryViewStore::new()),
             views_given: Given::Default,
+            checkpoints_given: false,
             offered_checkpoints: None,
             bus: None,
             durable_store: false,
@@ -124,6 +127,7 @@ impl Wiring {
     pub fn checkpoint_store(&mut self, store: impl CheckpointStore + 'static) -> &mut Self {
         self.checkpoints = Arc::new(store);
         self.durable_checkpoints = true;
+        self.checkpoints_given = true;
         self
     }
 
@@ -131,6 +135,7 @@ impl Wiring {
     pub fn embedded_checkpoint_store(&mut self, store: Arc<dyn CheckpointStore>) -> &mut Self {
         self.checkpoints = store;
         self.durable_checkpoints = false;
+        self.checkpoints_given = true;
         self
     }
 
@@ -160,7 +165,7 @@ impl Wiring {
 
     /// Relay checkpoints a backend gives for a durable log (MongoDB, beside its views): used
     /// when, once every backend is in, the event store outlives the process and no backend
-    /// gave durable checkpoints.
+    /// gave checkpoints (durable or embedded, which stay as given).
     pub fn offer_checkpoint_store(&mut self, store: impl CheckpointStore + 'static) -> &mut Self {
         self.offered_checkpoints = Some(Arc::new(store));
         self
@@ -169,7 +174,7 @@ impl Wiring {
     /// Takes up what was offered, once every backend is in.
     pub(super) fn settle(&mut self) {
         if let Some(offered) = self.offered_checkpoints.take() {
-            if self.durable_store && !self.durable_checkpoints {
+            if self.durable_store && !self.checkpoints_given {
                 self.checkpoints = offered;
                 self.durable_checkpoints = true;
             }
