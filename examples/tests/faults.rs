@@ -3,16 +3,17 @@
 //! restarted while commands go on. Each test starts a server of its own (from
 //! `CQRS_KAFKA_SERVER` / `CQRS_MONGO_SERVER`) so that killing it disturbs nothing else, and
 //! prints its figures on a `[fault]` line (see FAULTS.md).
+#![cfg(target_os = "linux")]
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{
-    catalog, client, comment_count, converged, get, health, post, post_comment, put, Env,
-    OwnServer, Service,
+    catalog, client, comment_count, converged, get, health, post, post_comment, put, Env, Service,
 };
 use cqrs_core::Breaker;
+use cqrs_testing::server::{OwnServer, Pausable};
 use serde_json::json;
 
 async fn seed(http: &reqwest::Client, products: &Service, comments: &Service, n: u32) {
@@ -66,9 +67,8 @@ async fn watch_breaker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_killed_while_commands_go_on_loses_and_duplicates_nothing() {
-    let port = common::free_port();
-    let dir = std::env::temp_dir();
-    let broker = OwnServer::start("CQRS_KAFKA_SERVER", port, &dir).await;
+    let broker = OwnServer::start("CQRS_KAFKA_SERVER").await;
+    let port = broker.port;
     let mut env = Env::new("broker");
     env.kafka_brokers = format!("127.0.0.1:{port}");
     let http = client();
@@ -160,10 +160,8 @@ async fn the_broker_killed_while_commands_go_on_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_read_store_killed_and_restarted_the_catalog_retries_and_converges() {
-    let port = common::free_port();
-    let dir = std::env::temp_dir().join(format!("cqrs-e2e-mongo-{port}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let server = OwnServer::start("CQRS_MONGO_SERVER", port, &dir).await;
+    let mut server = OwnServer::start("CQRS_MONGO_SERVER").await;
+    let port = server.port;
     let mut env = Env::new("mongo");
     env.mongodb_uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
     let http = client();
@@ -204,7 +202,7 @@ async fn the_read_store_killed_and_restarted_the_catalog_retries_and_converges()
     );
 
     // Back, with its data: the processor's retries get through and the catalog converges.
-    let _server = OwnServer::start("CQRS_MONGO_SERVER", port, &dir).await;
+    server.restart().await;
     let down_for = outage.elapsed();
     let back = Instant::now();
     let after = converged(&env, &http, &catalog_service).await;
@@ -221,5 +219,4 @@ async fn the_read_store_killed_and_restarted_the_catalog_retries_and_converges()
     );
     drop((products, comments, catalog_service));
     env.clean_up().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,9 +1,9 @@
-//! The shop's services as child processes, and servers of a test's own to kill.
+//! The shop's services as child processes.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The shop example's binary, which `cargo test` builds with the tests.
 pub fn shop_binary() -> PathBuf {
@@ -93,82 +93,4 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A server of the test's own, to kill and restart: the command in `var` (`CQRS_KAFKA_SERVER`
-/// or `CQRS_MONGO_SERVER`, which `scripts/test.sh` sets) with `{port}` and `{dir}` filled in.
-#[derive(Debug)]
-pub struct OwnServer {
-    child: Child,
-    pub port: u16,
-}
-
-impl OwnServer {
-    pub async fn start(var: &str, port: u16, dir: &std::path::Path) -> OwnServer {
-        let template = std::env::var(var).unwrap_or_else(|_| {
-            panic!(
-                "{var} is not set: this test starts and kills a server of its own \
-                 (run ./scripts/test.sh, which sets it)"
-            )
-        });
-        let command = template
-            .replace("{port}", &port.to_string())
-            .replace("{dir}", &dir.display().to_string());
-        let mut parts = command.split_whitespace();
-        let program = parts.next().expect("a command");
-        let child = Command::new(program)
-            .args(parts)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the server");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "{var} did not open port {port}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        OwnServer { child, port }
-    }
-
-    /// `kill -STOP`: the server stops answering, keeping its state.
-    pub fn pause(&self) {
-        signal(&self.child, "-STOP");
-    }
-
-    /// `kill -CONT`: it answers again.
-    pub fn resume(&self) {
-        signal(&self.child, "-CONT");
-    }
-
-    /// `kill -9`.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {signal} failed");
 }
