@@ -125,6 +125,8 @@ pub struct Options {
     pub settle: Duration,
     /// The broker, when the test started its own: paused and resumed now and then.
     pub broker: Option<Arc<dyn super::server::Pausable>>,
+    /// How long the views may take to hold every version once the writes end (120 s).
+    pub catch_up: Duration,
 }
 
 impl fmt::Debug for Options {
@@ -134,6 +136,7 @@ impl fmt::Debug for Options {
             .field("writing", &self.writing)
             .field("settle", &self.settle)
             .field("broker", &self.broker.is_some())
+            .field("catch_up", &self.catch_up)
             .finish()
     }
 }
@@ -146,6 +149,7 @@ impl Options {
             writing: writing(writing_default),
             settle: Duration::ZERO,
             broker: None,
+            catch_up: Duration::from_secs(120),
         }
     }
 }
@@ -183,8 +187,8 @@ pub fn writing(default: Duration) -> Duration {
         .map_or(default, Duration::from_secs)
 }
 
-/// Runs the torture on `bus` for `options.writing` (then until the views are checked, 120 s
-/// at most).
+/// Runs the torture on `bus` for `options.writing` (then until the views are checked,
+/// `options.catch_up` at most).
 ///
 /// # Panics
 /// On a violation (naming the seed and the view), or when the views never catch up.
@@ -194,6 +198,7 @@ pub async fn run(bus: impl EventBus + 'static, options: Options) -> Report {
         writing,
         settle,
         broker,
+        catch_up,
     } = options;
     let bus: Arc<dyn EventBus> = Arc::new(bus);
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -340,7 +345,7 @@ pub async fn run(bus: impl EventBus + 'static, options: Options) -> Report {
     }
     report.streams = last.len();
     let ids: Vec<String> = last.keys().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + catch_up;
     loop {
         let _ = operator.retry_dead_letters(views.as_ref()).await;
         let docs = views.load("torture", &ids).await.expect("load");
